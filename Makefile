@@ -1,0 +1,47 @@
+# Fashion-MNIST report kit. `make` lists the targets; each documents itself with a `##` line.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Pinned for a fresh venv on x86_64 Linux (taken from the local wheel cache where there is one);
+# override for other platforms, e.g. `make TORCH_VERSION=2.9.1 TORCHVISION_VERSION=0.24.1`.
+TORCH_VERSION ?= 2.14.1
+TORCHVISION_VERSION ?= 0.29.1
+PROFILE ?= auto
+PYTEST_ARGS ?=
+
+.PHONY: help venv data test train bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install "torch==$(TORCH_VERSION)" "torchvision==$(TORCHVISION_VERSION)"
+	$(PY) -m pip install -e ".[dev]"
+	@touch $@
+
+venv: $(VENV)/.installed ## create .venv and install the kit with its dependencies
+
+data: $(VENV)/.installed ## find Fashion-MNIST (data/, FMNIST_DATA, Debian's package) or fetch it
+	@$(PY) -m fmnist_utils data --no-download 2>/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's dataset-fashion-mnist"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null || true; \
+	  fi; \
+	  $(PY) -m fmnist_utils data; }
+
+test: data ## run the test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+train: data ## train the study's CNN briefly from the command line and print test accuracy
+	$(PY) -m fmnist_utils train --epochs 1 --subset 5000
+
+bench: data ## time the tutorial training loop against the kit's (images/s and ratio)
+	$(PY) benchmarks/bench_train.py
+
+clean: ## remove run folders and the built report (keeps .venv and data/)
+	rm -rf runs report/report.html report/report.pdf

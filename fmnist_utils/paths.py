@@ -1,0 +1,42 @@
+"""Every folder the kit reads or writes, derived from one root.
+
+The root is the project checkout (the folder holding ``pyproject.toml`` above this package) when
+the package is used from a clone, otherwise the current directory. Each folder can be moved by an
+environment variable, so a notebook, the CLI and the Makefile always agree on where things are.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_root() -> Path:
+    """Return the kit's root folder: ``FMNIST_ROOT``, else the checkout holding this package, else cwd."""
+    env = os.environ.get("FMNIST_ROOT")
+    if env:
+        return Path(env).expanduser().resolve()
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").is_file() and (here / "fmnist_utils").is_dir():
+        return here
+    return Path.cwd().resolve()
+
+
+def data_dir() -> Path:
+    """Return the folder where a downloaded Fashion-MNIST copy lives (``<root>/data``)."""
+    return project_root() / "data"
+
+
+def runs_dir() -> Path:
+    """Return the folder holding run folders (``FMNIST_RUNS``, else ``<root>/runs``)."""
+    env = os.environ.get("FMNIST_RUNS")
+    return Path(env).expanduser().resolve() if env else project_root() / "runs"
+
+
+def report_dir() -> Path:
+    """Return the folder the finished report is written to (``FMNIST_REPORT``, else ``<root>/report``)."""
+    env = os.environ.get("FMNIST_REPORT")
+    return Path(env).expanduser().resolve() if env else project_root() / "report"
+
+
+DEBIAN_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")

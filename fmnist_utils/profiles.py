@@ -1,0 +1,50 @@
+"""Run profiles: how big each part of the report is. The one place these sizes are set.
+
+``smoke`` proves the pipeline works in seconds (tests); ``quick`` is the whole report on a
+2-core laptop CPU within 15 minutes; ``full`` is the study's protocol at full size (GPU).
+``auto`` picks ``full`` where CUDA is available and ``quick`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes for one report run. ``None`` for a subset means the whole split."""
+
+    name: str
+    # 01_train: the study's model and recipe
+    train_subset: int | None  # training images (stratified); None = all 60,000
+    val_fraction: float  # part of the training images held out for the curves
+    epochs: int  # training epochs
+    test_subset: int | None  # test images evaluated; None = all 10,000
+
+    def to_dict(self) -> dict:
+        """Return the settings as a plain dict (printed into the report)."""
+        return dataclasses.asdict(self)
+
+
+PROFILES = {
+    "smoke": Profile(name="smoke", train_subset=1_000, val_fraction=0.2, epochs=1, test_subset=1_000),
+    "quick": Profile(name="quick", train_subset=12_000, val_fraction=0.1, epochs=3, test_subset=None),
+    "full": Profile(name="full", train_subset=None, val_fraction=0.1, epochs=10, test_subset=None),
+}
+
+
+def resolve_name(name: str = "auto") -> str:
+    """Return the profile name ``name`` stands for (``auto``: full with CUDA, else quick)."""
+    if name == "auto":
+        import torch
+
+        return "full" if torch.cuda.is_available() else "quick"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {['auto', *PROFILES]}")
+    return name
+
+
+def get(name: str = "auto") -> Profile:
+    """Return the :class:`Profile` called ``name`` (``auto`` resolved as in :func:`resolve_name`)."""
+    return PROFILES[resolve_name(name)]
