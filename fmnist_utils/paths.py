@@ -40,3 +40,13 @@ def report_dir() -> Path:
 
 
 DEBIAN_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def run_folder(profile: str, run_dir: str | os.PathLike | None = None) -> Path:
+    """Return (and create) the run folder: ``run_dir`` when given, else ``runs_dir()/<profile>``.
+
+    Each notebook writes into its own sub-folder named after it (``<run folder>/01_train``).
+    """
+    folder = Path(run_dir).expanduser().resolve() if run_dir else runs_dir() / profile
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
