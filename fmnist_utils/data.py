@@ -162,6 +162,20 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return array
 
 
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write a uint8 array as an IDX file (gzip-compressed when ``path`` ends in .gz); return the path.
+
+    The inverse of :func:`read_idx`, used to lay out torchvision's raw folder and to craft test files.
+    """
+    path = Path(path)
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    payload = header + array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(payload, compresslevel=1) if path.suffix == ".gz" else payload)
+    return path
+
+
 def read_split(images_path: str | os.PathLike, labels_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Return (images (N, 28, 28), labels (N,)) read from a pair of IDX files that must agree."""
     images, labels = read_idx(images_path), read_idx(labels_path)

@@ -232,7 +232,7 @@ def fit(
     ``val_loss`` / ``val_accuracy`` (when ``val`` is given), ``seconds`` (wall time of the
     epoch's training and evaluation). ``progress``: True/False, or None for a bar only on a
     terminal. ``checkpoint``: a file written after every epoch; when it exists and was made with
-    the same config, training resumes after its last finished epoch.
+    the same config (``epochs`` may be larger), training resumes after its last finished epoch.
     """
     _check_split(x, y, "training")
     if val is not None:
@@ -298,7 +298,10 @@ def _save(path: Path, model, optimizer, generator, config: TrainConfig, history:
 
 def _resume(path: Path, model, optimizer, generator, config: TrainConfig) -> list[dict]:
     state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
-    if state["config"] != config.to_dict():
+    # A longer run may continue a shorter one; any other difference would mix two experiments.
+    theirs = {k: v for k, v in state["config"].items() if k != "epochs"}
+    ours = {k: v for k, v in config.to_dict().items() if k != "epochs"}
+    if theirs != ours:
         raise ValueError(
             f"{path} was written by a run with another config; delete it or choose another "
             f"checkpoint path.\n  its config: {state['config']}\n  this run:   {config.to_dict()}"

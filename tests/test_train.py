@@ -1,0 +1,148 @@
+"""The trainer: config validation, learning, determinism, resumption."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fmnist_utils import data, device
+from fmnist_utils.train import TrainConfig, build_model, evaluate, fit, l1_penalty, load_checkpoint, predict_logits
+
+
+@pytest.fixture(scope="module")
+def small(fmnist):
+    """(x, y) of a 2,000-image stratified training subset and (x, y) of 1,000 test images."""
+    tr = data.stratified_subset(fmnist.y_train, 2_000, seed=0)
+    te = data.stratified_subset(fmnist.y_test, 1_000, seed=0)
+    return (fmnist.x_train[tr], fmnist.y_train[tr]), (fmnist.x_test[te], fmnist.y_test[te])
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("lr", 0.0), ("lr", -0.1), ("batch_size", 0), ("epochs", 0), ("dropout", 1.0), ("dropout", -0.1),
+     ("optimizer", "lbfgs"), ("precision", "fp16"), ("weight_decay", -1.0), ("model", "vgg"),
+     ("kernel_size", 2), ("nesterov", True)],
+)
+def test_invalid_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=f"TrainConfig.{field}="):
+        TrainConfig(**{field: value})
+
+
+def test_study_defaults():
+    c = TrainConfig()
+    assert (c.lr, c.batch_size, c.dropout, c.epochs, c.weight_decay, c.optimizer) == (0.05, 128, 0.5, 10, 1e-3, "sgd")
+
+
+def test_one_epoch_learns(small):
+    (x, y), (xt, yt) = small
+    # Batch 32 with momentum gives enough steps in one epoch of 2,000 images to learn visibly;
+    # the study's recipe needs more data per epoch.
+    config = TrainConfig(epochs=1, batch_size=32, lr=0.02, momentum=0.9, seed=0)
+    model = build_model(config)
+    before = evaluate(model, x, y)
+    history = fit(model, x, y, config, val=(xt, yt), progress=False)
+    after = evaluate(model, x, y)
+    assert after["loss"] < before["loss"] - 0.3
+    assert history[0]["val_accuracy"] > 0.4  # chance is 0.1
+    assert set(history[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"}
+
+
+def test_same_seed_same_history(small):
+    (x, y), _ = small
+    config = TrainConfig(epochs=2, batch_size=100, seed=5)
+    runs = []
+    for _ in range(2):
+        model = build_model(config)
+        history = fit(model, x[:400], y[:400], config, progress=False)
+        runs.append(([{k: v for k, v in row.items() if k != "seconds"} for row in history], model.state_dict()))
+    assert runs[0][0] == runs[1][0]
+    for name, tensor in runs[0][1].items():
+        torch.testing.assert_close(tensor, runs[1][1][name], rtol=0, atol=0, msg=name)
+    other = build_model(config.replace(seed=6))
+    assert fit(other, x[:400], y[:400], config.replace(seed=6), progress=False)[0]["train_loss"] != runs[0][0][0]["train_loss"]
+
+
+def test_checkpoint_resumes_exactly(small, tmp_path):
+    (x, y), _ = small
+    x, y = x[:300], y[:300]
+    config = TrainConfig(epochs=2, batch_size=100, seed=1)
+    straight = fit(build_model(config), x, y, config, progress=False)
+
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    first = fit(build_model(config), x, y, config.replace(epochs=1), progress=False, checkpoint=ckpt)
+    resumed_model = build_model(config)
+    resumed = fit(resumed_model, x, y, config, progress=False, checkpoint=ckpt)
+    assert len(first) == 1 and len(resumed) == 2
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(resumed) == strip(straight)
+
+    model, loaded_config, history = load_checkpoint(ckpt)
+    assert loaded_config == config and strip(history) == strip(straight)
+    torch.testing.assert_close(model.state_dict()["head.weight"], resumed_model.state_dict()["head.weight"].cpu())
+
+    with pytest.raises(ValueError, match="another config"):
+        fit(build_model(config), x, y, config.replace(lr=0.1), progress=False, checkpoint=ckpt)
+
+
+def test_evaluate_matches_a_plain_forward(small):
+    _, (xt, yt) = small
+    model = build_model(TrainConfig()).eval()
+    metrics = evaluate(model, xt[:300], yt[:300], batch_size=64, precision="fp32")
+    with torch.no_grad():
+        logits = model(xt[:300].float() / 255)
+    assert metrics["accuracy"] == pytest.approx((logits.argmax(1) == yt[:300]).float().mean().item())
+    assert metrics["loss"] == pytest.approx(F.cross_entropy(logits, yt[:300]).item(), rel=1e-4)
+
+
+def test_predict_logits_is_batch_size_independent(small):
+    _, (xt, _) = small
+    model = build_model(TrainConfig())
+    a = predict_logits(model, xt[:130], batch_size=17, precision="fp32")
+    b = predict_logits(model, xt[:130], batch_size=1000, precision="fp32")
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop"])
+def test_every_optimizer_trains(small, optimizer):
+    (x, y), _ = small
+    lr = 0.05 if optimizer == "sgd" else 1e-3
+    config = TrainConfig(epochs=1, batch_size=64, lr=lr, optimizer=optimizer)
+    history = fit(build_model(config), x[:128], y[:128], config, progress=False)
+    assert np.isfinite(history[0]["train_loss"])
+
+
+def test_l1_penalty_counts_weights_not_biases():
+    model = build_model(TrainConfig())
+    manual = sum(p.abs().sum() for n, p in model.named_parameters() if n.endswith("weight") and p.ndim > 1)
+    torch.testing.assert_close(l1_penalty(model), manual)
+
+
+def test_l1_shrinks_weights(small):
+    (x, y), _ = small
+    norms = []
+    for l1 in (0.0, 1e-3):
+        config = TrainConfig(epochs=1, batch_size=64, l1=l1)
+        model = build_model(config)
+        fit(model, x[:256], y[:256], config, progress=False)
+        norms.append(l1_penalty(model).item())
+    assert norms[1] < norms[0]
+
+
+def test_bad_training_input():
+    config = TrainConfig(epochs=1)
+    model = build_model(config)
+    with pytest.raises(ValueError, match="uint8"):
+        fit(model, torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.int64), config)
+    with pytest.raises(ValueError, match=r"\(N, 1, 28, 28\)"):
+        fit(model, torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), config)
+
+
+def test_precision_detection(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("FMNIST_CPU_BF16", "0")
+    assert device.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setenv("FMNIST_CPU_BF16", "1")
+    assert device.resolve_precision("auto", cpu) == "bf16"
+    assert device.resolve_precision("fp32", cpu) == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        device.resolve_precision("int8", cpu)
