@@ -18,9 +18,9 @@ class Profile:
     name: str
     # 01_train: the study's model and recipe
     train_subset: int | None  # training images (stratified); None = all 60,000
-    val_fraction: float  # part of the training images held out for the curves
-    epochs: int  # training epochs
-    test_subset: int | None  # test images evaluated; None = all 10,000
+    train_val_fraction: float  # part of those images held out for the validation curves, (0, 1)
+    train_epochs: int  # training epochs
+    train_test_subset: int | None  # test images evaluated (stratified); None = all 10,000
 
     def to_dict(self) -> dict:
         """Return the settings as a plain dict (printed into the report)."""
@@ -28,9 +28,9 @@ class Profile:
 
 
 PROFILES = {
-    "smoke": Profile(name="smoke", train_subset=1_000, val_fraction=0.2, epochs=1, test_subset=1_000),
-    "quick": Profile(name="quick", train_subset=12_000, val_fraction=0.1, epochs=3, test_subset=None),
-    "full": Profile(name="full", train_subset=None, val_fraction=0.1, epochs=10, test_subset=None),
+    "smoke": Profile(name="smoke", train_subset=1_000, train_val_fraction=0.2, train_epochs=1, train_test_subset=1_000),
+    "quick": Profile(name="quick", train_subset=15_000, train_val_fraction=0.1, train_epochs=4, train_test_subset=None),
+    "full": Profile(name="full", train_subset=None, train_val_fraction=0.1, train_epochs=10, train_test_subset=None),
 }
 
 
