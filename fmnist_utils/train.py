@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import device as devices
+from .augment import augment_batch
 from .data import iterate_batches, scale
 from .models import MODELS
 
@@ -37,6 +38,15 @@ class TrainConfig:
     model: a key of :data:`fmnist_utils.models.MODELS`.
     seed: initialisation, shuffling and dropout. precision: auto | fp32 | bf16.
     device: auto | cpu | cuda | cuda:N | mps. eval_batch_size: images per evaluation step.
+
+    Beyond the study (all off by default; :data:`PRESETS` turns them on together):
+    schedule: constant | onecycle | cosine (per step; cosine warms up for ``warmup_epochs``).
+    label_smoothing: cross-entropy smoothing in [0, 1). decay_norm_bias: False exempts biases
+    and norm weights from weight decay. aug_crop_pad: random-crop shift in pixels (0 = off).
+    aug_flip: random horizontal flips. aug_erase: probability of random erasing.
+    ema_decay: exponential moving average of the weights (0 = off; the final model is the
+    average). tta_flip: evaluation averages the image and its mirror. compile: capture the
+    model with ``torch.compile`` (CUDA graphs on a GPU), falling back to eager where it fails.
     """
 
     model: str = "seedcnn"
@@ -54,6 +64,16 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     eval_batch_size: int = 2048
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    decay_norm_bias: bool = True
+    aug_crop_pad: int = 0
+    aug_flip: bool = False
+    aug_erase: float = 0.0
+    ema_decay: float = 0.0
+    tta_flip: bool = False
+    compile: bool = False
 
     def __post_init__(self):
         def bad(field: str, why: str):
@@ -85,6 +105,18 @@ class TrainConfig:
             bad("precision", f"must be one of {devices.PRECISIONS}")
         if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
             bad("eval_batch_size", "must be an integer >= 1")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", f"unknown schedule; choose one of {sorted(SCHEDULES)}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            bad("warmup_epochs", "must be between 0 and epochs")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            bad("label_smoothing", "must be in [0, 1)")
+        if not isinstance(self.aug_crop_pad, int) or not 0 <= self.aug_crop_pad <= 8:
+            bad("aug_crop_pad", "must be an integer between 0 and 8 pixels")
+        if not 0.0 <= self.aug_erase <= 1.0:
+            bad("aug_erase", "is a probability and must be in [0, 1]")
+        if not 0.0 <= self.ema_decay < 1.0:
+            bad("ema_decay", "must be in [0, 1) (0 = off)")
 
     def replace(self, **changes) -> "TrainConfig":
         """Return a copy with ``changes`` applied (and validated)."""
@@ -107,6 +139,46 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 }
 
 
+def _cosine_with_warmup(total: int, warmup: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+# Learning-rate schedules by name: (optimizer, config, steps per epoch) -> per-step scheduler.
+SCHEDULES: dict[str, Callable[..., torch.optim.lr_scheduler.LRScheduler]] = {
+    "constant": lambda opt, c, steps: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
+    "onecycle": lambda opt, c, steps: torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=c.lr, total_steps=c.epochs * steps
+    ),
+    "cosine": lambda opt, c, steps: torch.optim.lr_scheduler.LambdaLR(
+        opt, _cosine_with_warmup(c.epochs * steps, round(c.warmup_epochs * steps))
+    ),
+}
+
+# Named recipes. "study" reproduces the original; "modern" is the recipe of issue 6
+# (Nesterov SGD, one-cycle, label smoothing, no decay on norms/biases, crop+flip+erase, EMA, TTA).
+PRESETS: dict[str, dict] = {
+    "study": {},
+    "modern": dict(
+        lr=0.1, batch_size=256, epochs=30, dropout=0.3, weight_decay=5e-4, momentum=0.9, nesterov=True,
+        schedule="onecycle", label_smoothing=0.1, decay_norm_bias=False, aug_crop_pad=2, aug_flip=True,
+        aug_erase=0.25, ema_decay=0.999, tta_flip=True,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> "TrainConfig":
+    """Return the TrainConfig of the named recipe in :data:`PRESETS`, with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return TrainConfig(**{**PRESETS[name], **overrides})
+
+
 def build_model(config: TrainConfig) -> nn.Module:
     """Return a freshly initialised ``config.model`` (seeded by ``config.seed``)."""
     torch.manual_seed(config.seed)
@@ -114,8 +186,17 @@ def build_model(config: TrainConfig) -> nn.Module:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Return the optimizer ``config.optimizer`` over the model's parameters."""
-    return OPTIMIZERS[config.optimizer](model.parameters(), config)
+    """Return the optimizer ``config.optimizer`` over the model's parameters.
+
+    With ``decay_norm_bias=False``, biases and normalisation weights (1-D parameters) get no
+    weight decay: decaying them only fights the normalisation and is a common modern default.
+    """
+    if config.decay_norm_bias:
+        return OPTIMIZERS[config.optimizer](model.parameters(), config)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return OPTIMIZERS[config.optimizer](groups, config)
 
 
 def l1_penalty(model: nn.Module) -> torch.Tensor:
@@ -151,26 +232,41 @@ def train_one_epoch(
     config: TrainConfig,
     generator: torch.Generator,
     precision: str,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> dict:
     """Run one epoch over on-device (x uint8 (N,1,28,28), y (N,)) and return
-    ``{"train_loss", "train_accuracy"}`` (mean cross-entropy in nats, fraction correct).
+    ``{"train_loss", "train_accuracy"}`` (mean cross-entropy in nats on the augmented batches,
+    without label smoothing; fraction correct).
+
+    ``model`` may be a ``torch.compile``-d module; ``generator`` (CPU) drives shuffling and
+    augmentation, so a seed fixes both.
     """
     dev = x.device
     model.train()
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), device=dev, dtype=torch.int64)
+    augmenting = config.aug_crop_pad or config.aug_flip or config.aug_erase > 0
     for step, idx in enumerate(iterate_batches(len(x), config.batch_size, generator, dev)):
         xb, yb = _inputs(x[idx]), y[idx]
+        if augmenting:
+            xb = augment_batch(xb, generator, config.aug_crop_pad, config.aug_flip, config.aug_erase)
         with devices.autocast(dev, precision):
             logits = model(xb)
-        loss = F.cross_entropy(logits.float(), yb)
+        logits = logits.float()
+        loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
         objective = loss + config.l1 * l1_penalty(model) if config.l1 > 0 else loss
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         # Accumulating on the device avoids a host sync every step.
-        loss_sum += loss.detach() * len(idx)
+        plain = F.cross_entropy(logits.detach(), yb) if config.label_smoothing else loss.detach()
+        loss_sum += plain * len(idx)
         correct += (logits.detach().argmax(1) == yb).sum()
         if on_step is not None:
             on_step(step)
@@ -179,11 +275,13 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, x: torch.Tensor, batch_size: int = 2048, precision: str = "auto"
+    model: nn.Module, x: torch.Tensor, batch_size: int = 2048, precision: str = "auto", tta_flip: bool = False
 ) -> torch.Tensor:
     """Return float32 logits (N, n_classes) on the CPU for uint8 images (N, 1, 28, 28).
 
-    Runs on the model's device in large batches; ``x`` is moved there once.
+    Runs on the model's device in large batches; ``x`` is moved there once. With
+    ``tta_flip`` the result is log of the mean of the softmax over the image and its mirror, so
+    ``softmax`` of it is exactly the average of the two passes' probabilities.
     """
     dev = next(model.parameters()).device
     precision = devices.resolve_precision(precision, dev)
@@ -191,17 +289,29 @@ def predict_logits(
     x = x.to(dev)
     outs = []
     for idx in iterate_batches(len(x), batch_size, device=dev):
+        xb = _inputs(x[idx])
         with devices.autocast(dev, precision):
-            outs.append(model(_inputs(x[idx])).float())
+            logits = model(xb).float()
+            if tta_flip:
+                mirrored = model(xb.flip(3)).float()
+                logits = torch.logsumexp(
+                    torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)]), dim=0
+                ) - math.log(2)
+        outs.append(logits.float())
     return torch.cat(outs).cpu()
 
 
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048, precision: str = "auto"
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 2048,
+    precision: str = "auto",
+    tta_flip: bool = False,
 ) -> dict:
     """Return ``{"accuracy", "loss"}`` of ``model`` on (x uint8 (N,1,28,28), y (N,))."""
     _check_split(x, y, "evaluation")
-    logits = predict_logits(model, x, batch_size, precision)
+    logits = predict_logits(model, x, batch_size, precision, tta_flip)
     y = y.cpu()
     return {
         "accuracy": (logits.argmax(1) == y).float().mean().item(),
@@ -217,6 +327,21 @@ def _progress_bar(enabled: bool | None, total: int):
     return tqdm(total=total, disable=not enabled, unit="step", leave=False, dynamic_ncols=True)
 
 
+def capture(model: nn.Module, device: torch.device) -> tuple[nn.Module, str]:
+    """Return (the model compiled for ``device``, how) or (``model``, reason) where capture fails.
+
+    On CUDA ``mode="reduce-overhead"`` records CUDA graphs, so a small network is no longer
+    bound by kernel launches; batch shapes are static (the last partial batch compiles once more).
+    Compiled code is cached on disk by Inductor, so a second run skips most compilation.
+    """
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    try:
+        compiled = torch.compile(model, mode=mode, dynamic=False)
+    except Exception as exc:  # torch.compile raises many types where a backend is unusable
+        return model, f"eager (torch.compile unavailable: {exc})"
+    return compiled, f"torch.compile(mode={mode!r})"
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -230,9 +355,12 @@ def fit(
 
     The history has one dict per epoch: ``epoch``, ``train_loss``, ``train_accuracy``,
     ``val_loss`` / ``val_accuracy`` (when ``val`` is given), ``seconds`` (wall time of the
-    epoch's training and evaluation). ``progress``: True/False, or None for a bar only on a
-    terminal. ``checkpoint``: a file written after every epoch; when it exists and was made with
-    the same config (``epochs`` may be larger), training resumes after its last finished epoch.
+    epoch's training and evaluation), ``lr`` (at the epoch's end). ``progress``: True/False, or
+    None for a bar only on a terminal. ``checkpoint``: a file written after every epoch; when it
+    exists and was made with the same config (``epochs`` may be larger), training resumes after
+    its last finished epoch. With ``ema_decay`` the model ends holding the averaged weights.
+    With ``compile`` the first epoch's row also has ``compile_seconds`` (the first step, which
+    includes compilation) and ``capture`` (how the step ran).
     """
     _check_split(x, y, "training")
     if val is not None:
@@ -243,31 +371,46 @@ def fit(
     x, y = x.to(dev), y.to(dev)
     if val is not None:
         val = (val[0].to(dev), val[1].to(dev))
+    steps_per_epoch = math.ceil(len(x) / config.batch_size)
     optimizer = build_optimizer(model, config)
+    scheduler = SCHEDULES[config.schedule](optimizer, config, steps_per_epoch)
+    ema = None
+    if config.ema_decay > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+        )
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # dropout masks
     history: list[dict] = []
     if checkpoint is not None and Path(checkpoint).is_file():
-        history = _resume(Path(checkpoint), model, optimizer, generator, config)
+        history = _resume(Path(checkpoint), model, optimizer, scheduler, ema, generator, config)
+    step_model, how = capture(model, dev) if config.compile else (model, "eager")
+    first_step: list[float] = []
 
-    steps_per_epoch = math.ceil(len(x) / config.batch_size)
-    bar = _progress_bar(progress, steps_per_epoch * (config.epochs - len(history)))
+    def on_step(step: int) -> None:
+        bar.update()
+        if config.compile and not first_step:
+            first_step.append(time.perf_counter() - start)
+
+    bar = _progress_bar(progress, steps_per_epoch * max(0, config.epochs - len(history)))
     try:
         for epoch in range(len(history) + 1, config.epochs + 1):
             bar.set_description(f"epoch {epoch}/{config.epochs}")
             start = time.perf_counter()
             row = {"epoch": epoch}
             row.update(
-                train_one_epoch(
-                    model, optimizer, x, y, config, generator, precision, on_step=lambda _: bar.update()
-                )
+                train_one_epoch(step_model, optimizer, x, y, config, generator, precision, scheduler, ema, on_step)
             )
             if val is not None:
-                metrics = evaluate(model, *val, batch_size=config.eval_batch_size, precision=precision)
+                scored = ema.module if ema is not None else model
+                metrics = evaluate(scored, *val, config.eval_batch_size, precision, config.tta_flip)
                 row.update(val_loss=metrics["loss"], val_accuracy=metrics["accuracy"])
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             row["seconds"] = time.perf_counter() - start
+            row["lr"] = optimizer.param_groups[0]["lr"]
+            if config.compile and epoch == len(history) + 1 and first_step:
+                row.update(compile_seconds=first_step[0], capture=how)
             history.append(row)
             bar.set_postfix(
                 loss=f"{row['train_loss']:.3f}",
@@ -275,19 +418,23 @@ def fit(
                 **({"val_acc": f"{row['val_accuracy']:.3f}"} if val is not None else {}),
             )
             if checkpoint is not None:
-                _save(Path(checkpoint), model, optimizer, generator, config, history)
+                _save(Path(checkpoint), model, optimizer, scheduler, ema, generator, config, history)
     finally:
         bar.close()
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     return history
 
 
-def _save(path: Path, model, optimizer, generator, config: TrainConfig, history: list[dict]) -> None:
+def _save(path: Path, model, optimizer, scheduler, ema, generator, config: TrainConfig, history: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     state = {
         "config": config.to_dict(),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "history": history,
@@ -296,11 +443,13 @@ def _save(path: Path, model, optimizer, generator, config: TrainConfig, history:
     tmp.replace(path)  # atomic: a kill mid-write never leaves a half checkpoint
 
 
-def _resume(path: Path, model, optimizer, generator, config: TrainConfig) -> list[dict]:
+def _resume(path: Path, model, optimizer, scheduler, ema, generator, config: TrainConfig) -> list[dict]:
     state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
     # A longer run may continue a shorter one; any other difference would mix two experiments.
-    theirs = {k: v for k, v in state["config"].items() if k != "epochs"}
-    ours = {k: v for k, v in config.to_dict().items() if k != "epochs"}
+    # (A schedule's length depends on epochs, so it must match when a schedule is used.)
+    ignore = {"epochs"} if config.schedule == "constant" else set()
+    theirs = {k: v for k, v in state["config"].items() if k not in ignore}
+    ours = {k: v for k, v in config.to_dict().items() if k not in ignore}
     if theirs != ours:
         raise ValueError(
             f"{path} was written by a run with another config; delete it or choose another "
@@ -308,15 +457,25 @@ def _resume(path: Path, model, optimizer, generator, config: TrainConfig) -> lis
         )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     return list(state["history"])
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> tuple[nn.Module, TrainConfig, list[dict]]:
-    """Return (model, config, history) from a checkpoint written by :func:`fit`."""
+    """Return (model, config, history) from a checkpoint written by :func:`fit`.
+
+    With EMA the model holds the averaged weights, as :func:`fit` leaves it.
+    """
     state = torch.load(path, map_location=map_location, weights_only=False)
     config = TrainConfig(**state["config"])
     model = build_model(config)
-    model.load_state_dict(state["model"])
+    if state.get("ema") is not None:
+        averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+        model.load_state_dict(averaged)
+    else:
+        model.load_state_dict(state["model"])
     return model, config, list(state["history"])

@@ -44,7 +44,7 @@ def test_one_epoch_learns(small):
     after = evaluate(model, x, y)
     assert after["loss"] < before["loss"] - 0.3
     assert history[0]["val_accuracy"] > 0.4  # chance is 0.1
-    assert set(history[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"}
+    assert set(history[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds", "lr"}
 
 
 def test_same_seed_same_history(small):
