@@ -21,6 +21,16 @@ class Profile:
     train_val_fraction: float  # part of those images held out for the validation curves, (0, 1)
     train_epochs: int  # training epochs
     train_test_subset: int | None  # test images evaluated (stratified); None = all 10,000
+    # 02_sweep: hyperparameters by stratified k-fold cross-validation on the training set
+    sweep_space: str  # oat (the study's Tables 2-4) | grid (4 x 3 x 5) | random | tpe, over the study's values
+    sweep_n_configs: int | None  # configurations tried by random / tpe; None for oat and grid
+    sweep_k: int  # folds (>= 2)
+    sweep_subset: int | None  # training images cross-validated (stratified); None = all 60,000
+    sweep_epochs: int  # epochs per (configuration, fold)
+    sweep_workers: int  # worker processes sharing the study on this machine
+    sweep_final_subset: int | None  # training images the chosen configuration is retrained on; None = all
+    sweep_final_epochs: int  # epochs of that final model
+    sweep_test_subset: int | None  # test images the final model is evaluated on, once; None = all 10,000
 
     def to_dict(self) -> dict:
         """Return the settings as a plain dict (printed into the report)."""
@@ -28,9 +38,12 @@ class Profile:
 
 
 PROFILES = {
-    "smoke": Profile(name="smoke", train_subset=1_000, train_val_fraction=0.2, train_epochs=1, train_test_subset=1_000),
-    "quick": Profile(name="quick", train_subset=15_000, train_val_fraction=0.1, train_epochs=4, train_test_subset=None),
-    "full": Profile(name="full", train_subset=None, train_val_fraction=0.1, train_epochs=10, train_test_subset=None),
+    "smoke": Profile(name="smoke", train_subset=1_000, train_val_fraction=0.2, train_epochs=1, train_test_subset=1_000,
+        sweep_space="oat", sweep_n_configs=None, sweep_k=2, sweep_subset=200, sweep_epochs=1, sweep_workers=1, sweep_final_subset=400, sweep_final_epochs=1, sweep_test_subset=1_000),
+    "quick": Profile(name="quick", train_subset=15_000, train_val_fraction=0.1, train_epochs=4, train_test_subset=None,
+        sweep_space="oat", sweep_n_configs=None, sweep_k=3, sweep_subset=3_000, sweep_epochs=1, sweep_workers=1, sweep_final_subset=6_000, sweep_final_epochs=2, sweep_test_subset=None),
+    "full": Profile(name="full", train_subset=None, train_val_fraction=0.1, train_epochs=10, train_test_subset=None,
+        sweep_space="grid", sweep_n_configs=None, sweep_k=5, sweep_subset=None, sweep_epochs=5, sweep_workers=4, sweep_final_subset=None, sweep_final_epochs=10, sweep_test_subset=None),
 }
 
 
