@@ -31,6 +31,14 @@ class Profile:
     sweep_final_subset: int | None  # training images the chosen configuration is retrained on; None = all
     sweep_final_epochs: int  # epochs of that final model
     sweep_test_subset: int | None  # test images the final model is evaluated on, once; None = all 10,000
+    # 03_resnet_compare: the CNN against ResNet-18 through class-by-class correlation matrices
+    compare_per_class: int  # test images per class for the matrices and CKA (the study: 100)
+    compare_n_boot: int  # bootstrap resamples of those images, for confidence intervals
+    compare_probe_train: int  # training images (stratified) the linear probes are fitted on
+    compare_probe_test: int | None  # test images (stratified) the probes are scored on; None = all 10,000
+    compare_fmnist_resnet: bool  # also train a ResNet-18 on Fashion-MNIST (28x28 stem) and compare it
+    compare_fmnist_resnet_subset: int | None  # its training images (stratified); None = all 60,000
+    compare_fmnist_resnet_epochs: int  # its training epochs
 
     def to_dict(self) -> dict:
         """Return the settings as a plain dict (printed into the report)."""
@@ -39,11 +47,14 @@ class Profile:
 
 PROFILES = {
     "smoke": Profile(name="smoke", train_subset=1_000, train_val_fraction=0.2, train_epochs=1, train_test_subset=1_000,
-        sweep_space="oat", sweep_n_configs=None, sweep_k=2, sweep_subset=200, sweep_epochs=1, sweep_workers=1, sweep_final_subset=400, sweep_final_epochs=1, sweep_test_subset=1_000),
+        sweep_space="oat", sweep_n_configs=None, sweep_k=2, sweep_subset=200, sweep_epochs=1, sweep_workers=1, sweep_final_subset=400, sweep_final_epochs=1, sweep_test_subset=1_000,
+        compare_per_class=10, compare_n_boot=50, compare_probe_train=300, compare_probe_test=300, compare_fmnist_resnet=False, compare_fmnist_resnet_subset=1_000, compare_fmnist_resnet_epochs=1),
     "quick": Profile(name="quick", train_subset=15_000, train_val_fraction=0.1, train_epochs=4, train_test_subset=None,
-        sweep_space="oat", sweep_n_configs=None, sweep_k=3, sweep_subset=3_000, sweep_epochs=1, sweep_workers=1, sweep_final_subset=6_000, sweep_final_epochs=2, sweep_test_subset=None),
+        sweep_space="oat", sweep_n_configs=None, sweep_k=3, sweep_subset=3_000, sweep_epochs=1, sweep_workers=1, sweep_final_subset=6_000, sweep_final_epochs=2, sweep_test_subset=None,
+        compare_per_class=100, compare_n_boot=300, compare_probe_train=2_000, compare_probe_test=1_000, compare_fmnist_resnet=False, compare_fmnist_resnet_subset=10_000, compare_fmnist_resnet_epochs=2),
     "full": Profile(name="full", train_subset=None, train_val_fraction=0.1, train_epochs=10, train_test_subset=None,
-        sweep_space="grid", sweep_n_configs=None, sweep_k=5, sweep_subset=None, sweep_epochs=5, sweep_workers=4, sweep_final_subset=None, sweep_final_epochs=10, sweep_test_subset=None),
+        sweep_space="grid", sweep_n_configs=None, sweep_k=5, sweep_subset=None, sweep_epochs=5, sweep_workers=4, sweep_final_subset=None, sweep_final_epochs=10, sweep_test_subset=None,
+        compare_per_class=100, compare_n_boot=2_000, compare_probe_train=10_000, compare_probe_test=None, compare_fmnist_resnet=True, compare_fmnist_resnet_subset=None, compare_fmnist_resnet_epochs=10),
 }
 
 
