@@ -1,0 +1,187 @@
+"""ResNet-18: the study's preprocessing, weights from a local file (no network), the offline
+fallback, and the Fashion-MNIST ResNet-18 under the kit's trainer."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import torch
+import torchvision
+from torchvision.transforms.v2 import functional as TF
+
+from fmnist_utils import features, models, train
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """A random torchvision ResNet-18 state dict saved as a file, and its SHA-256."""
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("weights") / "resnet18-random.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path, models.sha256_of(path)
+
+
+@pytest.fixture(autouse=True)
+def no_weights_env(monkeypatch):
+    monkeypatch.delenv(models.RESNET18_WEIGHTS_ENV, raising=False)
+
+
+def test_preprocessing_matches_torchvision_transforms():
+    x = torch.rand(3, 1, 28, 28)
+    expected = TF.normalize(
+        TF.resize(x, [224, 224], interpolation=TF.InterpolationMode.BILINEAR).repeat(1, 3, 1, 1),
+        mean=list(models.IMAGENET_MEAN),
+        std=list(models.IMAGENET_STD),
+    )
+    torch.testing.assert_close(models.ImageNetInput()(x), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="grey float images"):
+        models.ImageNetInput()(torch.zeros(1, 1, 28, 28, dtype=torch.uint8))
+
+
+def test_imagenet_resnet_is_torchvisions_behind_preprocessing():
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18().eval()
+    model = models.ImageNetResNet18().eval()
+    model.load_state_dict(reference.state_dict(), strict=True)  # the state dict is exactly torchvision's
+    assert set(model.state_dict()) == set(reference.state_dict())
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(model.preprocess(x)))
+
+
+def test_local_file_loads_with_its_hash_prefix_and_no_network(weights_file, monkeypatch, tmp_path):
+    path, digest = weights_file
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was used")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    model, info = models.imagenet_resnet18(path, sha256_prefix=digest[:8], cache_dir=tmp_path)
+    assert info.pretrained and info.sha256 == digest and info.source == models.LOCAL_SOURCE.format(path=path)
+    assert info.title == "ResNet-18 (ImageNet)" and not model.training
+    saved = torch.load(path, weights_only=True)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, saved[name])
+
+
+def test_environment_variable_names_the_file(weights_file, monkeypatch, tmp_path):
+    path, digest = weights_file
+    monkeypatch.setenv(models.RESNET18_WEIGHTS_ENV, str(path))
+    _, info = models.imagenet_resnet18(sha256_prefix=digest[:8], cache_dir=tmp_path, allow_download=False)
+    assert info.path == str(path) and info.pretrained
+
+
+def test_cached_file_is_hash_checked(weights_file, tmp_path):
+    path, digest = weights_file
+    cached = models.resnet18_cache_file(tmp_path)
+    cached.write_bytes(path.read_bytes())
+    _, info = models.imagenet_resnet18(sha256_prefix=digest[:8], cache_dir=tmp_path, allow_download=False)
+    assert info.source == models.CACHE_SOURCE
+    # With the official prefix, a file that merely carries the official name is refused.
+    with pytest.raises(models.WeightsError, match="does not start with 'f37072fd'"):
+        models.imagenet_resnet18(cache_dir=tmp_path, allow_download=False)
+
+
+def test_wrong_hash_is_refused(weights_file):
+    path, digest = weights_file
+    with pytest.raises(models.WeightsError, match=f"{path.name}: SHA-256 {digest[:16]}.*does not start with 'f37072fd'"):
+        models.load_resnet18_weights(path)
+    with pytest.raises(models.WeightsError, match="does not start with 'deadbeef'"):
+        models.imagenet_resnet18(path, sha256_prefix="deadbeef")
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(models.WeightsError, match="nope.pth: ResNet-18 weights file not found"):
+        models.imagenet_resnet18(tmp_path / "nope.pth")
+
+
+def test_corrupt_file_is_refused(weights_file, tmp_path):
+    path, _ = weights_file
+    for name, content in (("garbage.pth", b"not a torch file at all"), ("truncated.pth", path.read_bytes()[:100_000])):
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        with pytest.raises(models.WeightsError, match=f"{name}: cannot be read as a PyTorch state dict"):
+            models.load_resnet18_weights(bad, sha256_prefix=models.sha256_of(bad)[:8])
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: torchvision.models.resnet18(num_classes=10).state_dict(), "not torchvision ResNet-18.*size mismatch"),
+        (lambda: models.SeedCNN().state_dict(), "not torchvision ResNet-18.*Missing key"),
+        (lambda: {"state_dict": torchvision.models.resnet18().state_dict()}, "not a state dict of tensors"),
+    ],
+)
+def test_other_architectures_are_refused(make, match, tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save(make(), path)
+    with pytest.raises(models.WeightsError, match=match):
+        models.load_resnet18_weights(path, sha256_prefix=models.sha256_of(path)[:8])
+
+
+def test_offline_fallback_is_random_init_and_says_so(tmp_path):
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        model, info = models.imagenet_resnet18(cache_dir=tmp_path, allow_download=False, seed=4)
+    assert info.source == models.RANDOM_INIT_SOURCE == "RANDOM INIT (offline fallback: no ImageNet weights)"
+    assert not info.pretrained and info.path is None and "allow_download=False" in info.note
+    assert "RANDOM INIT" in info.title and "RANDOM INIT" in models.model_title(info.source)
+    assert info.to_dict()["title"] == info.title
+    with pytest.warns(UserWarning):
+        again, _ = models.imagenet_resnet18(cache_dir=tmp_path, allow_download=False, seed=4)
+    assert torch.equal(model.conv1.weight, again.conv1.weight)
+
+
+def test_failed_download_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "_reachable", lambda url, timeout: "host unreachable (test)")
+    with pytest.warns(UserWarning, match="host unreachable"):
+        _, info = models.imagenet_resnet18(cache_dir=tmp_path, allow_download=True)
+    assert info.source == models.RANDOM_INIT_SOURCE and "host unreachable" in info.note
+
+
+def test_a_hanging_connection_is_abandoned(monkeypatch):
+    def hang(*args, **kwargs):
+        time.sleep(3)  # a DNS lookup or SYN that never answers, for longer than the timeout
+        raise OSError("gave up")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    start = time.perf_counter()
+    why = models._reachable(models.RESNET18_URL, timeout=0.2)
+    assert time.perf_counter() - start < 1.5
+    assert "did not answer within 0.2 s" in why
+
+
+def test_imagenet_features_have_the_documented_shapes():
+    model = models.ImageNetResNet18(size=64).eval()  # 64 px keeps the test fast; shapes scale
+    got = features.extract(model, torch.zeros(2, 1, 28, 28, dtype=torch.uint8), ["layer1", "layer4", "avgpool"])
+    assert got["layer1"].shape == (2, 64 * 16 * 16) and got["layer4"].shape == (2, 512 * 2 * 2)
+    assert got["avgpool"].shape == (2, 512)
+
+
+# --------------------------------------------------------------------------------------------
+# ResNet-18 trained on Fashion-MNIST
+
+
+def test_fashion_resnet_shapes_and_keywords():
+    model = models.MODELS["resnet18"](dropout=0.2, kernel_size=5)
+    assert model.conv1.kernel_size == (5, 5) and model.conv1.in_channels == 1 and model.dropout.p == 0.2
+    got = features.extract(model, torch.zeros(2, 1, 28, 28, dtype=torch.uint8), ["layer1", "layer2", "layer3", "layer4", "fc"])
+    assert [got[k].shape[1] for k in got] == [64 * 28 * 28, 128 * 14 * 14, 256 * 7 * 7, 512 * 4 * 4, 10]
+    with pytest.raises(ValueError, match="kernel_size"):
+        models.FashionResNet18(kernel_size=4)
+    with pytest.raises(ValueError, match="dropout"):
+        models.FashionResNet18(dropout=1.0)
+
+
+def test_fashion_resnet_trains_with_the_kit(tmp_path):
+    config = train.TrainConfig(model="resnet18", dropout=0.0, epochs=1, batch_size=4, lr=0.01, device="cpu", precision="fp32")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8, generator=generator)
+    y = torch.arange(8) % 10
+    model = train.build_model(config)
+    assert isinstance(model, models.FashionResNet18)
+    history = train.fit(model, x, y, config, progress=False, checkpoint=tmp_path / "resnet.pt")
+    assert len(history) == 1 and torch.isfinite(torch.tensor(history[0]["train_loss"]))
+    loaded, loaded_config, _ = train.load_checkpoint(tmp_path / "resnet.pt")
+    assert loaded_config.model == "resnet18" and isinstance(loaded, models.FashionResNet18)
