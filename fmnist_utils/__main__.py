@@ -1,4 +1,4 @@
-"""Command line: ``python -m fmnist_utils {data,train} ...`` (also installed as ``fmnist``)."""
+"""Command line: ``python -m fmnist_utils {data,train,report} ...`` (also installed as ``fmnist``)."""
 
 from __future__ import annotations
 
@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write config, history and test metrics to this JSON file")
     _add_config_arguments(p)
     p.set_defaults(func=_cmd_train)
+
+    from . import pipeline
+
+    p = sub.add_parser("report", help="run the notebooks (reusing up-to-date ones) and build report/report.html and .pdf")
+    pipeline.add_arguments(p)
+    p.set_defaults(func=pipeline.cli)
     return parser
 
 

@@ -117,7 +117,11 @@ def plot_learning_curves(history: Sequence[dict]) -> Figure:
             ax.plot(epochs, [scale * row[f"val_{metric}"] for row in history], "s--", color=VAL_COLOR, label="validation")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        if len(epochs) <= 15:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax.grid(alpha=0.3)
         ax.legend()
     ax_acc.set_title("Accuracy per epoch")
