@@ -48,7 +48,7 @@ class Profile:
 PROFILES = {
     "smoke": Profile(name="smoke", train_subset=1_000, train_val_fraction=0.2, train_epochs=1, train_test_subset=1_000,
         sweep_space="oat", sweep_n_configs=None, sweep_k=2, sweep_subset=200, sweep_epochs=1, sweep_workers=1, sweep_final_subset=400, sweep_final_epochs=1, sweep_test_subset=1_000,
-        compare_per_class=10, compare_n_boot=50, compare_probe_train=300, compare_probe_test=300, compare_fmnist_resnet=False, compare_fmnist_resnet_subset=1_000, compare_fmnist_resnet_epochs=1),
+        compare_per_class=10, compare_n_boot=50, compare_probe_train=200, compare_probe_test=100, compare_fmnist_resnet=False, compare_fmnist_resnet_subset=1_000, compare_fmnist_resnet_epochs=1),
     "quick": Profile(name="quick", train_subset=15_000, train_val_fraction=0.1, train_epochs=4, train_test_subset=None,
         sweep_space="oat", sweep_n_configs=None, sweep_k=3, sweep_subset=3_000, sweep_epochs=1, sweep_workers=1, sweep_final_subset=6_000, sweep_final_epochs=2, sweep_test_subset=None,
         compare_per_class=100, compare_n_boot=300, compare_probe_train=2_000, compare_probe_test=1_000, compare_fmnist_resnet=False, compare_fmnist_resnet_subset=10_000, compare_fmnist_resnet_epochs=2),
