@@ -42,6 +42,7 @@ import itertools
 import json
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -286,6 +287,12 @@ def open_storage(storage: str | os.PathLike) -> optuna.storages.BaseStorage:
     path = Path(text).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def describe_storage(storage: str | os.PathLike) -> str:
+    """Return ``storage`` fit for a results file: a database URL with its password hidden."""
+    text = os.fspath(storage)
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", text) if is_url(text) else text
 
 
 @contextlib.contextmanager
@@ -854,9 +861,9 @@ def summarize(folds: pd.DataFrame) -> pd.DataFrame:
                               "epochs", "seconds", "rank", "config"]]
 
 
-def best_row(summary: pd.DataFrame, k: int | None = None) -> pd.Series:
-    """Return the summary row with the highest CV mean accuracy among configurations with all
-    ``k`` folds done (default: the most folds any has). Ties: lower mean loss, then earlier row.
+def ranked(summary: pd.DataFrame, k: int | None = None) -> pd.DataFrame:
+    """Return the configurations with all ``k`` folds done (default: the most folds any has),
+    best first: highest CV mean accuracy, ties to the lower mean loss, then the earlier row.
     """
     if summary.empty:
         raise ValueError("the summary is empty: no configuration to choose from")
@@ -864,8 +871,12 @@ def best_row(summary: pd.DataFrame, k: int | None = None) -> pd.Series:
     complete = summary[summary["n_folds"] == k]
     if complete.empty:
         raise ValueError(f"no configuration has all {k} folds finished yet; finish the sweep first")
-    ranked = complete.sort_values(["accuracy_mean", "loss_mean"], ascending=[False, True], kind="stable")
-    return ranked.iloc[0]
+    return complete.sort_values(["accuracy_mean", "loss_mean"], ascending=[False, True], kind="stable")
+
+
+def best_row(summary: pd.DataFrame, k: int | None = None) -> pd.Series:
+    """Return the summary row of the best configuration (the first of :func:`ranked`)."""
+    return ranked(summary, k).iloc[0]
 
 
 def best_hyperparameters(summary: pd.DataFrame, k: int | None = None) -> dict:
