@@ -395,6 +395,26 @@ def percentile_ci(samples, level: float = 0.95) -> tuple[np.ndarray | float, np.
     return (float(low), float(high)) if np.ndim(low) == 0 else (low, high)
 
 
+def summarise_bootstrap(matrix, boots, level: float = 0.95) -> dict:
+    """Return a matrix's percentile intervals from its bootstrap matrices (see :func:`bootstrap_ci`).
+
+    matrix: (C, C) point estimate; boots: (B, C, C) from :func:`bootstrap_matrices`.
+    """
+    matrix, boots = np.asarray(matrix, dtype=np.float64), np.asarray(boots, dtype=np.float64)
+    if boots.ndim != 3 or boots.shape[1:] != matrix.shape:
+        raise ValueError(f"boots must be (n_boot, C, C) matching matrix {matrix.shape}, got {boots.shape}")
+    low, high = percentile_ci(boots, level)
+    off = ~np.eye(len(matrix), dtype=bool)
+    within = np.einsum("bii->bi", boots).mean(axis=1)
+    between = boots[:, off].mean(axis=1)
+    point = within_between(matrix)
+    summary = {}
+    for key, samples in (("within", within), ("between", between), ("difference", within - between)):
+        lo, hi = percentile_ci(samples, level)
+        summary[key] = {"value": point[key], "low": lo, "high": hi}
+    return {"matrix": matrix, "low": low, "high": high, **summary, "n_boot": len(boots), "level": level}
+
+
 def bootstrap_ci(
     features, labels, n_classes: int = 10, n_boot: int = 1000, level: float = 0.95, seed: int = 0
 ) -> dict:
@@ -404,14 +424,4 @@ def bootstrap_ci(
     (each ``{"value", "low", "high"}``, see :func:`within_between`); ``n_boot``, ``level``.
     """
     matrix = class_correlation_matrix(features, labels, n_classes)
-    boots = bootstrap_matrices(features, labels, n_classes, n_boot, seed)
-    low, high = percentile_ci(boots, level)
-    off = ~np.eye(n_classes, dtype=bool)
-    within = np.einsum("bii->bi", boots).mean(axis=1)
-    between = boots[:, off].mean(axis=1)
-    point = within_between(matrix)
-    summary = {}
-    for key, samples in (("within", within), ("between", between), ("difference", within - between)):
-        lo, hi = percentile_ci(samples, level)
-        summary[key] = {"value": point[key], "low": lo, "high": hi}
-    return {"matrix": matrix, "low": low, "high": high, **summary, "n_boot": int(n_boot), "level": level}
+    return summarise_bootstrap(matrix, bootstrap_matrices(features, labels, n_classes, n_boot, seed), level)

@@ -9,6 +9,7 @@ separable frozen features are: multinomial logistic regression fitted full-batch
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Sequence
 
@@ -161,13 +162,42 @@ def _probe_inputs(features, labels, what: str) -> tuple[torch.Tensor, torch.Tens
     return x, y.to("cpu", torch.int64)
 
 
+@contextlib.contextmanager
+def _single_thread(dev: torch.device):
+    # L-BFGS on a probe is thousands of small ops: on a CPU, synchronising threads for each costs
+    # more than the arithmetic (10x slower on 2 busy cores), so the fit runs on one thread.
+    if dev.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _fit_logistic(
-    x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, max_iter: int, dev: torch.device
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    l2: float,
+    max_iter: int,
+    dev: torch.device,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (weight (D, C), bias (C,)) minimising mean cross-entropy + l2 * ||weight||^2 (L-BFGS)."""
+    """Return (weight (D, C), bias (C,)) minimising mean cross-entropy + l2 * ||weight||^2 (L-BFGS).
+
+    ``init``: a starting point (a nearby solution converges in far fewer iterations); zeros if None.
+    """
     x, y = x.to(dev), y.to(dev)
-    weight = torch.zeros((x.shape[1], n_classes), device=dev, requires_grad=True)
-    bias = torch.zeros(n_classes, device=dev, requires_grad=True)
+    if init is None:
+        weight = torch.zeros((x.shape[1], n_classes), device=dev)
+        bias = torch.zeros(n_classes, device=dev)
+    else:
+        weight, bias = (t.detach().clone().to(dev) for t in init)
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [weight, bias], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
         tolerance_grad=1e-6, tolerance_change=1e-9,
@@ -179,7 +209,7 @@ def _fit_logistic(
         loss.backward()
         return loss
 
-    with torch.enable_grad():
+    with torch.enable_grad(), _single_thread(dev):
         optimizer.step(closure)  # one step runs up to max_iter L-BFGS iterations
     return weight.detach(), bias.detach()
 
@@ -226,7 +256,7 @@ def linear_probe(
     multinomial logistic regression (mean cross-entropy + l2 * ||W||^2) is fitted full-batch
     with up to ``max_iter`` L-BFGS iterations. When ``l2`` lists several values, the one with
     the best accuracy on a stratified ``val_fraction`` of the training features is chosen
-    (ties: the first listed) and the probe refitted on all of them. Keys: ``test_accuracy``,
+    (ties: the first listed) and the probe refitted on all of them, starting from its solution. Keys: ``test_accuracy``,
     ``train_accuracy``, ``l2``, ``val_accuracy`` ({l2: accuracy}, empty for a single l2),
     ``n_train``, ``n_test``, ``n_features``.
     """
@@ -243,17 +273,23 @@ def linear_probe(
     dev = devices.resolve_device(device)
 
     val_accuracy = {}
+    start = None
     if len(candidates) > 1:
         fit_idx, val_idx = _split(y_train, val_fraction, seed)
         fit_x, val_x = _standardise(x_train[fit_idx], x_train[val_idx])
-        for value in candidates:
-            weight, bias = _fit_logistic(fit_x, y_train[fit_idx], n_classes, value, max_iter, dev)
-            val_accuracy[value] = _accuracy(val_x, y_train[val_idx], weight, bias)
+        solutions = {}
+        # Strongest penalty first, each fit starting from the previous solution: a warm-started
+        # regularisation path needs far fewer iterations than fits from zero.
+        for value in sorted(candidates, reverse=True):
+            start = _fit_logistic(fit_x, y_train[fit_idx], n_classes, value, max_iter, dev, init=start)
+            solutions[value] = start
+            val_accuracy[value] = _accuracy(val_x, y_train[val_idx], *start)
         chosen = max(candidates, key=lambda v: val_accuracy[v])  # first of equals
+        start = solutions[chosen]
     else:
         chosen = candidates[0]
     train_x, test_x = _standardise(x_train, x_test)
-    weight, bias = _fit_logistic(train_x, y_train, n_classes, chosen, max_iter, dev)
+    weight, bias = _fit_logistic(train_x, y_train, n_classes, chosen, max_iter, dev, init=start)
     return {
         "test_accuracy": _accuracy(test_x, y_test, weight, bias),
         "train_accuracy": _accuracy(train_x, y_train, weight, bias),
