@@ -185,3 +185,44 @@ def test_fashion_resnet_trains_with_the_kit(tmp_path):
     assert len(history) == 1 and torch.isfinite(torch.tensor(history[0]["train_loss"]))
     loaded, loaded_config, _ = train.load_checkpoint(tmp_path / "resnet.pt")
     assert loaded_config.model == "resnet18" and isinstance(loaded, models.FashionResNet18)
+
+
+# --------------------------------------------------------------------------------------------
+# The notebook, offline: the fallback is labelled in its output, results and report section
+
+
+@pytest.mark.slow
+def test_notebook_labels_the_offline_fallback(tmp_path, monkeypatch):
+    import json
+
+    import papermill
+
+    from fmnist_utils import data, paths, report
+
+    root = paths.project_root()
+    run = tmp_path / "run"
+    # A tiny CNN checkpoint where 01_train would leave it, so the notebook does not train one.
+    ds = data.load_fashion_mnist(download_ok=False)
+    idx = torch.from_numpy(data.stratified_subset(ds.y_train, 64, seed=0))
+    config = train.TrainConfig(epochs=1, batch_size=32, device="cpu")
+    train.fit(train.build_model(config), ds.x_train[idx], ds.y_train[idx], config, progress=False,
+              checkpoint=run / "01_train" / "checkpoint.pt")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))  # no cached weights, whatever this machine has
+    executed = tmp_path / "03_resnet_compare.ipynb"
+    papermill.execute_notebook(
+        root / "notebooks" / "03_resnet_compare.ipynb", executed,
+        parameters={"profile": "smoke", "run_dir": str(run), "allow_download": False},
+        cwd=root / "notebooks", progress_bar=False,
+    )
+    outputs = json.dumps(json.loads(executed.read_text())["cells"])
+    assert "WARNING: RANDOM INIT (offline fallback: no ImageNet weights)" in outputs
+    results = json.loads((run / "03_resnet_compare" / "results.json").read_text())
+    assert results["weights_source"] == models.RANDOM_INIT_SOURCE and not results["pretrained"]
+    assert results["cnn"]["source"] == "01_train checkpoint"
+    for name in ("fig2_matrices", "matrix_definitions", "layer_curves", "cka", "probes"):
+        assert (run / "03_resnet_compare" / results["figures"][name]).is_file()
+    stamp = {"notebook": "03_resnet_compare", "source": str(executed), "executed_notebook": str(executed),
+             "seconds": results["seconds"], "executed": True, "status": "ok", "finished_utc": ""}
+    html = report.render(run, [stamp])
+    section = html[html.index('<section id="03_resnet_compare"'):]
+    assert '<p class="warning"><strong>RANDOM INIT (offline fallback: no ImageNet weights).</strong>' in section
