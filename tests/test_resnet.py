@@ -224,5 +224,15 @@ def test_notebook_labels_the_offline_fallback(tmp_path, monkeypatch):
     stamp = {"notebook": "03_resnet_compare", "source": str(executed), "executed_notebook": str(executed),
              "seconds": results["seconds"], "executed": True, "status": "ok", "finished_utc": ""}
     html = report.render(run, [stamp])
-    section = html[html.index('<section id="03_resnet_compare"'):]
+    section = html.split('<section id="03_resnet_compare"', 1)[1].split("</section>")[0]
     assert '<p class="warning"><strong>RANDOM INIT (offline fallback: no ImageNet weights).</strong>' in section
+    assert section.count("RANDOM INIT (offline fallback: no ImageNet weights)") >= 5  # figure captions too
+
+    # The same results as a machine with the weights would write them: no warning, the source named.
+    digest = "ab" * 32
+    results.update(weights_source=models.CACHE_SOURCE, pretrained=True, resnet_title=models.model_title(models.CACHE_SOURCE))
+    results["weights"].update(source=models.CACHE_SOURCE, pretrained=True, sha256=digest)
+    (run / "03_resnet_compare" / "results.json").write_text(json.dumps(results))
+    section = report.render(run, [stamp]).split('<section id="03_resnet_compare"', 1)[1].split("</section>")[0]
+    assert "RANDOM INIT" not in section and 'class="warning"' not in section
+    assert f"{models.CACHE_SOURCE}, SHA-256 <code>{digest[:16]}" in section and "ResNet-18 (ImageNet)" in section
