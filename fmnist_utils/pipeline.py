@@ -62,7 +62,7 @@ class NotebookFailed(RuntimeError):
     def __str__(self) -> str:
         lines = [f"notebook {self.stem} failed: {self.ename}: {self.evalue}".rstrip(": ")]
         if self.cell_number is not None:
-            where = f"in cell {self.cell_number} of {self.source_path}"
+            where = f"  in cell {self.cell_number} of {self.source_path}"
             if self.exec_count is not None:
                 where += f" (In [{self.exec_count}] of the executed notebook)"
             lines.append(where + ", which starts:")
@@ -220,7 +220,7 @@ def recorded_failure(executed: Path) -> dict | None:
     return None
 
 
-def _traceback_tail(traceback: list[str], lines: int = 6) -> str:
+def _traceback_tail(traceback: list[str], lines: int = 10) -> str:
     text = _ANSI.sub("", "\n".join(traceback)).strip()
     return "\n".join(text.splitlines()[-lines:])
 

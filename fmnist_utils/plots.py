@@ -154,7 +154,7 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str]) -> Figu
             if cm[t, p]:
                 ax.text(p, t, str(int(cm[t, p])), ha="center", va="center", fontsize=8,
                         color="white" if frac[t, p] > 0.5 else "black")
-    ax.set_title(f"Confusion matrix ({int(cm.sum())} test images)")
+    ax.set_title(f"Confusion matrix ({int(cm.sum()):,} test images)")
     return fig
 
 

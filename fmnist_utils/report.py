@@ -100,11 +100,16 @@ def _cell(value) -> Markup:
         return escape(num(value))
     if isinstance(value, (list, tuple, dict)):
         return escape(json.dumps(value, default=str))
-    return escape(str(value))
+    # A break opportunity after each underscore lets long setting names wrap on a phone screen.
+    return Markup(str(escape(str(value))).replace("_", "_<wbr>"))
 
 
 # Already formatted numbers (pct, num, secs output) are right-aligned like numbers.
 _NUMERIC_TEXT = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:%| s| min \d+ s| h \d+ min)?")
+
+
+# Settings tables longer than this are set in two column pairs.
+KEY_VALUE_ONE_COLUMN = 12
 
 
 class _Numbering:
@@ -119,12 +124,22 @@ def make_table(numbering: _Numbering) -> Callable[..., Markup]:
     """Return the ``table(rows, columns=None, caption=None)`` helper, numbering captioned tables."""
 
     def table(rows, columns: Sequence[str] | dict | None = None, caption: str | None = None) -> Markup:
-        """Return an HTML table: ``rows`` a list of dicts (or one dict: a two-column key/value table);
+        """Return an HTML table: ``rows`` a list of dicts, or one dict for a settings table
+        (setting/value columns; ``columns`` may rename them: {"setting": ..., "value": ...});
         ``columns`` the keys to show, in order, or {key: header}; numbers right-aligned.
         """
         key_value = isinstance(rows, dict)
         if key_value:  # a settings table: its values mix text and numbers, so all align left
-            rows = [{"setting": k, "value": v} for k, v in rows.items()]
+            items = list(rows.items())
+            names = dict(columns) if isinstance(columns, dict) else {"setting": "setting", "value": "value"}
+            # A long settings list is set in two column pairs (read down, then across) to halve its height.
+            half = (len(items) + 1) // 2 if len(items) > KEY_VALUE_ONE_COLUMN else len(items)
+            rows = [{"k0": k, "v0": v} for k, v in items[:half]]
+            for row, (k, v) in zip(rows, items[half:]):
+                row.update(k1=k, v1=v)
+            columns = {"k0": names["setting"], "v0": names["value"]}
+            if half < len(items):
+                columns.update(k1=names["setting"], v1=names["value"])
         rows = list(rows)
         if columns is None:
             columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -137,7 +152,10 @@ def make_table(numbering: _Numbering) -> Callable[..., Markup]:
         for row in rows:
             cells = []
             for key in headers:
-                value = row.get(key)
+                if key not in row:  # no such entry (e.g. the empty end of a two-pair settings table)
+                    cells.append("<td></td>")
+                    continue
+                value = row[key]
                 numeric = not key_value and (
                     (isinstance(value, (int, float)) and not isinstance(value, bool))
                     or (isinstance(value, str) and _NUMERIC_TEXT.fullmatch(value) is not None)
@@ -249,7 +267,8 @@ def prose_literals(template_text: str) -> list[tuple[str, str]]:
 def profile_rows(profile: dict) -> list[dict]:
     """Return the profile as table rows ``{"setting", "value", "meaning"}`` (meaning from profiles.py)."""
     notes = profile_notes()
-    return [{"setting": k, "value": v, "meaning": notes.get(k, "")} for k, v in profile.items()]
+    # None is spelt out: the meanings say what None stands for ("None = all 60,000").
+    return [{"setting": k, "value": "None" if v is None else v, "meaning": notes.get(k, "")} for k, v in profile.items()]
 
 
 def figure_files(folder: Path) -> list[str]:

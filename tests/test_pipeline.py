@@ -52,7 +52,7 @@ fig.savefig(out / "curve.png", dpi=40)
 
 def text_of(html: str) -> str:
     """The page as a reader sees it: tags dropped, entities decoded, whitespace collapsed."""
-    return re.sub(r"\s+", " ", htmllib.unescape(re.sub(r"<[^>]+>", " ", html)))
+    return re.sub(r"\s+", " ", htmllib.unescape(re.sub(r"<[^>]+>", " ", html.replace("<wbr>", ""))))
 
 
 def build(tmp_path, notebooks, **kw):
@@ -83,8 +83,14 @@ def test_table_escapes_text_numbers_captions_and_aligns_numbers():
     assert '<td class="num">0.25</td>' in html and '<td class="num">1,200</td>' in html
     assert "<caption>Table 1. Scores &amp; more</caption>" in html
     assert "Table 2." in str(table({"lr": 0.05}, caption="second"))
-    settings = str(table({"python": "3.11.7", "threads": 2}))
+    settings = str(table({"python": "3.11.7", "threads": 2}, {"setting": "item", "value": "what"}))
     assert 'class="num"' not in settings  # a key/value table mixes text and numbers: all left
+    assert "<th>item</th><th>what</th></tr>" in settings
+    long = {f"s{i}": i for i in range(report.KEY_VALUE_ONE_COLUMN + 3)}
+    long_html = str(table(long))
+    assert long_html.count("<th>setting</th>") == 2  # set in two column pairs
+    assert all(f"<td>s{i}</td><td>{i}</td>" in long_html for i in long.values())
+    assert long_html.count("<tr>") == 1 + (len(long) + 1) // 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,7 +285,7 @@ def test_notebook_that_writes_no_results_is_a_failure(tmp_path, monkeypatch):
 # The 01_train section says what its numbers say
 
 
-def _fake_train_results(history, test_accuracy=0.8):
+def _fake_train_results(history, test_accuracy=0.8, se=0.01):
     classes = [f"class {i}" for i in range(3)]
     cm = [[8, 2, 0], [1, 9, 0], [0, 3, 7]]
     per_class = {c: cm[i][i] / sum(cm[i]) for i, c in enumerate(classes)}
@@ -293,6 +299,7 @@ def _fake_train_results(history, test_accuracy=0.8):
         "data": {"source": "/data", "train_images": 900, "val_images": 100, "test_images": 30,
                  "train_split_size": 60000, "test_split_size": 10000},
         "history": history, "best_val_epoch": min(history, key=lambda r: r["val_loss"]),
+        "val_accuracy_standard_error": se,
         "training_seconds": 10.25, "test": {"accuracy": test_accuracy, "loss": 0.6125},
         "classes": classes, "per_class_accuracy": per_class, "confusion_matrix": cm,
         "top_confusions": [{"true": "class 2", "predicted": "class 1", "count": 3, "fraction_of_true": 0.3}],
@@ -317,18 +324,28 @@ def test_train_section_wording_follows_the_curves(tmp_path):
     def row(epoch, val_loss, train_acc, val_acc):
         return {"epoch": epoch, "train_loss": 1 / epoch, "train_accuracy": train_acc, "val_loss": val_loss, "val_accuracy": val_acc}
 
-    overfit = [row(1, 0.6, 0.7, 0.72), row(2, 0.5, 0.8, 0.78), row(3, 0.55, 0.9, 0.79)]
-    text = _render_train(tmp_path, _fake_train_results(overfit))
-    assert "Validation loss was lowest after epoch 2 (0.5, accuracy 78.00%) and rose to 0.55 by epoch 3" in text
+    # Validation accuracy falls by far more than its standard error: overfitting.
+    overfit = [row(1, 0.6, 0.7, 0.72), row(2, 0.5, 0.8, 0.85), row(3, 0.55, 0.9, 0.79)]
+    text = _render_train(tmp_path, _fake_train_results(overfit, se=0.01))
+    assert "Validation loss was lowest after epoch 2 (0.5, accuracy 85.00%) and was 0.55 after the last epoch, 3." in text
+    assert "fell by 6 percentage points over those epochs, more than twice its standard error on 100 images (1 points)" in text
+    assert "the usual sign of overfitting" in text
     assert "exceeds validation accuracy (79.00%) by 11 percentage points" in text
     assert "The most frequent mistake is class 2 taken for class 1: 3 images, 30.0% of the class 2 test images" in text
     assert "class 1 is recognised best (90.00%) and class 2 worst (70.00%)" in text
     assert "80.00%" in text and report.num(0.6125) in text and "12.5 s" in text and "1,234,567" in text
+    assert "a smaller budget than the study's, and reaches 80.00%: 10.8 percentage points below it" in text
+
+    # The same curves with a noisy validation estimate: no claim of overfitting.
+    text = _render_train(tmp_path, _fake_train_results(overfit, se=0.05))
+    assert "within twice its standard error on 100 images (5 points)" in text and "overfitting from noise" in text
+    assert "the usual sign of overfitting" not in text
 
     improving = [row(1, 0.6, 0.7, 0.72), row(2, 0.5, 0.75, 0.78)]
-    text = _render_train(tmp_path, _fake_train_results(improving))
+    text = _render_train(tmp_path, _fake_train_results(improving, test_accuracy=0.95))
     assert "Validation loss was still falling at the last epoch (0.5 after epoch 2)" in text
     assert "validation accuracy (78.00%) is not below training accuracy (75.00%)" in text
+    assert "reaches 95.00%: as much as the study even so" in text
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,9 +362,10 @@ def pdf_text(pdf: Path) -> tuple[int, str]:
                     reason="needs Chromium (apt-get install chromium) and pdftotext (poppler-utils)")
 def test_smoke_report_end_to_end(tmp_path):
     run, out = tmp_path / "run", tmp_path / "report"
+    before = [p.stem for p in pipeline.discover()]
     built = pipeline.build("smoke", run, out, pdf=True, progress=False, log=lambda m: None)
-    stems = [p.stem for p in pipeline.discover()]
-    assert [s["notebook"] for s in built["stamps"]] == stems
+    stems = [s["notebook"] for s in built["stamps"]]
+    assert stems == sorted(stems) and set(before) <= set(stems)  # every notebook, in order
     page = built["html"].read_text()
     text = text_of(page)
 
