@@ -256,9 +256,10 @@ def linear_probe(
     multinomial logistic regression (mean cross-entropy + l2 * ||W||^2) is fitted full-batch
     with up to ``max_iter`` L-BFGS iterations. When ``l2`` lists several values, the one with
     the best accuracy on a stratified ``val_fraction`` of the training features is chosen
-    (ties: the first listed) and the probe refitted on all of them, starting from its solution. Keys: ``test_accuracy``,
-    ``train_accuracy``, ``l2``, ``val_accuracy`` ({l2: accuracy}, empty for a single l2),
-    ``n_train``, ``n_test``, ``n_features``.
+    (ties: the first listed) and the probe refitted on all of them, starting from its solution.
+    Keys: ``test_accuracy``, ``test_accuracy_se`` (its binomial standard error,
+    sqrt(a (1 - a) / n_test)), ``train_accuracy``, ``l2``, ``val_accuracy`` ({l2: accuracy},
+    empty for a single l2), ``n_train``, ``n_test``, ``n_features``.
     """
     x_train, y_train = _probe_inputs(train_features, train_labels, "training")
     x_test, y_test = _probe_inputs(test_features, test_labels, "test")
@@ -290,8 +291,10 @@ def linear_probe(
         chosen = candidates[0]
     train_x, test_x = _standardise(x_train, x_test)
     weight, bias = _fit_logistic(train_x, y_train, n_classes, chosen, max_iter, dev, init=start)
+    accuracy = _accuracy(test_x, y_test, weight, bias)
     return {
-        "test_accuracy": _accuracy(test_x, y_test, weight, bias),
+        "test_accuracy": accuracy,
+        "test_accuracy_se": float(np.sqrt(accuracy * (1 - accuracy) / len(x_test))),
         "train_accuracy": _accuracy(train_x, y_train, weight, bias),
         "l2": chosen,
         "val_accuracy": val_accuracy,
