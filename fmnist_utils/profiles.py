@@ -24,6 +24,7 @@ class Profile:
     # 02_sweep: hyperparameters by stratified k-fold cross-validation on the training set
     sweep_space: str  # oat (the study's Tables 2-4) | grid (4 x 3 x 5) | random | tpe, over the study's values
     sweep_n_configs: int | None  # configurations tried by random / tpe; None for oat and grid
+    sweep_factors: tuple[str, ...]  # the study's factors varied (lr, batch_size, dropout); the others stay at the study's values
     sweep_k: int  # folds (>= 2)
     sweep_subset: int | None  # training images cross-validated (stratified); None = all 60,000
     sweep_epochs: int  # epochs per (configuration, fold)
@@ -47,13 +48,13 @@ class Profile:
 
 PROFILES = {
     "smoke": Profile(name="smoke", train_subset=1_000, train_val_fraction=0.2, train_epochs=1, train_test_subset=1_000,
-        sweep_space="oat", sweep_n_configs=None, sweep_k=2, sweep_subset=200, sweep_epochs=1, sweep_workers=1, sweep_final_subset=400, sweep_final_epochs=1, sweep_test_subset=1_000,
+        sweep_space="oat", sweep_n_configs=None, sweep_factors=("lr", "batch_size", "dropout"), sweep_k=2, sweep_subset=200, sweep_epochs=1, sweep_workers=1, sweep_final_subset=400, sweep_final_epochs=1, sweep_test_subset=1_000,
         compare_per_class=10, compare_n_boot=50, compare_probe_train=200, compare_probe_test=100, compare_fmnist_resnet=False, compare_fmnist_resnet_subset=1_000, compare_fmnist_resnet_epochs=1),
     "quick": Profile(name="quick", train_subset=15_000, train_val_fraction=0.1, train_epochs=4, train_test_subset=None,
-        sweep_space="oat", sweep_n_configs=None, sweep_k=3, sweep_subset=2_400, sweep_epochs=2, sweep_workers=1, sweep_final_subset=5_000, sweep_final_epochs=2, sweep_test_subset=None,
+        sweep_space="oat", sweep_n_configs=None, sweep_factors=("lr",), sweep_k=3, sweep_subset=2_400, sweep_epochs=5, sweep_workers=1, sweep_final_subset=5_000, sweep_final_epochs=3, sweep_test_subset=None,
         compare_per_class=100, compare_n_boot=300, compare_probe_train=2_000, compare_probe_test=1_000, compare_fmnist_resnet=False, compare_fmnist_resnet_subset=10_000, compare_fmnist_resnet_epochs=2),
     "full": Profile(name="full", train_subset=None, train_val_fraction=0.1, train_epochs=10, train_test_subset=None,
-        sweep_space="grid", sweep_n_configs=None, sweep_k=5, sweep_subset=None, sweep_epochs=5, sweep_workers=4, sweep_final_subset=None, sweep_final_epochs=10, sweep_test_subset=None,
+        sweep_space="grid", sweep_n_configs=None, sweep_factors=("lr", "batch_size", "dropout"), sweep_k=5, sweep_subset=None, sweep_epochs=5, sweep_workers=4, sweep_final_subset=None, sweep_final_epochs=10, sweep_test_subset=None,
         compare_per_class=100, compare_n_boot=2_000, compare_probe_train=10_000, compare_probe_test=None, compare_fmnist_resnet=True, compare_fmnist_resnet_subset=None, compare_fmnist_resnet_epochs=10),
 }
 

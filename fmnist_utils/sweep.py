@@ -239,9 +239,19 @@ def tpe_search(n_configs: int, seed: int = 0, **values) -> SearchSpace:
     return SearchSpace("tpe", values, n_configs=n_configs, seed=seed)
 
 
-def study_space(kind: str = "oat", n_configs: int | None = None, seed: int = 0) -> SearchSpace:
-    """Return the study's values as a ``kind`` space (oat around :data:`STUDY_BASE`, grid, random, tpe)."""
-    values = {"lr": STUDY_LRS, "batch_size": STUDY_BATCH_SIZES, "dropout": STUDY_DROPOUTS}
+STUDY_VALUES = {"lr": STUDY_LRS, "batch_size": STUDY_BATCH_SIZES, "dropout": STUDY_DROPOUTS}
+
+
+def study_space(kind: str = "oat", n_configs: int | None = None, seed: int = 0,
+                factors: tuple[str, ...] = tuple(STUDY_VALUES)) -> SearchSpace:
+    """Return the study's values of ``factors`` as a ``kind`` space: ``oat`` around
+    :data:`STUDY_BASE` (factors not varied stay at its values), ``grid``, ``random`` or ``tpe``
+    (factors not varied take the base TrainConfig's values, which are the study's).
+    """
+    unknown = [f for f in factors if f not in STUDY_VALUES]
+    if unknown or not factors:
+        raise ValueError(f"factors={list(factors)}: choose one or more of the study's factors {list(STUDY_VALUES)}")
+    values = {f: STUDY_VALUES[f] for f in STUDY_VALUES if f in factors}
     if kind == "oat":
         return one_factor_at_a_time(STUDY_BASE, **values)
     if kind == "grid":

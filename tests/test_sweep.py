@@ -93,6 +93,14 @@ def test_one_factor_at_a_time_varies_one_factor_around_the_base():
     assert all(sum(c[n] != base[n] for n in base) <= 1 for c in configs)
 
 
+def test_study_space_can_vary_some_factors_only():
+    lr_only = sweep.study_space("oat", factors=("lr",)).configs()
+    assert lr_only == [{**sweep.STUDY_BASE, "lr": v} for v in (0.05, 0.1, 0.003, 0.0005)]
+    assert sweep.study_space("grid", factors=("dropout", "lr")).grid_size() == 5 * 4
+    with pytest.raises(ValueError, match="study's factors"):
+        sweep.study_space("oat", factors=("momentum",))
+
+
 def test_random_space_draws_distinct_grid_points_reproducibly():
     a = sweep.random_search(7, seed=3, lr=sweep.STUDY_LRS, dropout=sweep.STUDY_DROPOUTS)
     b = sweep.random_search(7, seed=3, lr=sweep.STUDY_LRS, dropout=sweep.STUDY_DROPOUTS)
@@ -428,6 +436,22 @@ def test_two_workers_train_each_unit_exactly_once_with_the_real_cnn(fmnist, tmp_
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
     assert sorted(units(trials)) == sorted((sweep.config_key(c), f) for c in space.configs() for f in range(2))
     assert {t.user_attrs["result"]["n_train"] for t in trials} == {60}
+
+
+@pytest.mark.slow
+def test_two_workers_on_a_database_url_share_units_without_a_lock(fmnist, tmp_path):
+    """A URL gets no file lock (the workers may sit on several machines): the storage arbitrates."""
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    base = TrainConfig(epochs=1, batch_size=64, precision="fp32", device="cpu", eval_batch_size=256)
+    space = sweep.grid(lr=[0.05, 0.01], dropout=[0.5])
+    run = sweep.run_sweep(fmnist.x_train, fmnist.y_train, space, url, base=base, k=2, subset=120, workers=2,
+                          verbose=False)
+    assert (run.trained, run.pending) == (4, 0)
+    trials = optuna.load_study(study_name="sweep", storage=url).get_trials(deepcopy=False)
+    done = units([t for t in trials if t.state == TrialState.COMPLETE])
+    assert sorted(done) == sorted((sweep.config_key(c), f) for c in space.configs() for f in range(2))
+    others = [t for t in trials if t.state != TrialState.COMPLETE]
+    assert all("withdrawn" in t.user_attrs["failed_because"] for t in others)
 
 
 def test_database_url_storage(fmnist, tiny, tmp_path):
