@@ -12,10 +12,10 @@ TORCHVISION_VERSION ?= 0.29.1
 PROFILE ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: help venv data test train bench clean
+.PHONY: help venv data test report lab train bench bench-sweep bench-gpu clean
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ data: $(VENV)/.installed ## find Fashion-MNIST (data/, FMNIST_DATA, Debian's pac
 	  fi; \
 	  $(PY) -m fmnist_utils data; }
 
+report: data ## run the notebooks (reusing up-to-date ones) into runs/<profile>/ and build report/report.html + .pdf (PROFILE=auto|smoke|quick|full)
+	$(PY) -m fmnist_utils report --profile $(PROFILE)
+
+lab: data ## open JupyterLab on the notebooks
+	$(PY) -m jupyter lab notebooks/
+
 test: data ## run the test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -43,5 +49,11 @@ train: data ## train the study's CNN briefly from the command line and print tes
 bench: data ## time the tutorial training loop against the kit's (images/s and ratio)
 	$(PY) benchmarks/bench_train.py
 
+bench-sweep: data ## configurations per hour of the cross-validated sweep with 1 and N workers
+	$(PY) benchmarks/bench_sweep.py
+
+bench-gpu: data ## tutorial vs eager vs captured loop and time-to-accuracy (made for a CUDA GPU)
+	$(PY) benchmarks/bench_gpu.py
+
 clean: ## remove run folders and the built report (keeps .venv and data/)
-	rm -rf runs report/report.html report/report.pdf
+	rm -rf runs report/report.html report/report.pdf report/notebooks
