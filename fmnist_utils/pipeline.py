@@ -61,8 +61,10 @@ class NotebookFailed(RuntimeError):
 
     def __str__(self) -> str:
         lines = [f"notebook {self.stem} failed: {self.ename}: {self.evalue}".rstrip(": ")]
-        if self.cell_number is not None:
-            where = f"  in cell {self.cell_number} of {self.source_path}"
+        if self.cell_source:
+            # A cell missing from the source is the one papermill injected with the parameters.
+            where = (f"  in cell {self.cell_number} of {self.source_path}" if self.cell_number is not None
+                     else "  in the cell papermill injected with the parameters")
             if self.exec_count is not None:
                 where += f" (In [{self.exec_count}] of the executed notebook)"
             lines.append(where + ", which starts:")
