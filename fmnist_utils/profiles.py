@@ -51,7 +51,7 @@ PROFILES = {
         sweep_space="oat", sweep_n_configs=None, sweep_factors=("lr", "batch_size", "dropout"), sweep_k=2, sweep_subset=200, sweep_epochs=1, sweep_workers=1, sweep_final_subset=400, sweep_final_epochs=1, sweep_test_subset=1_000,
         compare_per_class=10, compare_n_boot=50, compare_probe_train=200, compare_probe_test=100, compare_fmnist_resnet=False, compare_fmnist_resnet_subset=1_000, compare_fmnist_resnet_epochs=1),
     "quick": Profile(name="quick", train_subset=15_000, train_val_fraction=0.1, train_epochs=4, train_test_subset=None,
-        sweep_space="oat", sweep_n_configs=None, sweep_factors=("lr",), sweep_k=3, sweep_subset=2_400, sweep_epochs=5, sweep_workers=1, sweep_final_subset=5_000, sweep_final_epochs=3, sweep_test_subset=None,
+        sweep_space="oat", sweep_n_configs=None, sweep_factors=("lr",), sweep_k=3, sweep_subset=2_400, sweep_epochs=5, sweep_workers=1, sweep_final_subset=4_000, sweep_final_epochs=3, sweep_test_subset=None,
         compare_per_class=100, compare_n_boot=300, compare_probe_train=2_000, compare_probe_test=1_000, compare_fmnist_resnet=False, compare_fmnist_resnet_subset=10_000, compare_fmnist_resnet_epochs=2),
     "full": Profile(name="full", train_subset=None, train_val_fraction=0.1, train_epochs=10, train_test_subset=None,
         sweep_space="grid", sweep_n_configs=None, sweep_factors=("lr", "batch_size", "dropout"), sweep_k=5, sweep_subset=None, sweep_epochs=5, sweep_workers=4, sweep_final_subset=None, sweep_final_epochs=10, sweep_test_subset=None,
