@@ -7,8 +7,11 @@ claiming, training and validating every (configuration, fold). One worker runs i
 cores // N torch threads on a CPU, all sharing the one GPU on CUDA. A short untimed sweep first
 warms this process up, so the 1-worker figure carries no one-off kernel selection.
 
-Usage: ``python benchmarks/bench_sweep.py [--workers 1 2] [--configs 4] [--k 2] [--subset 600]
-[--epochs 1] [--out F]``; defaults are small on a CPU (a couple of minutes) and larger on a GPU.
+Usage: ``python benchmarks/bench_sweep.py [--workers 1 2] [--configs 4] [--k 2] [--subset 2400]
+[--epochs 1] [--out F]``; defaults take about a minute on a 2-core CPU and are larger on a GPU.
+Each spawned worker pays a few seconds to import torch and warm up; the units must be long enough
+to amortise that. On a CPU whose cores one worker already keeps busy, more workers cannot help
+(expect about 1x); on a GPU, several small models train concurrently and fill it better.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def main(argv=None) -> int:
                         help="worker counts compared (default: 1 and 4 on a GPU, 1 and the cores on a CPU)")
     parser.add_argument("--configs", type=int, default=8 if gpu else 4, help="configurations swept")
     parser.add_argument("--k", type=int, default=2, help="folds")
-    parser.add_argument("--subset", type=int, default=12_000 if gpu else 600, help="training images cross-validated")
+    parser.add_argument("--subset", type=int, default=12_000 if gpu else 2_400, help="training images cross-validated")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per (configuration, fold)")
     parser.add_argument("--out", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
