@@ -21,17 +21,17 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import tutorial_dataset, tutorial_epoch  # noqa: E402
 
 from fmnist_utils import data, device as devices, provenance  # noqa: E402
-from fmnist_utils.train import TrainConfig, build_model, build_optimizer, evaluate, fit, preset  # noqa: E402
+from fmnist_utils.train import TrainConfig, build_model, build_optimizer, fit, preset  # noqa: E402
 
 
-def tutorial_run(dataset, test, indices, config: TrainConfig, dev) -> list[float]:
-    """Return per-epoch seconds of the tutorial loop (train epoch + test evaluation, DataLoader)."""
+def tutorial_run(dataset, test, indices, config: TrainConfig, dev) -> tuple[list[float], float]:
+    """Return (per-epoch seconds, final test accuracy) of the tutorial loop (train epoch + test
+    evaluation, DataLoader)."""
     subset = torch.utils.data.Subset(dataset, indices.tolist())
     loader = torch.utils.data.DataLoader(subset, batch_size=config.batch_size, shuffle=True)
     test_loader = torch.utils.data.DataLoader(test, batch_size=1000)
@@ -45,8 +45,7 @@ def tutorial_run(dataset, test, indices, config: TrainConfig, dev) -> list[float
         with torch.no_grad():
             correct = sum((model(x.to(dev)).argmax(1) == y.to(dev)).sum().item() for x, y in test_loader)
         seconds.append(time.perf_counter() - start)
-        assert correct >= 0
-    return seconds
+    return seconds, correct / len(test)
 
 
 def main(argv=None) -> int:
@@ -72,7 +71,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         train_ds = tutorial_dataset(fm, Path(tmp))
         test_ds = FashionMNIST(tmp, train=False, download=False, transform=transforms.ToTensor())
-        tut = tutorial_run(train_ds, test_ds, idx, study, dev)
+        tut, tut_accuracy = tutorial_run(train_ds, test_ds, idx, study, dev)
 
     val = (fm.x_test, fm.y_test)
     eager = fit(build_model(study), x, y, study, val=val, progress=False)
@@ -91,7 +90,7 @@ def main(argv=None) -> int:
         print(f"  {name:<14} {sec:7.2f} s/epoch  {len(x) / sec:9.0f} images/s  {rows['tutorial'] / sec:5.2f}x")
     print(f"  capture: {captured[0].get('capture')}; first step incl. compilation "
           f"{captured[0].get('compile_seconds', float('nan')):.1f} s")
-    print(f"  final test accuracy: tutorial-equivalent eager {eager[-1]['val_accuracy']:.4f}, "
+    print(f"  final test accuracy: tutorial {tut_accuracy:.4f}, eager {eager[-1]['val_accuracy']:.4f}, "
           f"captured {captured[-1]['val_accuracy']:.4f}")
 
     modern = preset("modern", epochs=args.modern_epochs, compile=dev.type == "cuda")

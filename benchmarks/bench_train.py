@@ -14,7 +14,6 @@ the ratios. Usage: ``python benchmarks/bench_train.py [--subset N] [--batch-size
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
