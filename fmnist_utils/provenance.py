@@ -61,14 +61,19 @@ def environment(device: str | torch.device = "auto") -> dict:
     }
 
 
-def write_json(path: str | Path, obj) -> Path:
-    """Write ``obj`` as indented JSON atomically (a kill never leaves half a file); return the path."""
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically: a kill never leaves half a file. Return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Write ``obj`` as indented JSON atomically (a kill never leaves half a file); return the path."""
+    return write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
 
 
 def read_json(path: str | Path):

@@ -371,17 +371,9 @@ def render_notebooks(stamps: list[dict], folder: Path) -> dict[str, str]:
     links = {}
     for stamp in stamps:
         body, _ = exporter.from_filename(stamp["executed_notebook"])
-        _write_atomic(folder / f"{stamp['notebook']}.html", body)
+        provenance.write_text(folder / f"{stamp['notebook']}.html", body)
         links[stamp["notebook"]] = f"{folder.name}/{stamp['notebook']}.html"
     return links
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
 
 
 def write_report(run: str | Path, stamps: list[dict], report_dir: str | Path, log: Callable[[str], None] = print) -> Path:
@@ -392,7 +384,7 @@ def write_report(run: str | Path, stamps: list[dict], report_dir: str | Path, lo
     report_dir = Path(report_dir)
     links = render_notebooks(stamps, report_dir / "notebooks")
     html = render(run, stamps, links)
-    path = _write_atomic(report_dir / "report.html", html)
+    path = provenance.write_text(report_dir / "report.html", html)
     log(f"wrote {path} ({len(html) / 1e6:.1f} MB) and {len(links)} rendered notebook(s) in {report_dir / 'notebooks'}")
     return path
 

@@ -671,13 +671,6 @@ class SweepRun:
         return dataclasses.asdict(self)
 
 
-def _check_training_split(x: torch.Tensor, y: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28) or x.dtype != torch.uint8:
-        raise ValueError(f"x must be uint8 training images (N, 1, 28, 28), got {getattr(x, 'shape', type(x))}")
-    if not isinstance(y, torch.Tensor) or y.ndim != 1 or len(y) != len(x):
-        raise ValueError(f"y must be (N,) labels with N={len(x)}, got {getattr(y, 'shape', type(y))}")
-
-
 def _complete_units(storage: optuna.storages.BaseStorage, study_id: int, run_id: str | None = None) -> set:
     return {
         _unit(t) for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,))
@@ -715,7 +708,7 @@ def run_sweep(
 
     Finished units are never retrained; all settings are checked (ValueError) before training.
     """
-    _check_training_split(x, y)
+    train.check_split(x, y, "training")
     if not isinstance(space, SearchSpace):
         raise ValueError(f"space must be a SearchSpace (grid, one_factor_at_a_time, ...), got {type(space).__name__}")
     if not isinstance(workers, int) or workers < 1:

@@ -204,11 +204,14 @@ def l1_penalty(model: nn.Module) -> torch.Tensor:
     return sum(p.abs().sum() for name, p in model.named_parameters() if p.ndim > 1)
 
 
-def _check_split(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
+def check_split(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
+    """Raise ValueError unless x is uint8 images (N, 1, 28, 28) and y is (N,) labels, N >= 1."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ValueError(f"{what} images and labels must be torch tensors, got {type(x).__name__} and {type(y).__name__}")
     if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
         raise ValueError(f"{what} images must be (N, 1, 28, 28), got {tuple(x.shape)}")
     if x.dtype != torch.uint8:
-        raise ValueError(f"{what} images must be uint8 0..255 (scaling happens on the device), got {x.dtype}")
+        raise ValueError(f"expected uint8 {what} images, values 0..255 (scaling happens on the device), got {x.dtype}")
     if y.ndim != 1 or len(y) != len(x):
         raise ValueError(f"{what} labels must be (N,) with N={len(x)}, got {tuple(y.shape)}")
     if len(x) == 0:
@@ -310,7 +313,7 @@ def evaluate(
     tta_flip: bool = False,
 ) -> dict:
     """Return ``{"accuracy", "loss"}`` of ``model`` on (x uint8 (N,1,28,28), y (N,))."""
-    _check_split(x, y, "evaluation")
+    check_split(x, y, "evaluation")
     logits = predict_logits(model, x, batch_size, precision, tta_flip)
     y = y.cpu()
     return {
@@ -362,9 +365,9 @@ def fit(
     With ``compile`` the first epoch's row also has ``compile_seconds`` (the first step, which
     includes compilation) and ``capture`` (how the step ran).
     """
-    _check_split(x, y, "training")
+    check_split(x, y, "training")
     if val is not None:
-        _check_split(*val, "validation")
+        check_split(*val, "validation")
     dev = devices.resolve_device(config.device)
     precision = devices.resolve_precision(config.precision, dev)
     model = _prepare(model, dev)
