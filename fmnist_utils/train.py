@@ -27,6 +27,20 @@ from .data import iterate_batches, scale
 from .models import MODELS
 
 
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite loss: where it happened and what usually causes it.
+
+    ``epoch`` and ``step`` are 1-based; ``unit`` is the index of the stacked unit (``fit_many``)
+    or None for a single run; ``loss`` is the offending value (nan or inf).
+    """
+
+    def __init__(self, epoch: int, step: int, loss: float, unit: int | None = None, hint: str = ""):
+        self.epoch, self.step, self.loss, self.unit, self.hint = epoch, step, loss, unit, hint
+        where = f"unit {unit}, " if unit is not None else ""
+        message = f"training diverged ({where}epoch {epoch}, step {step}): loss is {loss}"
+        super().__init__(message + (f"; {hint}" if hint else ""))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of one training run. Defaults are the study's recipe (90.8% test accuracy).
