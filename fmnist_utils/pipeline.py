@@ -24,6 +24,7 @@ import argparse
 import datetime as _dt
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -227,21 +228,58 @@ def _traceback_tail(traceback: list[str], lines: int = 10) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def execute(notebook: Path, output: Path, parameters: dict, progress: bool = False) -> None:
+class _LineSink:
+    """A file for papermill's ``stdout_file``: hands each complete line the kernel prints to ``emit``.
+
+    Stream messages arrive in arbitrary pieces; a line is emitted once its newline has come, and
+    only its last ``\\r``-separated part (what a terminal would leave visible).
+    """
+
+    def __init__(self, emit: Callable[[str], None]):
+        self.emit, self.pending = emit, ""
+
+    def write(self, text: str) -> None:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            self._emit(line)
+
+    def flush(self) -> None:  # papermill flushes after every piece; a partial line waits for its end
+        pass
+
+    def close(self) -> None:
+        self._emit(self.pending)
+        self.pending = ""
+
+    def _emit(self, line: str) -> None:
+        visible = line.rsplit("\r", 1)[-1].rstrip()
+        if visible.strip():
+            self.emit(visible)
+
+
+def execute(notebook: Path, output: Path, parameters: dict, log: Callable[[str], None] | None = None) -> None:
     """Execute ``notebook`` with papermill into ``output`` (cwd: the notebook's folder).
 
-    Raises :class:`NotebookFailed` when a cell raised (papermill's exception, or a failure
-    recorded only in the executed notebook's metadata) or the kernel could not run it.
+    ``log``: called with each line the notebook prints (``"01_train: epoch 2/4: 50% ..."``) as
+    it runs: its kernel is started with ``FMNIST_PROGRESS=lines`` (unless that is set already),
+    so training prints one line per epoch (see :mod:`fmnist_utils.progress`). Raises
+    :class:`NotebookFailed` when a cell raised (papermill's exception, or a failure recorded only
+    in the executed notebook's metadata) or the kernel could not run it.
     """
     import papermill
+
+    from . import progress
 
     notebook, output = Path(notebook), Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     stem = notebook.stem
+    sink = _LineSink(lambda line: log(f"{stem}: {line}")) if log is not None else None
+    # The kernel inherits this process's environment when papermill starts it.
+    previous = os.environ.get(progress.ENV)
+    os.environ.setdefault(progress.ENV, "lines")
     try:
         papermill.execute_notebook(
             str(notebook), str(output), parameters=parameters, kernel_name=KERNEL,
-            cwd=str(notebook.parent), progress_bar=progress, log_output=False,
+            cwd=str(notebook.parent), progress_bar=False, stdout_file=sink,
             request_save_on_cell_execute=True,
         )
     except papermill.PapermillExecutionError as exc:
@@ -252,6 +290,11 @@ def execute(notebook: Path, output: Path, parameters: dict, progress: bool = Fal
         ) from None
     except Exception as exc:  # a dead kernel, a missing kernel spec, a timeout: papermill raises many types
         raise NotebookFailed(stem, notebook, output, ename=type(exc).__name__, evalue=str(exc)) from exc
+    finally:
+        if sink is not None:
+            sink.close()
+        if previous is None:
+            os.environ.pop(progress.ENV, None)
     failure = recorded_failure(output)
     if failure is not None:
         raise NotebookFailed(
@@ -275,7 +318,7 @@ def run_notebooks(
     run_dir: str | Path | None = None,
     notebooks: str | Path | None = None,
     force: bool = False,
-    progress: bool | None = None,
+    progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """Run (or reuse) every notebook in order and return their stamps, in notebook order.
@@ -284,6 +327,7 @@ def run_notebooks(
     ("ok"), ``seconds`` (papermill wall time of the run that produced the results, kernel
     start included), ``started_utc``, ``finished_utc``, ``executed`` (True when run now, False
     when reused), ``source`` and ``executed_notebook`` paths. ``force`` re-executes everything.
+    ``progress``: pass each line the notebooks print (one per epoch) to ``log`` as they run.
     Raises :class:`NotebookFailed` on the first failure; its stamp then says ``"failed"``.
     """
     name = profiles.resolve_name(profile)
@@ -291,8 +335,6 @@ def run_notebooks(
     found = discover(notebooks)
     for nb in found:  # before anything runs: a contract error should not cost minutes of training first
         check_parameters(nb)
-    if progress is None:
-        progress = sys.stderr.isatty()
     package = package_digest()
     parameters = {"profile": name, "run_dir": str(run)}
     log(f"profile {name}: {len(found)} notebook(s) from {found[0].parent} into {run}")
@@ -329,7 +371,7 @@ def run_notebooks(
         log(f"{stem}: running ({reason})")
         start, wall_start = time.perf_counter(), time.time()
         try:
-            execute(nb, executed_path(run, stem), parameters, progress=progress)
+            execute(nb, executed_path(run, stem), parameters, log=log if progress else None)
             written = results_path(run, stem)
             # A results.json older than this run would be an earlier run's, not this one's.
             if not written.is_file() or written.stat().st_mtime < wall_start - 1:
@@ -370,7 +412,7 @@ def build(
     force: bool = False,
     pdf: bool = True,
     install: bool = True,
-    progress: bool | None = None,
+    progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run the notebooks and build the report; return ``{"html", "pdf", "stamps", "seconds"}``.

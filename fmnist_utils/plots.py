@@ -1,11 +1,16 @@
-"""The figures of ``01_train`` and the few numbers they draw, as pure functions.
+"""The kit's figures, for every notebook, and the few numbers they draw, as pure functions.
 
-Every ``plot_*`` function takes arrays and returns a :class:`matplotlib.figure.Figure` built
-without pyplot, so nothing is registered globally and nothing is shown or saved as a side
-effect: a notebook displays the returned figure and saves it with ``fig.savefig``. The helpers
-that compute what a figure shows (:func:`confusion_matrix`, :func:`per_class_accuracy`,
-:func:`top_confusions`, :func:`pick_misclassified`) are separate so the numbers can be written
-to results and tested on their own.
+Every ``plot_*`` function takes arrays or tables and returns a :class:`matplotlib.figure.Figure`
+built without pyplot, so nothing is registered globally and nothing is shown or saved as a side
+effect: a notebook displays the returned figure and saves it with
+``fmnist_utils.notebook.Notebook.save_figure``. Every matrix is drawn by
+:func:`annotated_matrix` (seaborn), so all heat maps read alike. The helpers that compute what a
+figure shows (:func:`confusion_matrix`, :func:`per_class_accuracy`, :func:`top_confusions`,
+:func:`pick_misclassified`) are separate so the numbers can be written to results and tested on
+their own.
+
+Sections: the annotated matrix; 01_train (curves, confusion, per class, mistakes); 02_sweep
+(:func:`plot_sweep_heatmaps`, :func:`plot_sweep_factors`, :func:`plot_fold_spread`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -188,21 +194,14 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str]) -> Figu
         raise ValueError(f"confusion has shape {cm.shape} but there are {len(classes)} class names")
     totals = cm.sum(axis=1, keepdims=True)
     frac = cm / np.maximum(totals, 1)
+    counts = np.where(cm > 0, cm.astype(np.int64).astype(str), "")  # empty cells stay quiet
     fig = Figure(figsize=(7.2, 6.2), layout="constrained")
     ax = fig.subplots()
-    im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
-    n = len(classes)
-    ax.set_xticks(range(n), classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), classes)
+    annotated_matrix(ax, frac, classes, classes, vmin=0.0, vmax=1.0, cmap="Blues", fmt="", annot=counts,
+                     cbar_label="fraction of the true class", fontsize=8,
+                     title=f"Confusion matrix ({int(cm.sum()):,} test images)")
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    for t in range(n):
-        for p in range(n):
-            if cm[t, p]:
-                ax.text(p, t, str(int(cm[t, p])), ha="center", va="center", fontsize=8,
-                        color="white" if frac[t, p] > 0.5 else "black")
-    ax.set_title(f"Confusion matrix ({int(cm.sum()):,} test images)")
     return fig
 
 
@@ -258,4 +257,108 @@ def plot_misclassified(images, y_true, y_pred, classes: Sequence[str], ncols: in
         ax.imshow(img, cmap="gray_r")
         ax.set_title(f"{classes[ti]}\n→ {classes[pi]}", fontsize=7.5)
     fig.suptitle("Misclassified test images (true → predicted)" if n else "No misclassified test images", fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 02_sweep: tables from fmnist_utils.sweep (fold_results, summarize, factor_tables)
+
+
+def _value_label(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _sweep():
+    # Imported when a sweep figure is drawn: the sweep module brings Optuna.
+    from . import sweep
+
+    return sweep
+
+
+def plot_sweep_heatmaps(summary: pd.DataFrame, rows: str = "lr", cols: str = "batch_size",
+                        facet: str | None = "dropout", value: str = "accuracy_mean") -> Figure:
+    """Return heat maps of ``value`` (CV mean validation accuracy, drawn in %) over ``rows`` x ``cols``.
+
+    summary: one row per configuration (``sweep.summarize``). One panel per ``facet`` value
+    (sorted; one panel when ``facet`` is None or not a column), all on one colour scale, rows in
+    descending and columns in ascending order. Cells the sweep did not train are blank.
+    """
+    for name in (rows, cols, value):
+        if name not in summary:
+            raise ValueError(f"summary has no column {name!r}; columns are {list(summary.columns)}")
+    if summary.empty:
+        raise ValueError("summary is empty: there is no configuration to draw")
+    labels = _sweep().LABELS
+    facets = sorted(summary[facet].unique()) if facet is not None and facet in summary else [None]
+    row_vals = sorted(summary[rows].unique(), reverse=True)
+    col_vals = sorted(summary[cols].unique())
+    vmin, vmax = 100 * summary[value].min(), 100 * summary[value].max()
+    fig = Figure(figsize=(1.6 + 1.1 * len(col_vals) * len(facets), 0.55 * len(row_vals) + 1.7),
+                 layout="constrained")
+    axes = fig.subplots(1, len(facets), squeeze=False)[0]
+    for i, (ax, f) in enumerate(zip(axes, facets)):
+        part = summary if f is None else summary[summary[facet] == f]
+        grid = part.pivot_table(index=rows, columns=cols, values=value).reindex(index=row_vals, columns=col_vals)
+        last = i == len(facets) - 1
+        annotated_matrix(ax, 100 * grid.to_numpy(dtype=float), [_value_label(c) for c in col_vals],
+                         [_value_label(r) for r in row_vals], vmin=vmin, vmax=vmax, fmt=".1f", fontsize=8,
+                         cbar=last, cbar_label="CV mean validation accuracy (%)" if last else None,
+                         title=None if f is None else f"{labels.get(facet, facet)} {_value_label(f)}")
+        ax.set_xlabel(labels.get(cols, cols))
+        ax.set_ylabel(labels.get(rows, rows) if i == 0 else "")
+        ax.tick_params(axis="x", labelrotation=0)
+        ax.tick_params(axis="y", labelleft=i == 0)  # the rows are the same in every panel
+    return fig
+
+
+def plot_sweep_factors(tables: dict[str, pd.DataFrame], folds: pd.DataFrame) -> Figure:
+    """Return one panel per factor (the tables of ``sweep.factor_tables``, the study's Tables 2-4):
+    each fold's validation accuracy (grey dots), the CV mean (diamond, red for the base value)
+    with its sample standard deviation over the folds (error bar).
+
+    folds: one row per (configuration, fold) with ``config`` and ``val_accuracy`` (``sweep.fold_results``).
+    """
+    if not tables:
+        raise ValueError("no factor tables: the sweep has no configurations differing in one factor only")
+    labels = _sweep().LABELS
+    fig = Figure(figsize=(3.6 * len(tables), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(tables), squeeze=False, sharey=True)[0]
+    for ax, (factor, table) in zip(axes, tables.items()):
+        pos = np.arange(len(table))
+        ax.errorbar(pos, table["accuracy_mean"], yerr=table["accuracy_std"].fillna(0), fmt="none",
+                    ecolor="0.3", capsize=4)
+        ax.scatter(pos, table["accuracy_mean"], c=[VAL_COLOR if b else TRAIN_COLOR for b in table["is_base"]],
+                   s=60, zorder=3, marker="D")
+        for p, key in zip(pos, table["config"]):
+            acc = folds.loc[folds["config"] == key, "val_accuracy"]
+            ax.scatter(np.full(len(acc), p + 0.12), acc, s=12, color="0.5", zorder=2)
+        ax.set_xticks(pos, [_value_label(v) for v in table[factor]])
+        ax.set_xlabel(labels.get(factor, factor))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("validation accuracy")
+    return fig
+
+
+def plot_fold_spread(folds: pd.DataFrame, summary: pd.DataFrame) -> Figure:
+    """Return every configuration (best at the top) with each fold's validation accuracy (dots)
+    and the CV mean (bar): where the dots of two configurations overlap, the folds cannot tell
+    them apart.
+
+    folds: ``sweep.fold_results``; summary: ``sweep.summarize`` of it.
+    """
+    if summary.empty:
+        raise ValueError("summary is empty: there is no configuration to draw")
+    sweep = _sweep()
+    order = summary.sort_values("accuracy_mean", ascending=True, kind="stable")
+    names = sweep.hyperparameter_names(summary)
+    fig = Figure(figsize=(6.5, 0.28 * len(order) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    for i, (_, row) in enumerate(order.iterrows()):
+        acc = folds.loc[folds["config"] == row["config"], "val_accuracy"]
+        ax.scatter(acc, np.full(len(acc), i), s=14, color=TRAIN_COLOR, alpha=0.8)
+        ax.plot([row["accuracy_mean"]] * 2, [i - 0.35, i + 0.35], color=VAL_COLOR, lw=2)
+    ax.set_yticks(range(len(order)), [sweep.describe_config({n: r[n] for n in names}) for _, r in order.iterrows()],
+                  fontsize=7)
+    ax.set_xlabel("validation accuracy (dots: folds; bar: CV mean)")
+    ax.grid(axis="x", alpha=0.3)
     return fig

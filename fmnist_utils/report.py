@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import inspect
 import json
 import os
 import re
@@ -213,13 +212,8 @@ def notebook_title(notebook: str | Path) -> str:
 
 
 def profile_notes() -> dict[str, str]:
-    """Return {Profile field: the comment beside it in profiles.py} (what each setting means)."""
-    notes = {}
-    for line in inspect.getsource(profiles.Profile).splitlines():
-        match = re.match(r"\s+(\w+)\s*:[^#=]+#\s*(.+)$", line)
-        if match:
-            notes[match.group(1)] = match.group(2).strip()
-    return notes
+    """Return {dotted Profile setting: what it means}, from the fields' metadata (see profiles.setting)."""
+    return profiles.meanings()
 
 
 def scalar_metrics(results: dict) -> list[dict]:
@@ -264,11 +258,24 @@ def prose_literals(template_text: str) -> list[tuple[str, str]]:
     return [(kind, m.group(0)) for kind, pattern in RESULT_LITERALS for m in pattern.finditer(prose)]
 
 
+def _flatten(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def profile_rows(profile: dict) -> list[dict]:
-    """Return the profile as table rows ``{"setting", "value", "meaning"}`` (meaning from profiles.py)."""
+    """Return the profile (nested dicts, as ``Profile.to_dict()``) as table rows
+    ``{"setting", "value", "meaning"}``, one per leaf setting (``train.epochs``).
+    """
     notes = profile_notes()
-    # None is spelt out: the meanings say what None stands for ("None = all 60,000").
-    return [{"setting": k, "value": "None" if v is None else v, "meaning": notes.get(k, "")} for k, v in profile.items()]
+    # None is spelt out: the meanings say what None stands for ("None: all 60,000").
+    return [{"setting": k, "value": "None" if v is None else v, "meaning": notes.get(k, "")}
+            for k, v in _flatten(profile).items()]
 
 
 def figure_files(folder: Path) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from . import device as devices
 from .augment import augment_batch
 from .data import iterate_batches, scale
 from .models import MODELS
+from .progress import bar as progress_bar
 
 
 class TrainingDiverged(RuntimeError):
@@ -336,14 +336,6 @@ def evaluate(
     }
 
 
-def _progress_bar(enabled: bool | None, total: int):
-    from tqdm.auto import tqdm
-
-    if enabled is None:  # a bar only where someone watches a terminal
-        enabled = sys.stderr.isatty()
-    return tqdm(total=total, disable=not enabled, unit="step", leave=False, dynamic_ncols=True)
-
-
 def capture(model: nn.Module, device: torch.device) -> tuple[nn.Module, str]:
     """Return (the model compiled for ``device``, how) or (``model``, reason) where capture fails.
 
@@ -372,8 +364,9 @@ def fit(
 
     The history has one dict per epoch: ``epoch``, ``train_loss``, ``train_accuracy``,
     ``val_loss`` / ``val_accuracy`` (when ``val`` is given), ``seconds`` (wall time of the
-    epoch's training and evaluation), ``lr`` (at the epoch's end). ``progress``: True/False, or
-    None for a bar only on a terminal. ``checkpoint``: a file written after every epoch; when it
+    epoch's training and evaluation), ``lr`` (at the epoch's end). ``progress``: False for none,
+    True or None for :mod:`fmnist_utils.progress`'s bar (a widget in JupyterLab, a text bar on a
+    terminal, one line per epoch elsewhere). ``checkpoint``: a file written after every epoch; when it
     exists and was made with the same config (``epochs`` may be larger), training resumes after
     its last finished epoch. With ``ema_decay`` the model ends holding the averaged weights.
     With ``compile`` the first epoch's row also has ``compile_seconds`` (the first step, which
@@ -409,10 +402,10 @@ def fit(
         if config.compile and not first_step:
             first_step.append(time.perf_counter() - start)
 
-    bar = _progress_bar(progress, steps_per_epoch * max(0, config.epochs - len(history)))
+    bar = progress_bar(steps_per_epoch * max(0, config.epochs - len(history)), unit="step", enabled=progress)
     try:
         for epoch in range(len(history) + 1, config.epochs + 1):
-            bar.set_description(f"epoch {epoch}/{config.epochs}")
+            bar.set_description(f"epoch {epoch}/{config.epochs}", refresh=False)
             start = time.perf_counter()
             row = {"epoch": epoch}
             row.update(
@@ -429,11 +422,12 @@ def fit(
             if config.compile and epoch == len(history) + 1 and first_step:
                 row.update(compile_seconds=first_step[0], capture=how)
             history.append(row)
-            bar.set_postfix(
-                loss=f"{row['train_loss']:.3f}",
-                acc=f"{row['train_accuracy']:.3f}",
+            # One refresh per epoch: the line `make report` prints (see fmnist_utils.progress).
+            bar.set_postfix({
+                "loss": f"{row['train_loss']:.3f}",
+                "acc": f"{row['train_accuracy']:.3f}",
                 **({"val_acc": f"{row['val_accuracy']:.3f}"} if val is not None else {}),
-            )
+            })
             if checkpoint is not None:
                 _save(Path(checkpoint), model, optimizer, scheduler, ema, generator, config, history)
     finally:

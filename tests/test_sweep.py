@@ -474,24 +474,6 @@ def test_tpe_proposes_distinct_configurations_and_resumes(fmnist, tiny, tmp_path
     assert again.trained == 0 and spy.fit == []
 
 
-def test_grid_and_oat_figures_draw(fmnist, tiny, tmp_path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    storage = tmp_path / "s.journal"
-    space = sweep.grid(lr=[0.05, 0.01], batch_size=[32, 64], dropout=[0.1, 0.5])
-    sweep.run_sweep(fmnist.x_train, fmnist.y_train, space, storage, **tiny)
-    folds = sweep.fold_results(storage)
-    summary = sweep.summarize(folds)
-    for fig in (sweep.plot_heatmaps(summary), sweep.plot_fold_spread(folds, summary),
-                sweep.plot_factors(sweep.factor_tables(summary, {"lr": 0.05, "batch_size": 32, "dropout": 0.5}),
-                                   folds)):
-        fig.savefig(tmp_path / "f.png")
-        plt.close(fig)
-
-
 # --------------------------------------------------------------------------------------------
 # The notebook, end to end with the smoke profile
 
