@@ -38,20 +38,16 @@ def _cmd_train(args) -> int:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     ds = fdata.load_fashion_mnist(args.data)
-    x, y = ds.x_train, ds.y_train
-    if args.subset:
-        idx = fdata.stratified_subset(y, args.subset, seed=config.seed)
-        x, y = x[idx], y[idx]
+    idx = fdata.subset_indices(ds.y_train, args.subset, seed=config.seed)
+    x, y = ds.x_train[idx], ds.y_train[idx]
     dev = devices.resolve_device(config.device)
     print(f"training {config.model} on {len(x)} images, {devices.describe(dev)}, "
           f"precision {devices.resolve_precision(config.precision, dev)}")
     model = build_model(config)
     start = time.perf_counter()
+    # Per-epoch progress is fit's bar (a text bar on a terminal, one line per epoch in a log).
     history = fit(model, x, y, config, progress=False if args.no_progress else None)
     seconds = time.perf_counter() - start
-    for row in history:
-        print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, accuracy {row['train_accuracy']:.4f}, "
-              f"{row['seconds']:.1f} s")
     test = evaluate(model, ds.x_test, ds.y_test, config.eval_batch_size, config.precision)
     print(f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) after {seconds:.1f} s of training")
     if args.out:
@@ -74,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model and print its test accuracy")
     p.add_argument("--data", default=None, help="folder holding the four IDX files")
-    p.add_argument("--subset", type=int, default=None, help="train on this many images (stratified)")
+    p.add_argument("--subset", type=int, default=None, help="train on this many images (stratified); default: all")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", default=None, help="write config, history and test metrics to this JSON file")
     _add_config_arguments(p)

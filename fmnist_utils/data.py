@@ -48,13 +48,6 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-# Decompressed sizes in bytes: 16-byte image header or 8-byte label header plus one byte a value.
-EXPECTED_BYTES = {
-    "train_images": 16 + 60_000 * 28 * 28,
-    "train_labels": 8 + 60_000,
-    "test_images": 16 + 10_000 * 28 * 28,
-    "test_labels": 8 + 10_000,
-}
 EXPECTED_PER_CLASS = {"train": 6_000, "test": 1_000}
 
 HOW_TO_PROVIDE = (
@@ -311,11 +304,6 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, download_ok: bool 
 # On-device tensors, subsets and folds
 
 
-def to_device(*tensors: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor, ...]:
-    """Return the tensors moved once to ``device`` (uint8 images stay uint8: 4x less memory)."""
-    return tuple(t.to(device, non_blocking=True) for t in tensors)
-
-
 def scale(x: torch.Tensor) -> torch.Tensor:
     """Return uint8 images (N, 1, 28, 28) as float32 in [0, 1] on the same device."""
     return x.float().div_(255.0)
@@ -345,6 +333,39 @@ def stratified_subset(labels: torch.Tensor | np.ndarray, n: int, seed: int = 0) 
         take[i] += 1
     chosen = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take)]
     return np.sort(np.concatenate(chosen))
+
+
+def subset_indices(labels: torch.Tensor | np.ndarray, n: int | None, seed: int = 0) -> np.ndarray:
+    """Return sorted indices into ``labels``: a stratified subset of ``n`` (as
+    :func:`stratified_subset`), or all of them when ``n`` is None.
+
+    ``n`` must otherwise be between 1 and ``len(labels)``: 0 is refused, not read as "all".
+    """
+    y = _as_numpy_labels(labels)
+    return np.arange(len(y)) if n is None else stratified_subset(y, n, seed)
+
+
+def train_val_split(
+    labels: torch.Tensor | np.ndarray, val_fraction: float, seed: int = 0, subset: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (train_indices, val_indices) into ``labels``, disjoint and sorted.
+
+    A stratified subset of ``subset`` images is drawn first (None: all of them, see
+    :func:`subset_indices`), then a stratified ``val_fraction`` of it, rounded to whole images,
+    is held out for validation; the rest is for training. Seeded by ``seed``.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction={val_fraction!r} must be in (0, 1): the part of the images held out")
+    y = _as_numpy_labels(labels)
+    pool = subset_indices(y, subset, seed)
+    n_val = round(val_fraction * len(pool))
+    if not 1 <= n_val < len(pool):
+        raise ValueError(
+            f"val_fraction={val_fraction} of {len(pool)} images leaves {n_val} for validation and "
+            f"{len(pool) - n_val} for training; both need at least one: use more images or another fraction"
+        )
+    held_out = pool[stratified_subset(y[pool], n_val, seed)]
+    return np.setdiff1d(pool, held_out), held_out
 
 
 def stratified_kfold(

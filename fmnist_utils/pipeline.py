@@ -175,7 +175,7 @@ def check_parameters(notebook: Path) -> None:
     if missing:
         raise ValueError(
             f"{notebook}: its cell tagged 'parameters' does not declare {', '.join(missing)} "
-            f"(found {sorted(declared) or 'no parameters cell'}). Add e.g. `profile = \"auto\"` and `run_dir = \"\"`, "
+            f"(found {sorted(declared) or 'no parameters cell'}). Add e.g. `profile = \"auto\"` and `run_dir = None`, "
             "one per line, with no '=' inside the trailing comment (papermill cannot parse such lines)."
         )
 

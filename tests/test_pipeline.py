@@ -20,7 +20,7 @@ from fmnist_utils import pipeline, report
 from fmnist_utils.__main__ import main
 
 ROOT = Path(__file__).resolve().parent.parent
-PARAMETERS = 'profile = "auto"  # auto | smoke | quick | full\nrun_dir = ""  # run folder; empty: runs/<profile>/'
+PARAMETERS = 'profile = "auto"  # auto | smoke | quick | full\nrun_dir = None  # run folder; None: runs/<profile>/'
 
 
 def write_notebook(path: Path, *code: str, title: str | None = None, parameters: str = PARAMETERS) -> Path:
