@@ -11,6 +11,8 @@ TORCH_VERSION ?= 2.14.1
 TORCHVISION_VERSION ?= 0.29.1
 PROFILE ?= auto
 PYTEST_ARGS ?=
+# Jupyter refuses to run as root without --allow-root (the usual case in a container).
+LAB_FLAGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: help venv data test report lab train bench bench-sweep bench-gpu clean
 
@@ -38,7 +40,7 @@ report: data ## run the notebooks (reusing up-to-date ones) into runs/<profile>/
 	$(PY) -m fmnist_utils report --profile $(PROFILE)
 
 lab: data ## open JupyterLab on the notebooks
-	$(PY) -m jupyter lab notebooks/
+	$(PY) -m jupyter lab $(LAB_FLAGS) notebooks/
 
 test: data ## run the test suite
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -259,7 +259,7 @@ class _LineSink:
 def execute(notebook: Path, output: Path, parameters: dict, log: Callable[[str], None] | None = None) -> None:
     """Execute ``notebook`` with papermill into ``output`` (cwd: the notebook's folder).
 
-    ``log``: called with each line the notebook prints (``"01_train: epoch 2/4: 50% ..."``) as
+    ``log``: called with each line the notebook prints (``"01_train | epoch 2/4: 50% ..."``) as
     it runs: its kernel is started with ``FMNIST_PROGRESS=lines`` (unless that is set already),
     so training prints one line per epoch (see :mod:`fmnist_utils.progress`). Raises
     :class:`NotebookFailed` when a cell raised (papermill's exception, or a failure recorded only
@@ -272,7 +272,7 @@ def execute(notebook: Path, output: Path, parameters: dict, log: Callable[[str],
     notebook, output = Path(notebook), Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     stem = notebook.stem
-    sink = _LineSink(lambda line: log(f"{stem}: {line}")) if log is not None else None
+    sink = _LineSink(lambda line: log(f"{stem} | {line}")) if log is not None else None
     # The kernel inherits this process's environment when papermill starts it.
     previous = os.environ.get(progress.ENV)
     os.environ.setdefault(progress.ENV, "lines")

@@ -75,5 +75,6 @@ def bar(total: int | None, *, desc: str | None = None, unit: str = "it", enabled
     if how == "off":
         return tqdm(total=total, desc=desc, unit=unit, disable=True)
     # Never redrawn by time (mininterval) and not shown at 0 (delay): only on the caller's refresh.
-    return tqdm(total=total, desc=desc, unit=unit, file=_LineWriter(), mininterval=math.inf,
-                delay=math.inf, leave=False, bar_format=LINE_FORMAT)
+    # set_description appends ": " to a description; one given here gets the same, so lines agree.
+    return tqdm(total=total, desc=None if desc is None else f"{desc}: ", unit=unit, file=_LineWriter(),
+                mininterval=math.inf, delay=math.inf, leave=False, bar_format=LINE_FORMAT)

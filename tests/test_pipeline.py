@@ -6,6 +6,7 @@ test runs the kit's own notebooks with the smoke profile, HTML and PDF included.
 
 import html as htmllib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ def results_cell(stem: str, score: float, extra: str = "") -> str:
     """A cell writing results.json and one figure, as the contract asks, in well under a second."""
     return f"""
 import json
+import os
 from matplotlib.figure import Figure
 from fmnist_utils import paths, profiles
 out = paths.run_folder(profiles.resolve_name(profile), run_dir) / {stem!r}
@@ -216,6 +218,36 @@ def test_missing_chromium_says_what_to_install(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------------------------
 # Failures
+
+
+def test_runner_streams_the_lines_a_notebook_prints_as_it_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("FMNIST_PROGRESS", raising=False)
+    nbs = tmp_path / "nbs"
+    talk = """
+import os
+from fmnist_utils import progress
+print("mode", progress.mode(), os.environ.get("FMNIST_PROGRESS"))
+bar = progress.bar(4, desc="step", unit="step")
+for i in range(4):
+    bar.update()
+    if i % 2:
+        bar.set_postfix({"i": i})  # a line only when the caller refreshes, not on every update
+bar.close()
+print("half a", end="")
+print(" line")
+"""
+    write_notebook(nbs / "01_talk.ipynb", talk, results_cell("01_talk", 0.5))
+    lines = []
+    pipeline.run_notebooks("smoke", tmp_path / "run", nbs, log=lines.append)
+    said = [line.removeprefix("01_talk | ") for line in lines if line.startswith("01_talk | ")]
+    assert said[0] == "mode lines lines"  # the kernel was told to print lines
+    assert re.fullmatch(r"step: +50% 2/4 \[\d\d:\d\d<\d\d:\d\d, .*, i=1\]", said[1]), said
+    assert re.fullmatch(r"step: +100% 4/4 \[\d\d:\d\d<00:00, .*, i=3\]", said[2]), said
+    assert said[3] == "half a line"
+    assert "FMNIST_PROGRESS" not in os.environ  # only the kernel's environment had it
+    quiet = []
+    pipeline.run_notebooks("smoke", tmp_path / "run", nbs, force=True, progress=False, log=quiet.append)
+    assert not [line for line in quiet if line.startswith("01_talk | ")]
 
 
 def test_failing_notebook_stops_the_pipeline_names_notebook_and_cell(tmp_path, capsys):
