@@ -519,3 +519,19 @@ def test_record_turns_nan_into_none_and_needs_a_reason():
     assert r["value"] is None and r["low"] == 0.1 and r["n"] == 3
     with pytest.raises(ValueError, match="give the reason"):
         stats.record("k", "c", "s", "t", "n/a")
+
+
+def test_inputs_are_not_modified():
+    rng = np.random.default_rng(26)
+    a, b = symmetric(5, rng), symmetric(5, rng)
+    x = rng.normal(size=(12, 4))
+    k, l = x @ x.T, corr.centred_gram(x[:, :2])
+    w = np.ones((2, 12))
+    correct = rng.random(12) < 0.5
+    before = [v.copy() for v in (a, b, k, l, w, correct)]
+    stats.mantel_test(a, b)
+    corr.bootstrap_cka(k, l, w)
+    stats.mcnemar_exact(correct, ~correct)
+    stats.paired_bootstrap_difference(0.0, 0.0, k[0], l[0])
+    for v, old in zip((a, b, k, l, w, correct), before):
+        np.testing.assert_array_equal(v, old)
