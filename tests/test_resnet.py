@@ -174,6 +174,14 @@ def test_fashion_resnet_shapes_and_keywords():
         models.FashionResNet18(dropout=1.0)
 
 
+def test_resnet_preset_is_the_notebooks_recipe():
+    config = train.preset("resnet", epochs=2, seed=3)
+    assert (config.model, config.dropout, config.optimizer, config.schedule) == ("resnet18", 0.0, "sgd", "onecycle")
+    assert (config.lr, config.momentum, config.nesterov, config.weight_decay) == (0.05, 0.9, True, 5e-4)
+    assert (config.epochs, config.seed, config.batch_size) == (2, 3, 128)
+    assert isinstance(train.build_model(config), models.FashionResNet18)
+
+
 def test_fashion_resnet_trains_with_the_kit(tmp_path):
     config = train.TrainConfig(model="resnet18", dropout=0.0, epochs=1, batch_size=4, lr=0.01, device="cpu", precision="fp32")
     generator = torch.Generator().manual_seed(0)
