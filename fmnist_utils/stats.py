@@ -176,8 +176,9 @@ def paired_bootstrap_difference(value_a: float, value_b: float, samples_a, sampl
     differences (pairing cancels what the two share: which images were drawn).
 
     Null hypothesis (of ``p``): the statistic is the same for both networks. ``p`` is the
-    two-sided percentile-bootstrap p-value, twice the smaller fraction of resample differences
-    on either side of zero (capped at 1): the interval at level 1 - p just reaches zero.
+    two-sided percentile-bootstrap p-value, twice the smaller share of resample differences on
+    either side of zero, counted as (1 + count) / (1 + B) so that B resamples never claim a
+    p below 2 / (B + 1) (capped at 1); the interval at level about 1 - p just reaches zero.
     Keys: ``difference``, ``low``, ``high``, ``p``, ``level``, ``n_boot``.
     """
     _check_level(level)
@@ -191,7 +192,7 @@ def paired_bootstrap_difference(value_a: float, value_b: float, samples_a, sampl
         raise ValueError("the statistic is NaN or infinite on the sample or a resample")
     d = a - b
     low, high = correlation.percentile_ci(d, level)
-    p = min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))
+    p = min(1.0, 2 * (1 + min(np.sum(d <= 0), np.sum(d >= 0))) / (1 + len(d)))
     return {"difference": float(value_a - value_b), "low": low, "high": high, "p": float(p), "level": level, "n_boot": len(d)}
 
 
@@ -404,16 +405,18 @@ def _direction(p: float | None, estimate: float | None, alpha: float) -> str:
 
 
 def verdict_matrix_agreement(matrix_a, matrix_b, name_a: str, name_b: str, *, key: str = "matrix_agreement",
-                             n_perm: int = N_PERM, seed: int = 0, samples=None, alpha: float = ALPHA,
+                             n_perm: int = N_PERM, seed: int = 0, boots=None, alpha: float = ALPHA,
                              level: float = LEVEL) -> dict:
-    """Return the verdict record: do two class-by-class matrices rank the class pairs alike?
+    """Return the verdict record: do two class-by-class matrices (C, C) rank the class pairs alike?
 
     Mantel test (:func:`mantel_test`, one-sided). Vocabulary: ``"agree"`` (p < alpha: more alike
     than relabelled classes would be), ``"no_evidence"``, ``"n/a"`` (a matrix has identical
-    off-diagonal entries: no ranking). ``samples``: optional (B,) per-resample rho
-    (``correlation.bootstrap_spearman``) giving ``low``/``high``, a description of how rho moves
-    with the image sample, not part of the test. ``n``: the number of classes.
+    off-diagonal entries: no ranking). ``boots``: optional (boots_a, boots_b), each (B, C, C)
+    from ``correlation.bootstrap_matrices`` on the same resamples; ``low``/``high`` are then
+    the percentile interval of rho over them, a description of how rho moves with the image
+    sample, not part of the test. ``n``: the number of classes.
     """
+    _check_alpha(alpha)
     claim = f"{name_a} and {name_b} rank the pairs of classes alike (more than relabelled classes would)"
     test = f"Mantel permutation test of Spearman rho over the class pairs, {n_perm:,} permutations of the class labels, one-sided"
     try:
@@ -425,9 +428,9 @@ def verdict_matrix_agreement(matrix_a, matrix_b, name_a: str, name_b: str, *, ke
     if result["exact"]:
         test = f"Mantel permutation test of Spearman rho over the class pairs, all {result['n_perm']:,} permutations of the class labels, one-sided"
     low = high = None
-    if samples is not None:
+    if boots is not None:
         _check_level(level)
-        low, high = correlation.percentile_ci(samples, level)
+        low, high = correlation.percentile_ci(correlation.bootstrap_spearman(*boots), level)
     verdict = "agree" if result["p"] < alpha else "no_evidence"
     return record(key, claim, "Spearman rho", test, verdict, value=result["statistic"], low=low, high=high,
                   level=level, p=result["p"], n=result["n_classes"])
@@ -446,6 +449,55 @@ def verdict_paired_bootstrap(key: str, claim: str, statistic: str, value_a: floa
     test = f"paired bootstrap over the images, {result['n_boot']:,} class-stratified resamples shared by both, percentile interval"
     return record(key, claim, statistic, test, verdict, value=result["difference"], low=result["low"],
                   high=result["high"], level=level, p=result["p"], n=n)
+
+
+def verdict_separation(matrix_a, matrix_b, boots_a, boots_b, name_a: str, name_b: str, *, n: int | None = None,
+                       key: str = "separation", level: float = LEVEL) -> dict:
+    """Return the verdict record: do a's classes stand apart more clearly than b's?
+
+    The statistic is ``correlation.within_between``'s difference (mean within-class minus mean
+    between-class entry) of each (C, C) matrix; boots_a, boots_b: (B, C, C) on the same
+    resamples. :func:`verdict_paired_bootstrap`: ``"higher"`` (a's classes stand apart more),
+    ``"lower"``, ``"tie"``. ``n``: images resampled.
+    """
+    values = [correlation.within_between(m)["difference"] for m in (matrix_a, matrix_b)]
+    samples = [correlation.bootstrap_within_between(b)["difference"] for b in (boots_a, boots_b)]
+    return verdict_paired_bootstrap(
+        key, f"{name_a} and {name_b} differ in how far their classes stand apart",
+        f"difference in within-class minus between-class correlation ({name_a} minus {name_b})",
+        *values, *samples, n=n, level=level)
+
+
+def verdict_spearman_vs_pixels(matrix_a, matrix_b, matrix_pixels, boots_a, boots_b, boots_pixels, name_a: str,
+                               name_b: str, *, n: int | None = None, key: str = "spearman_vs_pixels",
+                               level: float = LEVEL) -> dict:
+    """Return the verdict record: does a rank the class pairs more like the raw pixels than b does?
+
+    The statistic is Spearman's rho of each network's (C, C) matrix with the pixels' matrix;
+    the boots (B, C, C) share resamples. :func:`verdict_paired_bootstrap` vocabulary.
+    """
+    values = [correlation.compare_matrices(m, matrix_pixels) for m in (matrix_a, matrix_b)]
+    samples = [correlation.bootstrap_spearman(b, boots_pixels) for b in (boots_a, boots_b)]
+    return verdict_paired_bootstrap(
+        key, f"{name_a} and {name_b} differ in how much their ranking of the class pairs follows the raw pixels'",
+        f"difference in Spearman rho with the raw-pixel matrix ({name_a} minus {name_b})",
+        *values, *samples, n=n, level=level)
+
+
+def verdict_cka_vs_pixels(gram_a, gram_b, gram_pixels, weights, name_a: str, name_b: str, *,
+                          key: str = "cka_vs_pixels", level: float = LEVEL) -> dict:
+    """Return the verdict record: is a's representation closer to the raw pixels than b's (debiased CKA)?
+
+    gram_a, gram_b, gram_pixels: (N, N) Gram matrices of the same N images
+    (``correlation.centred_gram``); weights: (B, N) from ``correlation.resample_weights`` (the
+    resamples of the matrices). :func:`verdict_paired_bootstrap` vocabulary; ``n``: N.
+    """
+    values = [correlation.cka_from_grams(g, gram_pixels, debiased=True) for g in (gram_a, gram_b)]
+    samples = [correlation.bootstrap_cka(g, gram_pixels, weights) for g in (gram_a, gram_b)]
+    return verdict_paired_bootstrap(
+        key, f"{name_a} and {name_b} differ in how similar they are to the raw pixels",
+        f"difference in debiased linear CKA with the raw pixels ({name_a} minus {name_b})",
+        *values, *samples, n=np.shape(weights)[1], level=level)
 
 
 def verdict_paired_accuracy(key: str, correct_a, correct_b, name_a: str, name_b: str, *, alpha: float = ALPHA,

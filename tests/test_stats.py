@@ -166,8 +166,10 @@ def test_paired_difference_matches_loop():
     diffs = [x - y for x, y in zip(a, b)]
     assert result["difference"] == pytest.approx(0.1)
     assert (result["low"], result["high"]) == pytest.approx(tuple(np.percentile(diffs, [2.5, 97.5])))
-    below, above = sum(d <= 0 for d in diffs) / 500, sum(d >= 0 for d in diffs) / 500
-    assert result["p"] == pytest.approx(min(1.0, 2 * min(below, above)))
+    below, above = sum(d <= 0 for d in diffs), sum(d >= 0 for d in diffs)
+    assert result["p"] == pytest.approx(min(1.0, 2 * (1 + min(below, above)) / 501))
+    apart = stats.paired_bootstrap_difference(1.0, 0.0, a + 10, a)  # every resample on one side
+    assert apart["p"] == pytest.approx(2 / 501) and apart["low"] == pytest.approx(10)
     assert result["n_boot"] == 500 and result["level"] == stats.LEVEL
 
 
@@ -463,12 +465,52 @@ def test_verdict_matrix_agreement():
     agree = stats.verdict_matrix_agreement(a, a + 0.3 * symmetric(10, rng), "the CNN", "ResNet-18", n_perm=999)
     check_record(agree, {"agree", "no_evidence", "n/a"})
     assert agree["verdict"] == "agree" and agree["n"] == 10 and agree["low"] is None and "999" in agree["test"]
-    unrelated = stats.verdict_matrix_agreement(a, symmetric(10, np.random.default_rng(0)), "a", "b", n_perm=999, samples=rng.normal(size=50))
+    other = symmetric(10, np.random.default_rng(0))
+    boots = (a + 0.1 * rng.normal(size=(30, 10, 10)), other + 0.1 * rng.normal(size=(30, 10, 10)))
+    boots = tuple((m + m.transpose(0, 2, 1)) / 2 for m in boots)
+    unrelated = stats.verdict_matrix_agreement(a, other, "a", "b", n_perm=999, boots=boots)
     check_record(unrelated, {"agree", "no_evidence", "n/a"})
-    assert unrelated["verdict"] == "no_evidence" and unrelated["low"] < unrelated["high"]
+    assert unrelated["verdict"] == "no_evidence"
+    rhos = [corr.compare_matrices(x, y) for x, y in zip(*boots)]
+    assert (unrelated["low"], unrelated["high"]) == pytest.approx(tuple(np.percentile(rhos, [2.5, 97.5])))
     flat = stats.verdict_matrix_agreement(a, np.ones((10, 10)), "a", "b")
     check_record(flat, {"agree", "no_evidence", "n/a"})
     assert flat["verdict"] == "n/a" and "identical" in flat["reason"]
+
+
+def test_network_verdicts_are_paired_bootstraps_of_their_statistic():
+    rng = np.random.default_rng(27)
+    y = np.repeat(np.arange(4), 8)
+    proto = rng.normal(size=(4, 12))
+    xs = [proto[y] + s * rng.normal(size=(32, 12)) for s in (0.5, 1.5)] + [rng.normal(size=(32, 12)) + proto[y] @ rng.normal(size=(12, 12))]
+    mats = [corr.class_correlation_matrix(x, y, 4) for x in xs]
+    boots = [corr.bootstrap_matrices(x, y, 4, n_boot=60, seed=1) for x in xs]
+    vocabulary = {"higher", "lower", "tie"}
+
+    def wb(m):
+        return np.mean(np.diag(m)) - np.mean([m[i, j] for i in range(4) for j in range(4) if i != j])
+
+    sep = stats.verdict_separation(mats[0], mats[1], boots[0], boots[1], "a", "b", n=32)
+    check_record(sep, vocabulary)
+    d = [wb(p) - wb(q) for p, q in zip(boots[0], boots[1])]
+    assert sep["value"] == pytest.approx(wb(mats[0]) - wb(mats[1]))
+    assert (sep["low"], sep["high"]) == pytest.approx(tuple(np.percentile(d, [2.5, 97.5])))
+    assert sep["verdict"] == "higher" and sep["key"] == "separation" and sep["n"] == 32  # less noise: classes apart more
+
+    spear = stats.verdict_spearman_vs_pixels(mats[0], mats[1], mats[2], boots[0], boots[1], boots[2], "a", "b")
+    check_record(spear, vocabulary)
+    d = [corr.compare_matrices(p, r) - corr.compare_matrices(q, r) for p, q, r in zip(*boots)]
+    assert spear["value"] == pytest.approx(corr.compare_matrices(mats[0], mats[2]) - corr.compare_matrices(mats[1], mats[2]))
+    assert (spear["low"], spear["high"]) == pytest.approx(tuple(np.percentile(d, [2.5, 97.5])))
+
+    grams = [corr.centred_gram(x) for x in xs]
+    w = corr.resample_weights(y, 4, n_boot=40, seed=1)
+    cka = stats.verdict_cka_vs_pixels(grams[0], grams[1], grams[2], w, "a", "b")
+    check_record(cka, vocabulary)
+    d = [corr.bootstrap_cka(grams[0], grams[2], w[b : b + 1])[0] - corr.bootstrap_cka(grams[1], grams[2], w[b : b + 1])[0] for b in range(40)]
+    assert cka["value"] == pytest.approx(corr.linear_cka(xs[0], xs[2], debiased=True) - corr.linear_cka(xs[1], xs[2], debiased=True))
+    assert (cka["low"], cka["high"]) == pytest.approx(tuple(np.percentile(d, [2.5, 97.5])))
+    assert cka["n"] == 32 and cka["key"] == "cka_vs_pixels"
 
 
 def test_verdict_paired_accuracy():
