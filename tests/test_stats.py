@@ -464,7 +464,8 @@ def test_verdict_matrix_agreement():
     a = symmetric(10, rng)
     agree = stats.verdict_matrix_agreement(a, a + 0.3 * symmetric(10, rng), "the CNN", "ResNet-18", n_perm=999)
     check_record(agree, {"agree", "no_evidence", "n/a"})
-    assert agree["verdict"] == "agree" and agree["n"] == 10 and agree["low"] is None and "999" in agree["test"]
+    assert agree["verdict"] == "agree" and agree["n"] == 10 and "999" in agree["test"]
+    assert agree["low"] is None and agree["level"] is None  # no interval without bootstrap matrices
     other = symmetric(10, np.random.default_rng(0))
     boots = (a + 0.1 * rng.normal(size=(30, 10, 10)), other + 0.1 * rng.normal(size=(30, 10, 10)))
     boots = tuple((m + m.transpose(0, 2, 1)) / 2 for m in boots)
