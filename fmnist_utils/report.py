@@ -1,11 +1,18 @@
 """Assemble the report: the run folder's results + Jinja templates -> one HTML page -> PDF.
 
 The page is ``templates/report.html.j2``; each notebook's part of it is the fragment
-``templates/sections/<stem>.html.j2``, rendered with ``r`` (that notebook's ``results.json``),
-``results`` (every notebook's results by stem) and the helpers :func:`pct`, :func:`num`,
-:func:`secs`, ``figure(filename, caption)`` and ``table(rows, columns, caption)``. A notebook
-without a fragment still gets a section: its scalar results as a table and its figures. Every
-number on the page comes from the results files; the templates hold prose and structure only.
+``templates/sections/<stem>.html.j2`` (found by the notebook's stem: ``01_sweep``, ``02_train``,
+...), rendered with ``r`` (that notebook's ``results.json``), ``results`` (every notebook's
+results by stem), ``stem`` and the helpers :func:`pct`, :func:`num`, :func:`points`,
+:func:`p_value`, :func:`secs`, ``na`` (:func:`not_available`), ``verdict(stem, key)``,
+:func:`verdict_numbers`, :func:`relabel`, ``study`` (the study's reported figures, from
+:mod:`fmnist_utils.study`), ``figure(filename, caption)`` and ``table(rows, columns, caption)``.
+A section's ``{% block title %}`` is its heading and its entry in the contents. A notebook
+without a fragment still gets a section: its verdicts, its scalar results and its figures.
+
+Every number on the page comes from the results files (:func:`typed_numbers` checks the
+templates), and every conclusion is a verdict record: a tested function decided it and wrote it
+into ``results["verdicts"][key]``; ``templates/verdicts.html.j2`` only words it.
 
 Figures are embedded as base64 PNG, the CSS is inline, so ``report.html`` is one self-contained
 file; the executed notebooks are rendered beside it (``notebooks/<stem>.html``) by nbconvert.

@@ -541,7 +541,7 @@ def test_smoke_report_end_to_end(tmp_path):
     assert page.count("<table") >= 4 and "<script" not in page
 
     # The numbers on the page are those in the results files.
-    r = json.loads((run / "01_train" / "results.json").read_text())
+    r = json.loads((run / "02_train" / "results.json").read_text())
     assert f"classifies {report.pct(r['test']['accuracy'])} of {report.num(r['data']['test_images'])} test images" in text
     assert report.num(r["test"]["loss"]) in text and report.num(r["n_parameters"]) in text
     for name, acc in r["per_class_accuracy"].items():
@@ -551,7 +551,7 @@ def test_smoke_report_end_to_end(tmp_path):
     for stamp in built["stamps"]:
         assert report.secs(stamp["seconds"]) in text
     for name in r["figures"].values():
-        assert (run / "01_train" / name).is_file()
+        assert (run / "02_train" / name).is_file()
     assert page.count('<img src="data:image/png;base64,') >= len(r["figures"])
     for key, value in r["profile"].items():
         assert key in text
@@ -560,7 +560,7 @@ def test_smoke_report_end_to_end(tmp_path):
     pages, pdf = pdf_text(built["pdf"])
     pdf = re.sub(r"\s+", " ", pdf)
     assert pages >= 2
-    assert "Training the study's CNN" in pdf and report.pct(r["test"]["accuracy"]) in pdf
+    assert "Training the CNN with the configuration chosen by cross-validation" in pdf and report.pct(r["test"]["accuracy"]) in pdf
 
     # Built again: every notebook is reused, nothing executed, the report is complete again.
     mtimes = {stem: pipeline.executed_path(run, stem).stat().st_mtime_ns for stem in stems}
