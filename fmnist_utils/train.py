@@ -183,6 +183,10 @@ PRESETS: dict[str, dict] = {
         schedule="onecycle", label_smoothing=0.1, decay_norm_bias=False, aug_crop_pad=2, aug_flip=True,
         aug_erase=0.25, ema_decay=0.999, tta_flip=True,
     ),
+    # The ResNet-18 with a 28x28 stem that 03_resnet_compare trains on Fashion-MNIST.
+    "resnet": dict(
+        model="resnet18", dropout=0.0, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle",
+    ),
 }
 
 

@@ -156,6 +156,8 @@ def test_probe_accuracy_is_the_fraction_of_correct_argmax():
     w, b = features._fit_logistic(xs, torch.from_numpy(y), 3, 1e-3, 200, torch.device("cpu"))
     expected = ((xts @ w + b).argmax(1).numpy() == yt).mean()
     assert result["test_accuracy"] == pytest.approx(expected)
+    np.testing.assert_array_equal(result["test_predictions"], (xts @ w + b).argmax(1).numpy())
+    assert result["test_accuracy"] == pytest.approx((result["test_predictions"] == yt).mean())
     assert 0.4 < result["test_accuracy"] < 1.0 and result["val_accuracy"] == {}
 
 
