@@ -12,7 +12,8 @@ Stages, each with a time budget, one progress line when it starts and one when i
 
 Every stage runs as a child process killed at its budget; a failure or a timeout is recorded
 with the end of its output and the next stage runs. With ``--profile full`` the stages share
-:data:`TOTAL_BUDGET_S` (the issue's 8 minutes on one H100): the benchmarks have fixed caps, the
+:data:`TOTAL_BUDGET_S` (9 minutes: the issue's target for the whole command on one H100 is 8,
+:data:`TARGET_S`, and the summary says whether it was met): the benchmarks have fixed caps, the
 report gets what is left. An interrupted report resumes on the next call (the runner reuses
 finished notebooks and training checkpoints), so ``--stages report`` finishes it and updates the
 same results file.
@@ -45,13 +46,15 @@ sys.path.insert(0, str(HERE))
 import wheelhouse  # noqa: E402  (its requirement parsing; stdlib only)
 
 STAGES = ("install", "bench_gpu", "bench_sweep", "report")
-# Seconds per stage; None: what is left of the total. Full: one H100, the issue's 8 minutes in
-# all (measured figures go in the README); smoke: caps that only stop a hung stage on a CPU.
+# Seconds per stage; None: what is left of the total. Full: one H100; the total leaves a minute
+# of a 10-minute remote command for start-up and copying, and a report cut short resumes on the
+# next call. Smoke: caps that only stop a hung stage on a CPU.
 BUDGETS = {
-    "full": {"install": 90, "bench_gpu": 150, "bench_sweep": 90, "report": None},
+    "full": {"install": 90, "bench_gpu": 180, "bench_sweep": 90, "report": None},
     "smoke": {"install": 90, "bench_gpu": 600, "bench_sweep": 600, "report": 900},
 }
-TOTAL_BUDGET_S = {"full": 480, "smoke": None}
+TOTAL_BUDGET_S = {"full": 540, "smoke": None}
+TARGET_S = 480  # the issue's target for the whole command on one H100, recorded against the wall time
 MIN_STAGE_S = 20  # a stage given less than this is skipped: it could not do anything useful
 KILL_GRACE_S = 10  # between SIGTERM and SIGKILL of a stage's process group
 TAIL_LINES = 25  # lines of a failed stage's output kept in the JSON
@@ -208,15 +211,17 @@ def accuracy_figures(results: dict, prefix: str = "") -> dict:
     return out
 
 
-def report_figures(run: Path, report_dir: Path) -> dict:
-    """Return what the report stage left: each notebook's stamp (status, seconds, executed or
-    reused), its accuracies and verdicts from ``results.json``, and the report files."""
+def report_figures(run: Path, report_dir: Path, since_utc: str) -> dict:
+    """Return what the report stage left: each notebook's stamp (status, seconds, whether it ran
+    after ``since_utc`` or was reused from an earlier run), its accuracies and verdicts from
+    ``results.json``, and the report files."""
     notebooks = {}
     for stamp_file in sorted((run / "notebooks").glob("*.stamp.json")):
         stamp = json.loads(stamp_file.read_text())
         stem = stamp.get("notebook", stamp_file.name.removesuffix(".stamp.json"))
         entry = {"status": stamp.get("status"), "seconds": stamp.get("seconds"),
-                 "started_utc": stamp.get("started_utc"), "finished_utc": stamp.get("finished_utc")}
+                 "started_utc": stamp.get("started_utc"), "finished_utc": stamp.get("finished_utc"),
+                 "executed_now": (stamp.get("started_utc") or "") >= since_utc}
         results_file = run / stem / "results.json"
         if stamp.get("status") == "ok" and results_file.is_file():
             results = json.loads(results_file.read_text())
@@ -259,9 +264,11 @@ def summarize(stage: str, record: dict) -> str:
     if stage == "report" and fig.get("notebooks"):
         parts = []
         for stem, nb in fig["notebooks"].items():
-            acc = {k: v for k, v in (nb.get("accuracies") or {}).items() if "test" in k and k.endswith("accuracy")}
+            acc = {k: v for k, v in (nb.get("accuracies") or {}).items()
+                   if "test" in k and k.endswith("accuracy") and not k.startswith("reference")}
             shown = ", ".join(f"{k} {v:.3f}" for k, v in list(acc.items())[:2])
-            parts.append(f"{stem} {nb.get('status')} {_fmt(nb.get('seconds'), '.0f')} s" + (f" ({shown})" if shown else ""))
+            reused = "" if nb.get("executed_now") else " reused"
+            parts.append(f"{stem} {nb.get('status')}{reused} {_fmt(nb.get('seconds'), '.0f')} s" + (f" ({shown})" if shown else ""))
         return "; ".join(parts)
     # Any other stage (bench_sweep's figures are its own): the throughputs and ratios it reports.
     numbers = _numbers(fig)
@@ -365,10 +372,11 @@ class Verify:
                "--report-dir", str(report_dir)]
         cmd += ["--force"] if self.args.force_report else []
         cmd += [] if self.args.install_chromium else ["--no-install"]  # no apt-get on a machine without internet
+        since = now_utc()
         record = self.command("report", cmd, budget, ok_codes=(0, REPORT_HTML_ONLY))
         if record["returncode"] == REPORT_HTML_ONLY:
             record["note"] = "HTML written; no PDF (Chromium missing)"
-        record["figures"] = report_figures(run, report_dir)
+        record["figures"] = report_figures(run, report_dir, since)
         return record
 
     def run(self, stage: str) -> dict:
@@ -460,10 +468,13 @@ def main(argv=None) -> int:
                 line += f"\n      | {tail}"
         log(line)
     doc["runs"][-1]["seconds"] = time.perf_counter() - verify.start
+    doc["target_seconds"] = TARGET_S if args.profile == "full" else None
     out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     log("")
     print_table({s: doc["stages"][s] for s in STAGES if s in doc["stages"]}, log)
-    log(f"total {doc['runs'][-1]['seconds']:.1f} s this run; results: {out}")
+    within = "" if doc["target_seconds"] is None else (
+        f" ({'within' if doc['runs'][-1]['seconds'] <= TARGET_S else 'OVER'} the {TARGET_S} s target)")
+    log(f"total {doc['runs'][-1]['seconds']:.1f} s this run{within}; results: {out}")
     return 0 if all(doc["stages"][s]["status"] == "ok" for s in args.stages) else 1
 
 
