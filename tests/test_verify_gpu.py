@@ -122,6 +122,30 @@ def test_read_requirements_prefers_the_wheelhouse_list(tmp_path):
     assert verify_gpu.read_requirements(tmp_path) == ["papermill>=2.6", "optuna"]
 
 
+def install_stage(folder: Path) -> dict:
+    import argparse
+
+    args = argparse.Namespace(wheelhouse=str(folder), profile="smoke", budget=None)
+    return verify_gpu.Verify(args, folder / "logs", dict(os.environ), time.perf_counter()).install(60)
+
+
+def test_install_stage_needs_nothing_when_everything_is_there(tmp_path):
+    (tmp_path / "requirements.txt").write_text("pytest>=7\nnumpy\n")
+    record = install_stage(tmp_path)
+    assert record["status"] == "ok" and record["figures"]["missing_before"] == []
+
+
+def test_install_stage_says_how_to_get_what_is_missing(tmp_path):
+    (tmp_path / "requirements.txt").write_text("pytest>=7\nfmnist-no-such-package>=1\n")
+    record = install_stage(tmp_path)
+    assert record["status"] == "failed" and record["figures"]["missing_before"] == ["fmnist-no-such-package>=1"]
+    assert "holds no wheels" in record["error"] and "make wheelhouse PY=" in record["error"]
+    # Wheels for another Python cannot help either, and the error says so.
+    (tmp_path / "manifest.json").write_text(json.dumps({"python": "2.7"}))
+    make_wheel(tmp_path, "fmnist_no_such_package", "1.0", [])
+    assert "wheels for Python 2.7" in install_stage(tmp_path)["error"]
+
+
 def test_run_command_kills_the_whole_group_at_its_budget(tmp_path):
     # The stage's child starts a grandchild (as papermill starts a kernel); both must go.
     pid_file = tmp_path / "grandchild.pid"
