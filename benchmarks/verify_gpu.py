@@ -43,7 +43,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-import wheelhouse  # noqa: E402  (its requirement parsing; stdlib only)
+import wheelhouse  # noqa: E402  (its requirement parsing: stdlib and packaging only)
 
 STAGES = ("install", "bench_gpu", "bench_sweep", "report")
 # Seconds per stage; None: what is left of the total. Full: one H100; the total leaves a minute
@@ -79,14 +79,6 @@ def results_name(device_name: str, date: str, profile: str) -> str:
 # What is installed
 
 
-def _requirement_class():
-    try:
-        from packaging.requirements import Requirement
-    except ImportError:  # pip always carries it
-        from pip._vendor.packaging.requirements import Requirement
-    return Requirement
-
-
 def missing_requirements(requirements: list[str], version_of) -> list[str]:
     """Return the requirements not satisfied here: not installed, or installed at a version the
     specifier excludes. ``version_of(name)`` returns the installed version or raises
@@ -94,10 +86,9 @@ def missing_requirements(requirements: list[str], version_of) -> list[str]:
     """
     from importlib.metadata import PackageNotFoundError
 
-    Requirement = _requirement_class()
     missing = []
     for text in requirements:
-        req = Requirement(text)
+        req = wheelhouse.Requirement(text)
         try:
             installed = version_of(req.name)
         except PackageNotFoundError:

@@ -2,7 +2,8 @@
 
 Writes into ``wheelhouse/`` (ignored by git):
   - wheels of the kit's runtime dependencies (``pyproject.toml``) and all of theirs, for one
-    CPython version on manylinux x86_64, fetched with ``pip download --only-binary=:all:``;
+    CPython version on manylinux x86_64, fetched with ``pip download --only-binary=:all:``
+    (the closure then checked under the target's markers, which pip evaluates for itself);
     torch and torchvision are left out (the GPU machine's own CUDA builds must stay), and so are
     the packages in ``--skip`` (default :data:`DEFAULT_SKIP`: the scientific stack that every
     PyTorch GPU image carries, 85 MB of the 110 MB);
@@ -31,10 +32,8 @@ import zipfile
 from pathlib import Path
 
 try:
-    from packaging.markers import Marker
     from packaging.requirements import Requirement
 except ImportError:  # pip always carries it
-    from pip._vendor.packaging.markers import Marker  # noqa: F401
     from pip._vendor.packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +140,6 @@ def unmet_requirements(folder: Path, requirements: list[str], environment: dict,
     def applies(req, extras) -> bool:
         return req.marker is None or any(req.marker.evaluate({**environment, "extra": e}) for e in ("", *extras))
 
-    parents: dict[str, set] = {}
     while queue:
         req = queue.pop()
         name = normalize(req.name)
