@@ -171,8 +171,11 @@ def prune(folder: Path, skip) -> list[str]:
 def copy_data(dest: Path) -> list[Path]:
     """Copy the four Fashion-MNIST IDX files found on this machine into ``dest``, gzip-compressed."""
     sys.path.insert(0, str(ROOT))
-    from fmnist_utils import data
-
+    try:
+        from fmnist_utils import data
+    except ImportError as exc:  # this Python lacks the kit's dependencies (numpy, torch)
+        raise SystemExit(f"error: finding Fashion-MNIST needs the kit's environment ({exc}): run `make venv` "
+                         "first, or leave the data out with --no-data") from None
     files = data.locate()
     if files is None:
         raise data.DataError("Fashion-MNIST is not on this machine: run `make data` first, then `make wheelhouse` again")
