@@ -54,8 +54,26 @@ bench: data ## time the tutorial training loop against the kit's (images/s and r
 bench-sweep: data ## configurations per hour of the cross-validated sweep with 1 and N workers
 	$(PY) benchmarks/bench_sweep.py
 
-bench-gpu: data ## tutorial vs eager vs captured loop and time-to-accuracy (made for a CUDA GPU)
+bench-gpu: data ## tutorial vs eager vs captured loop and time-to-accuracy on a validation split (made for a CUDA GPU)
 	$(PY) benchmarks/bench_gpu.py
+
+# A GPU machine without internet. Here, `make wheelhouse PY=3.12` (PY: that machine's Python
+# version; GLIBC: its glibc) fills wheelhouse/; bring it along, then `make verify-gpu` there.
+GLIBC ?= 2.35
+WHEELHOUSE_ARGS ?=
+WHEELHOUSE_PY = $(if $(filter command line,$(origin PY)),$(PY),3.12)
+HOST_PY = $(firstword $(wildcard $(VENV)/bin/python) $(PYTHON))
+# verify-gpu runs on whatever Python has torch there (no .venv on such a machine).
+VERIFY_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+VERIFY_PROFILE = $(if $(filter auto,$(PROFILE)),full,$(PROFILE))
+STAGES ?=
+.PHONY: wheelhouse verify-gpu
+
+wheelhouse: ## download here wheels (all but torch) and Fashion-MNIST for an offline GPU machine into wheelhouse/ (PY=3.12: its Python)
+	$(HOST_PY) benchmarks/wheelhouse.py --python $(WHEELHOUSE_PY) --glibc $(GLIBC) $(WHEELHOUSE_ARGS)
+
+verify-gpu: ## on the GPU machine: install from wheelhouse/, benchmarks, full report; writes benchmarks/results/<gpu>-<date>.json (PROFILE=smoke on a CPU; STAGES=report to finish one)
+	$(VERIFY_PY) benchmarks/verify_gpu.py --profile $(VERIFY_PROFILE) $(if $(STAGES),--stages $(STAGES))
 
 clean: ## remove run folders and the built report (keeps .venv and data/)
 	rm -rf runs report/report.html report/report.pdf report/notebooks
