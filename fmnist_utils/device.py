@@ -45,7 +45,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise ValueError(f"device={device!r}: {exc}") from None
         if dev.type == "cuda":
             if not torch.cuda.is_available():
-                raise ValueError(f"device={device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+                raise ValueError(f"device={device!r}: CUDA is not available on this machine; use 'auto' or 'cpu'")
             if dev.index is not None and dev.index >= torch.cuda.device_count():
                 raise ValueError(
                     f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "

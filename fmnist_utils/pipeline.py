@@ -594,10 +594,12 @@ def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: 
     stamps: list[dict] = []
     previous: list[str] = []
     rerun_rest = False
+    snapshot: dict = {}
     for nb in found:
         stem = nb.stem
         old = read_stamp(run, stem)
-        snapshot = snapshot_inputs(declared_inputs(nb), (old or {}).get("input_files"))
+        # Hashes are taken from this notebook's last run, else from the notebook before it.
+        snapshot = snapshot_inputs(declared_inputs(nb), {**snapshot, **((old or {}).get("input_files") or {})})
         parts = {"source": source_digest(nb), "parameters": parameters, "package": package,
                  "inputs": input_key(snapshot), "previous": list(previous)}
         key = notebook_key(parts["source"], parameters, package, previous, parts["inputs"])
