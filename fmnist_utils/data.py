@@ -3,9 +3,9 @@
 The four IDX files are found (in this order) under the ``root`` argument, the ``FMNIST_DATA``
 environment variable, ``<root>/data`` (see :mod:`fmnist_utils.paths`), Debian's package
 ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), or downloaded by torchvision
-into ``<root>/data``. Whatever the source, what the files *decompress to* is validated: Debian
-recompresses the archives, so their ``.gz`` bytes differ from upstream's while the IDX data is
-identical.
+into ``<root>/data``. Whatever the source, what the files *decompress to* is validated (structure,
+class counts, and SHA-256 against :data:`OFFICIAL_SHA256`): Debian recompresses the archives, so
+their ``.gz`` bytes differ from upstream's while the IDX data is identical.
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ def test_subset_zero_is_validated_not_all(capsys):
 
 
 @pytest.mark.parametrize("name, words", [("foo", "not a device name"), ("cuda:abc", "not a device name"),
-                                         ("meta", "runs on cpu, cuda, mps only")])
+                                         ("meta", "the kit runs on cpu, cuda, mps only")])
 def test_misspelt_device_is_one_clear_error(name, words, capsys):
     with pytest.raises(ValueError, match=f"device='{name}': {words}"):
         device.resolve_device(name)
