@@ -10,18 +10,59 @@ import torch
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+DEVICE_CHOICES = "auto | cpu | cuda | cuda:N | mps"
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """Return ``device`` as a torch.device, or raise ValueError listing the allowed spellings.
+
+    Only the spelling is checked (``cuda:abc`` and ``foo`` are errors); whether the device exists
+    here is :func:`resolve_device`'s business, so a config can be written on one machine and run
+    on another.
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        try:
+            dev = torch.device(str(device).strip())
+        except (RuntimeError, ValueError, TypeError):  # torch's message lists every backend it knows
+            raise ValueError(f"not a device name; use {DEVICE_CHOICES}") from None
+    if dev.type not in DEVICE_TYPES:
+        raise ValueError(f"the kit runs on {', '.join(DEVICE_TYPES)} only; use {DEVICE_CHOICES}")
+    return dev
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """Return ``device``, or for ``"auto"`` the best available: CUDA, then Apple MPS, then CPU."""
+    """Return ``device``, or for ``"auto"`` the best available: CUDA, then Apple MPS, then CPU.
+
+    Raises ValueError when the device is misspelt or not available on this machine.
+    """
     if str(device) != "auto":
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+        try:
+            dev = parse_device(device)
+        except ValueError as exc:
+            raise ValueError(f"device={device!r}: {exc}") from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device={device!r}: CUDA is not available on this machine; use 'auto' or 'cpu'")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise ValueError(
+                    f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                    f"numbered from 0; use 'cuda' or a smaller index"
+                )
+        if dev.type == "mps" and not _mps_available():
+            raise ValueError(f"device={device!r}: Apple's MPS backend is not available on this machine; use 'auto' or 'cpu'")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 def cpu_has_fast_bf16() -> bool:

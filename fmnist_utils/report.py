@@ -695,24 +695,26 @@ def write_pdf(html: str | Path, pdf: str | Path, install: bool = True, timeout: 
     if chromium is None:
         raise PdfUnavailable(_missing_message(html))
     tmp = pdf.with_name(pdf.name + ".tmp.pdf")
-    with tempfile.TemporaryDirectory(prefix="fmnist-chromium-") as profile_dir:
-        cmd = [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--no-pdf-header-footer", "--print-to-pdf-no-header",  # the flag's newer and older names
-            f"--user-data-dir={profile_dir}",  # a private profile: no lock clash with a running browser
-            f"--print-to-pdf={tmp}", html.as_uri(),
-        ]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise PdfUnavailable(f"report.pdf was NOT written: {chromium} could not print it ({exc}).\n"
-                                 f"  The HTML report is complete: {html}") from exc
-    if done.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
+    try:  # whatever stops the print (a timeout, Ctrl-C, a full disk), no half PDF is left behind
+        with tempfile.TemporaryDirectory(prefix="fmnist-chromium-") as profile_dir:
+            cmd = [
+                chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--no-pdf-header-footer", "--print-to-pdf-no-header",  # the flag's newer and older names
+                f"--user-data-dir={profile_dir}",  # a private profile: no lock clash with a running browser
+                f"--print-to-pdf={tmp}", html.as_uri(),
+            ]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise PdfUnavailable(f"report.pdf was NOT written: {chromium} could not print it ({exc}).\n"
+                                     f"  The HTML report is complete: {html}") from exc
+        if done.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
+            raise PdfUnavailable(
+                f"report.pdf was NOT written: {chromium} exited with {done.returncode}:\n"
+                f"{done.stderr.strip()[-1500:]}\n  The HTML report is complete: {html}"
+            )
+        tmp.replace(pdf)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise PdfUnavailable(
-            f"report.pdf was NOT written: {chromium} exited with {done.returncode}:\n"
-            f"{done.stderr.strip()[-1500:]}\n  The HTML report is complete: {html}"
-        )
-    tmp.replace(pdf)
     log(f"wrote {pdf} ({pdf.stat().st_size / 1e6:.1f} MB)")
     return pdf
