@@ -11,10 +11,8 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -258,7 +256,6 @@ def test_the_debian_copy_has_the_official_sums(fmnist):
     for key, path in files.items():
         raw = Path(path).read_bytes()
         content = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-        assert len(content) == data.EXPECTED_BYTES[key]
         assert hashlib.sha256(content).hexdigest() == data.OFFICIAL_SHA256[key] == data.content_sha256(path)
 
 

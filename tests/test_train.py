@@ -1,6 +1,5 @@
 """The trainer: config validation, learning, determinism, resumption."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
