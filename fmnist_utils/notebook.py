@@ -1,6 +1,6 @@
 """What every notebook does first and last, so a notebook holds only its parameters, calls and prose.
 
-    nb = notebook.setup("01_train", profile, run_dir)   # profile, run folder, output folder
+    nb = notebook.setup("02_train", profile, run_dir)   # profile, run folder, output folder
     nb.save_figure(plots.plot_learning_curves(history), "learning_curves")
     nb.write_results(results, parameters={...}, device=device)
 
@@ -44,7 +44,7 @@ FIGURE_DPI = 150
 
 @dataclass
 class Notebook:
-    """One notebook's run: its ``stem`` (``01_train``), resolved ``profile``, ``run`` folder and
+    """One notebook's run: its ``stem`` (``02_train``), resolved ``profile``, ``run`` folder and
     ``out`` folder (``run / stem``, created), the figures saved so far (``{name: file}``) and
     ``started`` (``time.perf_counter()`` at set-up, for the results' ``seconds``).
     """
@@ -146,7 +146,11 @@ def base_config(source: str, run: str | Path):
     from . import train
 
     if source == "sweep":
-        return train.TrainConfig(**find_results(run, "sweep")["best_config"])
+        try:
+            chosen = find_results(run, "sweep")
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{exc}; or start from the study's recipe instead (config_source='study')") from None
+        return train.TrainConfig(**chosen["best_config"])
     if source not in train.PRESETS:
         raise ValueError(f"unknown configuration source {source!r}; choose 'sweep' or one of {sorted(train.PRESETS)}")
     return train.preset(source)

@@ -66,7 +66,7 @@ def writable_dir(folder: str | os.PathLike, what: str) -> Path:
 def run_folder(profile: str, run_dir: str | os.PathLike | None = None) -> Path:
     """Return (and create) the run folder: ``run_dir`` when given, else ``runs_dir()/<profile>``.
 
-    Each notebook writes into its own sub-folder named after it (``<run folder>/01_train``).
+    Each notebook writes into its own sub-folder named after it (``<run folder>/02_train``).
     Raises OSError naming the folder when it cannot be written (see :func:`writable_dir`).
     """
     folder = Path(run_dir).expanduser().resolve() if run_dir else runs_dir() / profile

@@ -431,7 +431,7 @@ class _LineSink:
 def execute(notebook: Path, output: Path, parameters: dict, log: Callable[[str], None] | None = None) -> None:
     """Execute ``notebook`` with papermill into ``output`` (cwd: the notebook's folder).
 
-    ``log``: called with each line the notebook prints (``"01_train | epoch 2/4: 50% ..."``) as
+    ``log``: called with each line the notebook prints (``"02_train | epoch 2/4: 50% ..."``) as
     it runs: its kernel is started with ``FMNIST_PROGRESS=lines`` (unless that is set already),
     so training prints one line per epoch (see :mod:`fmnist_utils.progress`). Raises
     :class:`NotebookFailed` when a cell raised (papermill's exception, or a failure recorded only

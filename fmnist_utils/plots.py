@@ -262,7 +262,7 @@ def plot_misclassified(images, y_true, y_pred, classes: Sequence[str], ncols: in
 
 
 # --------------------------------------------------------------------------------------------
-# 02_sweep: tables from fmnist_utils.sweep (fold_results, summarize, factor_tables)
+# 01_sweep: tables from fmnist_utils.sweep (fold_results, summarize, factor_tables)
 
 
 def _value_label(v) -> str:

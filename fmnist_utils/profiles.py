@@ -43,7 +43,7 @@ def _count(obj, name: str, low: int = 1) -> None:
 
 @dataclass(frozen=True)
 class TrainProfile:
-    """01_train: the study's CNN trained with the study's recipe."""
+    """02_train: the study's CNN trained with the configuration 01_sweep chose, beside the study's recipe."""
 
     subset: int | None = setting("training images (stratified); None: all 60,000")
     val_fraction: float = setting("part of them held out for the validation curves, in (0, 1)")
@@ -59,7 +59,7 @@ class TrainProfile:
 
 @dataclass(frozen=True)
 class SweepProfile:
-    """02_sweep: hyperparameters by stratified k-fold cross-validation on the training split."""
+    """01_sweep: hyperparameters by stratified k-fold cross-validation on the training split."""
 
     space: str = setting("oat (the study's Tables 2-4) | grid | random | tpe")
     n_configs: int | None = setting("configurations tried by random / tpe; None for oat and grid")
@@ -110,8 +110,8 @@ class Profile:
     """Sizes for one report run: one sub-profile per notebook."""
 
     name: str = setting("smoke | quick | full")
-    train: TrainProfile = setting("01_train")
-    sweep: SweepProfile = setting("02_sweep")
+    sweep: SweepProfile = setting("01_sweep")
+    train: TrainProfile = setting("02_train")
     compare: CompareProfile = setting("03_resnet_compare")
 
     def to_dict(self) -> dict:

@@ -6,7 +6,7 @@ correlation matrices of hidden representations (its Fig. 2). Its recipe is
 ``train.TrainConfig()``'s defaults; the numbers below are the ones it *reported*, quoted in the
 report for comparison only. The study chose its configuration by looking at test accuracy, so its
 reported accuracy is an optimistic estimate; the kit chooses by cross-validation on the training
-split (``02_sweep``).
+split (``01_sweep``).
 """
 
 from __future__ import annotations

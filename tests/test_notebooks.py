@@ -17,17 +17,11 @@ import nbformat
 import pytest
 from matplotlib.figure import Figure
 
+import report_fixtures as F
 from fmnist_utils import notebook, pipeline, profiles, provenance, report, train
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob(pipeline.NOTEBOOK_PATTERN))
-# 03 belongs to another change (issue 10's statistics); its install cell and "" defaults follow there.
-NOT_YET = {"03_resnet_compare"}
-
-
-def _marked(paths):
-    return [pytest.param(p, id=p.stem, marks=pytest.mark.xfail(strict=True, reason="being rewritten elsewhere"))
-            if p.stem in NOT_YET else pytest.param(p, id=p.stem) for p in paths]
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,7 +93,7 @@ def test_base_config_reads_presets_and_the_sweeps_choice_whatever_its_number(tmp
         notebook.base_config("fancy", run)
 
 
-@pytest.mark.parametrize("path", _marked(NOTEBOOKS))
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_starts_with_the_install_cell_and_says_none_for_not_set(path):
     import papermill
 
@@ -114,34 +108,74 @@ def test_notebook_starts_with_the_install_cell_and_says_none_for_not_set(path):
 
 
 # --------------------------------------------------------------------------------------------
-# Smoke runs of the notebooks that need nothing beyond the kit (02 and 03 have their own)
+# Smoke runs of the notebooks that need nothing beyond the kit (the sweep and 03 have their own)
+
+
+def test_the_sweep_runs_before_the_notebook_that_trains_its_choice():
+    import papermill
+
+    stems = [p.stem for p in NOTEBOOKS]
+    assert stems.index("01_sweep") < stems.index("02_train") < stems.index("03_resnet_compare")
+    defaults = {name: p["default"] for name, p in papermill.inspect_notebook(str(ROOT / "notebooks" / "02_train.ipynb")).items()}
+    assert defaults["config_source"] == '"sweep"'
 
 
 @pytest.mark.slow
-def test_train_notebook_runs_with_the_smoke_profile_and_prints_each_epoch(tmp_path, fmnist):
-    lines = []
+def test_train_notebook_trains_the_sweeps_choice_beside_the_study_recipe(tmp_path, fmnist):
     run = tmp_path / "run"
-    pipeline.execute(ROOT / "notebooks" / "01_train.ipynb", tmp_path / "01_train.ipynb",
+    # Without the sweep's results the default refuses to start, and says what to do.
+    with pytest.raises(pipeline.NotebookFailed, match=r"run notebooks/NN_sweep\.ipynb .*\(config_source='study'\)"):
+        pipeline.execute(ROOT / "notebooks" / "02_train.ipynb", tmp_path / "nosweep.ipynb",
+                         {"profile": "smoke", "run_dir": str(run)})
+
+    chosen = train.TrainConfig(lr=0.1, dropout=0.3)  # what 01_sweep writes as best_config
+    provenance.write_json(run / "01_sweep" / "results.json", {"notebook": "01_sweep", "best_config": chosen.to_dict()})
+    lines = []
+    pipeline.execute(ROOT / "notebooks" / "02_train.ipynb", tmp_path / "02_train.ipynb",
                      {"profile": "smoke", "run_dir": str(run)}, log=lines.append)
-    results = provenance.read_json(run / "01_train" / "results.json")
+    results = provenance.read_json(run / "02_train" / "results.json")
     smoke = profiles.get("smoke").train
+    # The keys the report's section reads (tests/report_fixtures.py), and the resolved parameters.
+    assert set(results) == set(F.train_results()) | {"parameters"}
+    assert results["config_source"] == "sweep" and results["parameters"]["config_source"] == "sweep"
+    assert (results["config"]["lr"], results["config"]["dropout"]) == (0.1, 0.3)
     assert len(results["history"]) == smoke.epochs and results["config"]["epochs"] == smoke.epochs
-    assert results["parameters"]["epochs"] == smoke.epochs and results["parameters"]["config_source"] == "study"
     assert results["data"]["test_images"] == smoke.test_subset
     assert results["data"]["train_images"] + results["data"]["val_images"] == smoke.subset
     for name, file in results["figures"].items():
-        assert (run / "01_train" / file).read_bytes().startswith(b"\x89PNG"), name
+        assert (run / "02_train" / file).read_bytes().startswith(b"\x89PNG"), name
     assert set(results["figures"]) == {"learning_curves", "confusion_matrix", "per_class_accuracy", "misclassified"}
-    # One progress line per epoch, with the elapsed time and the time left, streamed as it ran.
-    epochs = [line for line in lines if re.match(r"01_train \| epoch \d+/\d+: +\d+% .*\[\d\d:\d\d<\d\d:\d\d", line)]
-    assert len(epochs) == smoke.epochs, lines
-    assert any(line.startswith("01_train | test accuracy") for line in lines)
+    # The reference: the study's recipe on the same images, epochs and seed.
+    reference = results["study_recipe"]
+    assert reference["config"] == {**train.TrainConfig().to_dict(), "epochs": smoke.epochs, "device": "auto"}
+    assert len(reference["history"]) == smoke.epochs and 0 <= reference["test"]["accuracy"] <= 1
+    assert reference["training_seconds"] == pytest.approx(sum(row["seconds"] for row in reference["history"]))
+    verdicts = results["verdicts"]
+    assert set(verdicts) == {"overfitting", "above_chance", "chosen_vs_study_recipe"}
+    mcnemar = verdicts["chosen_vs_study_recipe"]
+    assert mcnemar["n"] == smoke.test_subset and mcnemar["test"].startswith("McNemar's exact test")
+    assert mcnemar["value"] == pytest.approx(results["test"]["accuracy"] - reference["test"]["accuracy"])
+    assert verdicts["above_chance"]["value"] == pytest.approx(results["test"]["accuracy"])
+    assert verdicts["overfitting"]["verdict"] == "n/a"  # one epoch: no curve to read
+    # One progress line per epoch of each training, with the elapsed time and the time left, streamed as it ran.
+    epochs = [line for line in lines if re.match(r"02_train \| epoch \d+/\d+: +\d+% .*\[\d\d:\d\d<\d\d:\d\d", line)]
+    assert len(epochs) == 2 * smoke.epochs, lines
+    assert any(line.startswith("02_train | test accuracy") for line in lines)
     assert os.environ.get("FMNIST_PROGRESS") is None  # set for the kernel only
+
+    # The study's recipe as the headline (interactive use): one training, and the verdict says why there is no other.
+    study_run = tmp_path / "study"
+    pipeline.execute(ROOT / "notebooks" / "02_train.ipynb", tmp_path / "study.ipynb",
+                     {"profile": "smoke", "run_dir": str(study_run), "config_source": "study"})
+    results = provenance.read_json(study_run / "02_train" / "results.json")
+    assert results["study_recipe"] is None and not (study_run / "02_train" / "study_recipe_checkpoint.pt").exists()
+    assert results["verdicts"]["chosen_vs_study_recipe"]["verdict"] == "n/a"
+    assert results["verdicts"]["chosen_vs_study_recipe"]["reason"] == "the headline CNN is the study's recipe"
 
     # Zero epochs is a value, refused like any other, not read as "the profile's".
     with pytest.raises(pipeline.NotebookFailed, match=r"TrainConfig.epochs=0"):
-        pipeline.execute(ROOT / "notebooks" / "01_train.ipynb", tmp_path / "zero.ipynb",
-                         {"profile": "smoke", "run_dir": str(tmp_path / "zero"), "epochs": 0})
+        pipeline.execute(ROOT / "notebooks" / "02_train.ipynb", tmp_path / "zero.ipynb",
+                         {"profile": "smoke", "run_dir": str(tmp_path / "zero"), "config_source": "study", "epochs": 0})
 
 
 # --------------------------------------------------------------------------------------------

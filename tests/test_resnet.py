@@ -205,16 +205,17 @@ def test_notebook_labels_the_offline_fallback(tmp_path, monkeypatch):
 
     import papermill
 
-    from fmnist_utils import data, paths, report
+    from fmnist_utils import data, paths, provenance, report
 
     root = paths.project_root()
     run = tmp_path / "run"
-    # A tiny CNN checkpoint where 01_train would leave it, so the notebook does not train one.
+    # A tiny CNN checkpoint and the results that point to it, as 02_train leaves them, so the notebook trains none.
     ds = data.load_fashion_mnist(download_ok=False)
     idx = torch.from_numpy(data.stratified_subset(ds.y_train, 64, seed=0))
     config = train.TrainConfig(epochs=1, batch_size=32, device="cpu")
     train.fit(train.build_model(config), ds.x_train[idx], ds.y_train[idx], config, progress=False,
-              checkpoint=run / "01_train" / "checkpoint.pt")
+              checkpoint=run / "02_train" / "checkpoint.pt")
+    provenance.write_json(run / "02_train" / "results.json", {"notebook": "02_train", "checkpoint": "checkpoint.pt"})
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))  # no cached weights, whatever this machine has
     executed = tmp_path / "03_resnet_compare.ipynb"
     papermill.execute_notebook(
@@ -226,7 +227,7 @@ def test_notebook_labels_the_offline_fallback(tmp_path, monkeypatch):
     assert "WARNING: RANDOM INIT (offline fallback: no ImageNet weights)" in outputs
     results = json.loads((run / "03_resnet_compare" / "results.json").read_text())
     assert results["weights_source"] == models.RANDOM_INIT_SOURCE and not results["pretrained"]
-    assert results["cnn"]["source"] == "01_train checkpoint"
+    assert results["cnn"]["source"] == "02_train checkpoint"
     for name in ("fig2_matrices", "matrix_definitions", "layer_curves", "cka", "probes"):
         assert (run / "03_resnet_compare" / results["figures"][name]).is_file()
     # One label everywhere the network is named: verdicts, table rows, CKA layer names.

@@ -484,18 +484,18 @@ def test_notebook_runs_resumes_and_hands_on_its_choice(tmp_path):
 
     from fmnist_utils import provenance, report
 
-    notebook = Path(__file__).resolve().parent.parent / "notebooks" / "02_sweep.ipynb"
+    notebook = Path(__file__).resolve().parent.parent / "notebooks" / "01_sweep.ipynb"
     run = tmp_path / "run"
 
     def execute(name):
         papermill.execute_notebook(str(notebook), str(tmp_path / name), parameters={"profile": "smoke", "run_dir": str(run)},
                                    kernel_name="python3", progress_bar=False)
-        return provenance.read_json(run / "02_sweep" / "results.json")
+        return provenance.read_json(run / "01_sweep" / "results.json")
 
     first = execute("first.ipynb")
     n_units = first["run"]["n_units"]
     assert first["run"]["trained"] == n_units == first["protocol"]["n_configs"] * first["protocol"]["k"]
-    best = TrainConfig(**first["best_config"])  # what 01_train reads with config_source="sweep"
+    best = TrainConfig(**first["best_config"])  # what 02_train reads with config_source="sweep"
     summary = {json.dumps({n: row[n] for n in ("batch_size", "dropout", "lr")}, sort_keys=True): row
                for row in first["summary"]}
     chosen = summary[sweep.config_key(first["best_hyperparameters"])]
@@ -503,13 +503,13 @@ def test_notebook_runs_resumes_and_hands_on_its_choice(tmp_path):
     assert chosen["accuracy_mean"] == max(row["accuracy_mean"] for row in first["summary"])
     assert 0 <= first["final"]["test_accuracy"] <= 1 and first["final"]["n_test"] == first["protocol"]["test_images"]
     for name in first["figures"].values():
-        assert (run / "02_sweep" / name).is_file()
+        assert (run / "01_sweep" / name).is_file()
 
     again = execute("again.ipynb")  # the report re-run: every fold comes from the journal
     assert (again["run"]["trained"], again["run"]["reused"]) == (0, n_units)
     assert again["summary"] == first["summary"] and again["best_config"] == first["best_config"]
 
-    stamp = {"notebook": "02_sweep", "source": str(notebook), "seconds": again["seconds"], "executed": True,
-             "finished_utc": "", "executed_notebook": "02_sweep.ipynb", "status": "done", "key": "", "parameters": {}}
+    stamp = {"notebook": "01_sweep", "source": str(notebook), "seconds": again["seconds"], "executed": True,
+             "finished_utc": "", "executed_notebook": "01_sweep.ipynb", "status": "done", "key": "", "parameters": {}}
     page = report.render(run, [stamp])
-    assert '<section id="02_sweep"' in page and report.pct(first["best_cv"]["accuracy_mean"]) in page
+    assert '<section id="01_sweep"' in page and report.pct(first["best_cv"]["accuracy_mean"]) in page
