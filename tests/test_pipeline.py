@@ -544,6 +544,26 @@ def test_pretrained_network_is_named_as_such_and_no_fallback_is_mentioned(tmp_pa
     assert f"Weights of {title}: {models.CACHE_SOURCE}, SHA-256 {'ab' * 32}" in comparison
 
 
+def test_sentences_read_as_sentences_whatever_the_verdict_and_the_ties(tmp_path):
+    compare = F.compare_results(pretrained=True)
+    compare["verdicts"]["matrix_agreement"]["verdict"] = "no_evidence"
+    title = compare["resnet_title"]
+    train = F.train_results()
+    train["per_class_accuracy"] = {name: 0.5 for name in train["classes"]}
+    train["per_class_accuracy"]["class 0"] = 0.75
+    page = F.render(tmp_path, {"02_train": train, "03_resnet_compare": compare})
+    abstract = text_of(page[page.index('<section id="abstract"'):page.index('<section id="method"')])
+    comparison = text_of(page[page.index('<section id="03_resnet_compare"'):])
+    for text in (abstract, comparison):
+        assert f"This does not show that the CNN and {title} rank the pairs of classes alike:" in text
+    assert "trained in 02_train with the configuration chosen by cross-validation, for 3 epochs" in comparison
+    section = text_of(page[page.index('<section id="02_train"'):page.index('<section id="03_resnet_compare"')])
+    assert "class 0 is recognised best (75.00%) and class 1, class 2 worst (50.00%)" in section
+    assert ("Accuracy and mean cross-entropy loss of the network trained with the chosen configuration, and of the "
+            "study's recipe on the same test images") in section
+    assert "in fp32 precision on a test CPU; the whole notebook took 12.5 s" in section
+
+
 # --------------------------------------------------------------------------------------------
 # The kit's own notebooks, end to end
 
