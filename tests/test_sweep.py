@@ -494,6 +494,30 @@ def test_killed_sweep_loses_only_the_unfinished_units_of_its_stack(fmnist, tmp_p
     assert {t.number for t in trials(storage, (TrialState.FAIL,))} == retried and retried
 
 
+def test_claims_on_sqlite_are_atomic(tmp_path):
+    """Three workers popping one queue: each queued trial goes to exactly one of them. (With
+    pysqlite's default transactions, this same race hands some trials to two workers.)"""
+    import threading
+
+    path = tmp_path / "q.sqlite3"
+    queue = optuna.create_study(storage=sweep.open_storage(path), study_name="q")
+    for i in range(40):
+        queue.enqueue_trial({"x": i}, user_attrs={"x": i})
+    popped = []
+
+    def work():
+        s = optuna.load_study(study_name="q", storage=sweep.open_storage(path))
+        while s.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            popped.append(s.ask().user_attrs.get("x"))  # None: the queue emptied meanwhile
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(x for x in popped if x is not None) == list(range(40))
+
+
 @pytest.mark.slow
 def test_two_workers_train_each_unit_exactly_once_with_the_real_cnn(fmnist, tmp_path):
     storage = tmp_path / "s.sqlite3"
@@ -538,7 +562,7 @@ def postgres_url():
     bin_dir = _postgres_bin()
     if bin_dir is None:
         pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
-    pytest.importorskip("psycopg2", reason="the PostgreSQL driver is missing: pip install psycopg2-binary")
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver is missing: pip install \"psycopg[binary]\"")
     folder = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))
     as_user = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
