@@ -290,40 +290,26 @@ class _Worker:
     held: list = field(default_factory=list)
 
 
-def _trial_id(w: _Worker, number: int) -> int:
-    return w.storage.get_trial_id_from_study_id_trial_number(w.storage.get_study_id_from_name(w.study.study_name),
-                                                             number)
-
-
-def _ask(w: _Worker) -> optuna.Trial:
-    with _quiet():
-        return w.study.ask(w.space.distributions())
-
-
-def _propose(w: _Worker) -> optuna.Trial | None:
-    """Return a new trial with a TPE-proposed configuration, or None when the budget is spent."""
-    known = {t.user_attrs[CONFIG_ATTR]: t.number for t in w.study.get_trials(deepcopy=False) if CONFIG_ATTR in t.user_attrs}
-    if len(known) >= w.space.n_configs:
+def _adopt(w: _Worker, trial: optuna.Trial) -> optuna.Trial | None:
+    """Return ``trial`` (made by ask() with no queued configuration) as a TPE proposal, or None
+    when it cannot be one: not a TPE sweep, or a repeat."""
+    if w.space.kind != "tpe":
+        w.study.tell(trial, state=TrialState.FAIL)  # another worker emptied the queue meanwhile
         return None
-    trial = _ask(w)
+    known = {t.user_attrs[CONFIG_ATTR]: t.number for t in w.study.get_trials(deepcopy=False)
+             if CONFIG_ATTR in t.user_attrs}
     key = config_key({n: trial.params[n] for n in w.space.names()})
-    if key in known:
-        # TPE exploits: on a small categorical space it repeats itself. An untried grid point keeps
-        # the budget of distinct configurations honest.
-        trial.set_user_attr("duplicate_of", known[key])
-        w.study.tell(trial, state=TrialState.FAIL)
-        untried = [c for c in SearchSpace("grid", w.space.values).configs() if config_key(c) not in known]
-        pick = untried[int(np.random.default_rng(w.space.seed + trial.number).integers(len(untried)))]
-        w.study.enqueue_trial(pick, user_attrs={CONFIG_ATTR: config_key(pick)})
-        return _ask(w)
-    trial.set_user_attr(CONFIG_ATTR, key)
-    # Workers proposing at once may overshoot the budget: the storage's order decides who withdraws.
-    earlier = {t.user_attrs[CONFIG_ATTR] for t in w.study.get_trials(deepcopy=False)
-               if CONFIG_ATTR in t.user_attrs and t.number < trial.number}
-    if len(earlier) >= w.space.n_configs:
-        w.study.tell(trial, state=TrialState.FAIL)
-        return None
-    return trial
+    if key not in known:
+        trial.set_user_attr(CONFIG_ATTR, key)
+        return trial
+    # TPE exploits: on a small categorical space it repeats itself. An untried grid point keeps the
+    # budget of distinct configurations honest (queued: whichever worker pops it trains it).
+    trial.set_user_attr("duplicate_of", known[key])
+    w.study.tell(trial, state=TrialState.FAIL)
+    untried = [c for c in SearchSpace("grid", w.space.values).configs() if config_key(c) not in known]
+    pick = untried[int(np.random.default_rng(w.space.seed + trial.number).integers(len(untried)))]
+    w.study.enqueue_trial(pick, user_attrs={CONFIG_ATTR: config_key(pick)})
+    return None
 
 
 def _claim(w: _Worker, group: tuple | None) -> _Held | None:
@@ -333,26 +319,22 @@ def _claim(w: _Worker, group: tuple | None) -> _Held | None:
         nxt = waiting[0].user_attrs.get(CONFIG_ATTR)
         if group is not None and nxt and stack_group(w.base.replace(**json.loads(nxt))) != group:
             return None  # the queue's next configuration belongs in another stack
-        trial = _ask(w)
-        if CONFIG_ATTR not in trial.user_attrs:
-            if w.space.kind != "tpe":
-                # Another worker emptied the queue meanwhile and ask() made a trial of its own.
-                w.study.tell(trial, state=TrialState.FAIL)
-                return None
-            trial.set_user_attr(CONFIG_ATTR, config_key({n: trial.params[n] for n in w.space.names()}))
-    elif w.space.kind == "tpe":
-        trial = _propose(w)
-        if trial is None:
-            return None
-    else:
+    elif w.space.kind != "tpe":
         return None
-    trial_id = _trial_id(w, trial.number)
+    elif len({t.user_attrs[CONFIG_ATTR] for t in w.study.get_trials(deepcopy=False)
+              if CONFIG_ATTR in t.user_attrs}) >= w.space.n_configs:
+        return None  # TPE's budget of distinct configurations is spent
+    with _quiet():
+        trial = w.study.ask(w.space.distributions())
+    if CONFIG_ATTR not in trial.user_attrs and (trial := _adopt(w, trial)) is None:
+        return _claim(w, group) if w.space.kind == "tpe" else None
+    trial_id = w.storage.get_trial_id_from_study_id_trial_number(
+        w.storage.get_study_id_from_name(w.study.study_name), trial.number)
     frozen = w.storage.get_trial(trial_id)
     params = {n: frozen.params[n] for n in w.space.names()}
     config = w.base.replace(**params)
-    held = _Held(trial, trial_id, params, config, stack_group(config), dict(frozen.intermediate_values),
+    return _Held(trial, trial_id, params, config, stack_group(config), dict(frozen.intermediate_values),
                  [f for f in range(w.k) if f not in frozen.intermediate_values])
-    return held
 
 
 def _top_up(w: _Worker, beat: _Heartbeat) -> None:

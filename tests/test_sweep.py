@@ -535,11 +535,14 @@ def test_two_workers_train_each_unit_exactly_once_with_the_real_cnn(fmnist, tmp_
 
 def test_tpe_proposes_distinct_configurations_and_resumes(fmnist, tiny, tmp_path, monkeypatch):
     storage = tmp_path / "s.sqlite3"
-    space = search_space.tpe_search(4, seed=0, lr=[0.1, 0.05, 0.01], dropout=[0.1, 0.5])
+    # Six of the six grid points: TPE repeats itself, and each repeat is replaced by an untried point.
+    space = search_space.tpe_search(6, seed=0, lr=[0.1, 0.05, 0.01], dropout=[0.1, 0.5])
     run = sweep.run_sweep(fmnist.x_train, fmnist.y_train, space, storage, **tiny)
     folds = cv_results.fold_results(storage)
-    assert run.trained == run.n_units == 8 and folds["config"].nunique() == 4
-    assert folds.groupby("config")["fold"].apply(sorted).tolist() == [[0, 1]] * 4
+    assert run.trained == run.n_units == 12 and run.pending == 0
+    assert set(folds["config"]) == {config_key(c) for c in search_space.grid(**space.values).configs()}
+    assert folds.groupby("config")["fold"].apply(sorted).tolist() == [[0, 1]] * 6
+    assert [t for t in trials(storage, (TrialState.FAIL,)) if "duplicate_of" in t.user_attrs]
     spy = Spy(monkeypatch)
     again = sweep.run_sweep(fmnist.x_train, fmnist.y_train, space, storage, **tiny)
     assert again.trained == 0 and spy.calls == []
