@@ -1,44 +1,38 @@
-"""Run a cross-validated hyperparameter sweep on Optuna, in stacks, resumable, on one or several machines.
+"""Run a cross-validated hyperparameter sweep on Optuna: in stacks, resumable, on one or several machines.
 
-Protocol. :func:`run_sweep` receives the *training* split only: a configuration's score is its
-mean validation accuracy over k stratified folds of (a stratified subset of) the training images.
-The test set is read once, by :func:`final_model`, after the choice is made.
+Protocol. :func:`run_sweep` receives the *training* split only: a configuration's score is its mean
+validation accuracy over k stratified folds of (a stratified subset of) the training images. The test
+set is read once, by :func:`final_model`, after the choice is made.
 
-Model. Each configuration is one Optuna trial (its params are the hyperparameters). Each fold is
-one intermediate value of that trial, ``trial.report(val_accuracy, step=fold)``, with the fold's
-details (loss, seconds, a divergence's reason) in the user attribute ``fold_<fold>``; the trial
-completes, valued at the mean fold accuracy, when all k folds are in. grid, oat and random
-configurations are put in Optuna's queue when the study is created (``study.enqueue_trial``);
-TPE proposes its configurations with ``study.ask`` from the results so far.
+Model. Each configuration is one Optuna trial; each fold is one intermediate value of it
+(``trial.report(val_accuracy, step=fold)``) with the fold's details (loss, seconds, a divergence's
+reason) in the user attribute ``fold_<fold>``. The trial completes, valued at the mean fold accuracy,
+when its k folds are in. grid, oat and random configurations are queued when the study is created
+(``study.enqueue_trial``); TPE proposes its own through ``study.ask``.
 
-Storage. Optuna's RDB storage: an SQLite file (a path, by default in the run folder) for one
-machine, or a database URL (``postgresql://user@host/db``) that worker processes on several
-machines share. Optuna's own mechanisms do the bookkeeping:
-
-* Claims: ``study.ask`` pops the queue; the storage's WAITING -> RUNNING transition succeeds for
-  one caller only (a row lock on PostgreSQL; on SQLite every transaction here begins with
-  ``BEGIN IMMEDIATE``, because pysqlite otherwise reads outside the transaction and two workers
-  could both pop one trial).
-* A killed worker: the storage's heartbeats (``heartbeat_interval``, ``grace_period``);
-  ``fail_stale_trials`` marks a silent worker's trials FAIL and
-  ``RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)`` queues each again with
-  its finished folds (intermediate values, and user attributes), so only unfinished folds train
-  again: fold-level resume.
+Storage: Optuna's RDB storage, an SQLite file (a path) on one machine or a database URL
+(``postgresql://user@host/db``) shared by workers on several. Optuna's mechanisms do the bookkeeping:
+claims are ``study.ask`` popping the queue (its WAITING -> RUNNING write succeeds for one caller: a row
+lock on PostgreSQL; on SQLite, because pysqlite reads outside the transaction, every transaction here
+begins with ``BEGIN IMMEDIATE``); a killed worker's trials stop beating (``heartbeat_interval``), go
+stale after ``grace_period`` and ``fail_stale_trials`` fails them, and
+``RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)`` queues each again with its
+finished folds (intermediate values and user attributes): only unfinished folds train again.
 
 Written here because Optuna lacks it:
 
-* Stacks: a worker holds several trials and trains the unfinished folds of those that share
-  every setting but the per-unit ones (:data:`PER_UNIT`) together with ``train.fit_many``;
-  each fold is recorded as soon as its stack ends. A diverged fold is recorded at chance
-  accuracy with its reason.
-* One heartbeat thread for all the trials a worker holds: Optuna beats only inside
-  ``Study.optimize``, one trial per objective call.
-* An interrupted call (Ctrl-C, an error) fails its trials and re-queues them at once through
-  the same retry callback, instead of leaving them to wait out the grace period.
-* Comparable results: the space, k, seeds, a fingerprint of the data and the base config are
-  stored with the study and compared on reopening (ValueError on a difference).
+* Stacks: a worker holds several trials and trains the unfinished folds of those that share every
+  setting but :data:`PER_UNIT` at once with ``train.fit_many``, recording each fold when its stack
+  ends; a diverged fold is recorded at chance accuracy with its reason.
+* One heartbeat thread for every trial a worker holds: Optuna beats only inside ``Study.optimize``,
+  for the one trial of each objective call.
+* An interrupted call (Ctrl-C, an error) fails its trials and queues them again at once through the
+  same retry callback, rather than leaving them to wait out the grace period.
+* Comparable results: the space, k, seeds, a fingerprint of the data and the base config are stored
+  with the study and compared on reopening (ValueError on a difference).
 * TPE repeats itself on a small categorical space: a repeat is failed and an untried grid point
-  queued instead, so the budget counts distinct configurations.
+  queued instead, so the budget counts distinct configurations (workers proposing at the same
+  moment may overshoot it by one each).
 """
 
 from __future__ import annotations
@@ -174,14 +168,13 @@ def stack_group(config: TrainConfig) -> tuple:
     return tuple((n, v) for n, v in sorted(config.to_dict().items()) if n not in PER_UNIT)
 
 
-def _open_study(st, study_name: str, settings: dict, space: SearchSpace, base: TrainConfig,
-                sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+def _open_study(st, study_name: str, settings: dict, space: SearchSpace, base: TrainConfig) -> optuna.Study:
     """Create the study and queue its configurations, or load it and check its settings."""
     where = describe_storage(st.url)
     try:
-        study = optuna.create_study(storage=st, study_name=study_name, direction="maximize", sampler=sampler)
+        study = optuna.create_study(storage=st, study_name=study_name, direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=study_name, storage=st, sampler=sampler)
+        study = optuna.load_study(study_name=study_name, storage=st)
     else:
         study.set_user_attr(SETTINGS_ATTR, settings)
         # Configurations that stack together sit together in the queue, so a worker's claims fill stacks.
@@ -273,21 +266,25 @@ class _Held:
 
 @dataclass
 class _Worker:
-    study: optuna.Study
-    storage: optuna.storages.RDBStorage
+    """A worker's settings (picklable, for spawned processes); :func:`_work` adds its study."""
+
+    url: str
+    study_name: str
     space: SearchSpace
     k: int
     base: TrainConfig
-    x: torch.Tensor
+    x: torch.Tensor  # uint8 (N, 1, 28, 28): the sweep's subset of the training split
     y: torch.Tensor
-    folds: list
+    folds: list  # k (train indices, val indices) into x
     run_id: str
     worker: int
     stack_size: int | None
     wait: bool
     verbose: bool
-    n_classes: int
-    held: list = field(default_factory=list)
+    heartbeat_interval: int
+    grace_period: int
+    max_retry: int | None
+    held: list = field(default_factory=list)  # _Held trials, in claim order
 
 
 def _adopt(w: _Worker, trial: optuna.Trial) -> optuna.Trial | None:
@@ -432,7 +429,13 @@ def _requeue(w: _Worker) -> None:
 
 def _work(w: _Worker) -> None:
     """Claim and train stacks until the sweep is done (or, with ``wait=False``, nothing is free)."""
-    beat = _Heartbeat(w.storage, w.storage.get_heartbeat_interval())
+    w.storage = open_storage(w.url, heartbeat_interval=w.heartbeat_interval, grace_period=w.grace_period,
+                             max_retry=w.max_retry)
+    with _quiet():  # constant_liar: workers proposing at once see each other's running trials
+        sampler = optuna.samplers.TPESampler(seed=w.space.seed + w.worker, constant_liar=True)
+    w.study = optuna.load_study(study_name=w.study_name, storage=w.storage, sampler=sampler)
+    w.n_classes = int(torch.unique(w.y).numel())
+    beat = _Heartbeat(w.storage, w.heartbeat_interval)
     try:
         while True:
             with _quiet():
@@ -451,38 +454,26 @@ def _work(w: _Worker) -> None:
         beat.stop()
 
 
-def _worker_main(url: str, study_name: str, space_dict: dict, k: int, base_dict: dict, x, y, folds, run_id: str,
-                 worker: int, threads: int, options: dict, errors) -> None:
+def _worker_main(w: _Worker, threads: int, errors) -> None:
     """Entry point of a spawned worker process."""
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a terminated worker re-queues its trials
     try:
-        space = SearchSpace.from_dict(space_dict)
-        st = open_storage(url, heartbeat_interval=options["heartbeat_interval"],
-                          grace_period=options["grace_period"], max_retry=options["max_retry"])
-        study = optuna.load_study(study_name=study_name, storage=st, sampler=_sampler(space, worker))
-        _work(_Worker(study, st, space, k, TrainConfig(**base_dict), x, y, folds, run_id, worker,
-                      options["stack_size"], options["wait"], options["verbose"], int(torch.unique(y).numel())))
+        _work(w)
     except BaseException:
-        errors.put((worker, traceback.format_exc()))
+        errors.put((w.worker, traceback.format_exc()))
         raise SystemExit(1)
 
 
-def _sampler(space: SearchSpace, worker: int) -> optuna.samplers.BaseSampler:
-    # constant_liar: workers proposing at once see each other's running trials.
-    return optuna.samplers.TPESampler(seed=space.seed + worker, constant_liar=True)
-
-
-def _spawn(url, study_name, space, k, base, x, y, folds, run_id, workers, options) -> None:
+def _spawn(w: _Worker, workers: int) -> None:
+    """Run ``workers`` processes of worker ``w`` on this machine, cores // workers threads each."""
     # spawn, not fork: forking a process that has started torch threads (or CUDA) is unsafe.
     ctx = torch.multiprocessing.get_context("spawn")
     errors = ctx.Queue()
     threads = max(1, devices.cpu_count() // workers)
-    procs = [ctx.Process(target=_worker_main, name=f"sweep-worker-{i}",
-                         args=(url, study_name, space.to_dict(), k, base.to_dict(), x, y, folds, run_id, i, threads,
-                               options, errors))
-             for i in range(workers)]
+    procs = [ctx.Process(target=_worker_main, args=(dataclasses.replace(w, worker=i), threads, errors),
+                         name=f"sweep-worker-{i}") for i in range(workers)]
     for p in procs:
         p.start()
     try:
@@ -608,18 +599,17 @@ def run_sweep(
     settings = sweep_settings(space, k, seed, subset, len(idx), data_fingerprint(xs, ys), base)
     url = storage_url(storage)
     st = open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry)
-    study = _open_study(st, study_name, settings, space, base, _sampler(space, 0))
+    study = _open_study(st, study_name, settings, space, base)
 
     reused = len(recorded_folds(study))
     run_id = uuid.uuid4().hex
+    w = _Worker(url, study_name, space, k, base, xs, ys, folds, run_id, 0, stack_size, wait, verbose,
+                heartbeat_interval, grace_period, max_retry)
     start = time.perf_counter()
     if workers == 1:
-        _work(_Worker(study, st, space, k, base, xs, ys, folds, run_id, 0, stack_size, wait, verbose,
-                      int(torch.unique(ys).numel())))
+        _work(w)
     else:
-        options = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry,
-                       stack_size=stack_size, wait=wait, verbose=verbose)
-        _spawn(url, study_name, space, k, base, xs, ys, folds, run_id, workers, options)
+        _spawn(w, workers)
     seconds = time.perf_counter() - start
     done = recorded_folds(study)
     n_configs = space.n_configs_total()
