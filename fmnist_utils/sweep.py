@@ -434,6 +434,8 @@ def _work(w: _Worker) -> None:
     with _quiet():  # constant_liar: workers proposing at once see each other's running trials
         sampler = optuna.samplers.TPESampler(seed=w.space.seed + w.worker, constant_liar=True)
     w.study = optuna.load_study(study_name=w.study_name, storage=w.storage, sampler=sampler)
+    study_id = w.storage.get_study_id_from_name(w.study_name)
+    timed: set[int] = set()  # others' running trials this worker has started a heartbeat clock for
     w.n_classes = int(torch.unique(w.y).numel())
     beat = _Heartbeat(w.storage, w.heartbeat_interval)
     try:
@@ -443,8 +445,15 @@ def _work(w: _Worker) -> None:
             _top_up(w, beat)
             if w.held:
                 _train_stack(w, beat)
-            elif w.wait and w.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                time.sleep(beat.interval)  # other workers hold the rest: they finish, or go stale and are re-queued
+            elif w.wait and (running := w.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
+                # Other workers hold the rest: they finish, or go stale and are re-queued. Optuna ages
+                # only trials that have beaten once, so a worker killed between its claim and its
+                # first beat would hold a trial forever: one beat on its behalf starts that clock.
+                for t in running:
+                    if t.number not in timed:
+                        w.storage.record_heartbeat(w.storage.get_trial_id_from_study_id_trial_number(study_id, t.number))
+                        timed.add(t.number)
+                time.sleep(beat.interval)
             else:
                 return
     except BaseException:

@@ -414,25 +414,29 @@ def test_an_interrupted_call_requeues_its_trials_and_keeps_finished_folds(fmnist
     assert sorted(trained) == sorted(set(after) - set(before))  # only the unfinished folds, once each
 
 
-def _dead_worker_trial(storage, fold_done: int, accuracy: float):
-    """Play a worker that claimed the first queued configuration, finished one fold and died."""
+def _dead_worker_trial(storage, fold_done: int, accuracy: float, beat: bool):
+    """Play a worker that claimed the first queued configuration, finished one fold and died
+    (after its first heartbeat, or before it)."""
     st = sweep.open_storage(storage, heartbeat_interval=1, grace_period=1)
     s = optuna.load_study(study_name="sweep", storage=st)
     with sweep._quiet():
         trial = s.ask(search_space.grid(lr=[0.1, 0.05]).distributions())
     trial.set_user_attr(sweep.fold_attr(fold_done), {"val_accuracy": accuracy, "val_loss": 1.0, "seconds": 0.5})
     trial.report(accuracy, step=fold_done)
-    st.record_heartbeat(st.get_trial_id_from_study_id_trial_number(st.get_study_id_from_name("sweep"), trial.number))
+    if beat:
+        st.record_heartbeat(st.get_trial_id_from_study_id_trial_number(st.get_study_id_from_name("sweep"),
+                                                                       trial.number))
     return trial.user_attrs["config"]
 
 
-def test_a_dead_workers_trial_resumes_with_its_finished_fold(fmnist, tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("beat", [True, False], ids=["after its first heartbeat", "before any heartbeat"])
+def test_a_dead_workers_trial_resumes_with_its_finished_fold(fmnist, tiny, tmp_path, monkeypatch, beat):
     storage = tmp_path / "s.sqlite3"
     space = search_space.grid(lr=[0.1, 0.05])
     Spy(monkeypatch, fail_after=0)  # create and queue the study, train nothing
     with pytest.raises(Interrupted):
         sweep.run_sweep(fmnist.x_train, fmnist.y_train, space, storage, **tiny)
-    key = _dead_worker_trial(storage, fold_done=1, accuracy=0.123)
+    key = _dead_worker_trial(storage, fold_done=1, accuracy=0.123, beat=beat)
     assert json.loads(key) == {"lr": 0.1}  # the first queued configuration
 
     # Without waiting, its unit is pending and a ranking is refused, naming it.
@@ -611,7 +615,12 @@ def test_two_workers_on_postgresql_do_each_unit_once_and_a_kill_loses_nothing(fm
         a.send_signal(signal.SIGKILL)
         a.wait()
         a_done = {u: d for u, d in recorded(st).items() if d.get("pid") == a.pid}
-        assert b.wait(timeout=120) == 0, b.stdout.read().decode()
+        try:
+            out = b.communicate(timeout=180)[0].decode()
+        except subprocess.TimeoutExpired:
+            b.kill()
+            pytest.fail("worker B did not finish:\n" + b.communicate()[0].decode())
+        assert b.returncode == 0, out
     finally:
         for p in procs:
             p.kill()
