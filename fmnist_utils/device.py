@@ -97,6 +97,11 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def cpu_count() -> int:
+    """Return the CPU cores this process may run on (its affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def describe(device: torch.device) -> str:
     """Return a one-line human description of ``device`` (GPU name, or CPU model and threads)."""
     if device.type == "cuda":

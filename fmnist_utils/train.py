@@ -553,6 +553,45 @@ def _check_parameters(model: nn.Module, epoch: int, step: int, config: TrainConf
 _CHECKPOINT_KEYS = ("config", "model", "optimizer", "scheduler", "generator", "torch_rng", "history")
 
 
+def fit_many(
+    configs: list[TrainConfig],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_indices: list,
+    val_indices: list | None = None,
+    *,
+    progress: bool | None = None,
+    on_diverged: str = "raise",
+    return_models: bool = False,
+    stack_size: int | None = None,
+):
+    """Return one history per unit i: what :func:`fit` returns for ``build_model(configs[i])``
+    trained on ``x[train_indices[i]]`` and validated on ``x[val_indices[i]]`` (when given).
+
+    Reference implementation: the units train one after another (``stack_size`` is accepted
+    and ignored); the stacked implementation replaces it with the same results. With
+    ``on_diverged="record"`` a diverged unit's history is one row with ``epoch`` and
+    ``diverged`` (the reason) and the other units train on; ``"raise"`` raises
+    :class:`TrainingDiverged` naming the unit. ``return_models``: (histories, models).
+    """
+    if on_diverged not in ("raise", "record"):
+        raise ValueError(f"on_diverged must be 'raise' or 'record', got {on_diverged!r}")
+    histories, models = [], []
+    for i, config in enumerate(configs):
+        tr = torch.as_tensor(train_indices[i])
+        val = None if val_indices is None else (x[torch.as_tensor(val_indices[i])], y[torch.as_tensor(val_indices[i])])
+        model = build_model(config)
+        try:
+            history = fit(model, x[tr], y[tr], config, val=val, progress=progress)
+        except TrainingDiverged as exc:
+            if on_diverged == "raise":
+                raise TrainingDiverged(exc.epoch, exc.step, exc.loss, unit=i, hint=exc.hint) from exc
+            history = [{"epoch": exc.epoch, "diverged": str(exc)}]
+        histories.append(history)
+        models.append(model)
+    return (histories, models) if return_models else histories
+
+
 def _save(path: Path, model, optimizer, scheduler, ema, generator, config: TrainConfig, history: list[dict],
           trained_on: dict | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -148,7 +148,7 @@ def _sweep_tables(seed=0):
     """A 2 x 2 x 2 grid with 3 folds each, as sweep.fold_results returns it, and its summary."""
     import pandas as pd
 
-    from fmnist_utils import sweep
+    from fmnist_utils import cv_results, search_space
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -159,9 +159,9 @@ def _sweep_tables(seed=0):
                 for fold in range(3):
                     rows.append({**params, "fold": fold, "val_accuracy": rng.uniform(0.6, 0.9),
                                  "val_loss": rng.uniform(0.3, 1.0), "epochs": 1, "seconds": 1.0,
-                                 "config": sweep.config_key(params)})
+                                 "config": search_space.config_key(params)})
     folds = pd.DataFrame(rows)
-    return folds, sweep.summarize(folds)
+    return folds, cv_results.summarize(folds)
 
 
 def test_sweep_heatmaps_show_each_configurations_cv_mean_in_its_cell():
