@@ -505,3 +505,23 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> tuple[nn.Module, Tr
     else:
         model.load_state_dict(state["model"])
     return model, config, list(state["history"])
+
+
+def fit_many(
+    configs,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_indices,
+    val_indices=None,
+    *,
+    progress: bool | None = None,
+    on_diverged: str = "raise",
+    return_models: bool = False,
+    stack_size: int | None = None,
+):
+    """Train one unit per config, M at a time on one device; return their histories, each what
+    :func:`fit` returns for that unit (see :func:`fmnist_utils.stacked.fit_many`)."""
+    from .stacked import fit_many as stacked_fit_many  # stacked imports this module
+
+    return stacked_fit_many(configs, x, y, train_indices, val_indices, progress=progress, on_diverged=on_diverged,
+                            return_models=return_models, stack_size=stack_size)
