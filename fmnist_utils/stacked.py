@@ -650,12 +650,13 @@ def choose_stack_size(seconds_per_unit_step: dict[int, float], max_by_memory: in
 _PLANS: dict[tuple, StackPlan] = {}
 
 
-def plan_stack_size(config: train.TrainConfig, device: str | torch.device | None = None, *, steps: int = 2,
+def plan_stack_size(config: train.TrainConfig, device: str | torch.device | None = None, *, steps: int = 3,
                     max_size: int = MAX_STACK, refresh: bool = False) -> StackPlan:
     """Return the :class:`StackPlan` for ``config``'s model, batch size and precision on ``device``.
 
-    Times ``steps`` real training steps (after one warm-up step) of one unit through ``fit``'s
-    step, then of stacks of 2, 4, 8, ... units, doubling while a stack is faster per unit (by
+    Times ``steps`` real training steps (after one warm-up step; the fastest counts, which is
+    robust to other jobs on the machine) of one unit through ``fit``'s step, then of stacks of
+    2, 4, 8, ... units, doubling while a stack is faster per unit (by
     :data:`MIN_GAIN`) and fits in :data:`MEMORY_FRACTION` of free memory, up to ``max_size``;
     then :func:`choose_stack_size`. Plans are cached per process (``refresh`` measures again).
     Configs :func:`stack_unsupported` rejects get size 1 without measuring.
@@ -723,20 +724,36 @@ def _random_images(n: int, dev: torch.device, seed: int = 0) -> tuple[torch.Tens
     return x.to(dev), y.to(dev)
 
 
+def _fastest_step(step, steps: int, dev: torch.device) -> float:
+    """Return the shortest of ``steps`` timed calls of ``step(i)`` after one warm-up call: on a
+    shared machine the minimum is the time the step takes when nothing else competes."""
+    step(0)  # warm-up: kernel selection, allocation
+    times = []
+    for i in range(1, steps + 1):
+        _sync(dev)
+        start = time.perf_counter()
+        step(i)
+        _sync(dev)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def _time_single(config: train.TrainConfig, dev: torch.device, steps: int) -> tuple[float, int]:
     """Return (seconds per step of fit's own training step, peak bytes or 0 off CUDA)."""
-    x, y = _random_images(config.batch_size * (steps + 1), dev)
+    b = config.batch_size
+    x, y = _random_images(b * (steps + 1), dev)
     model = train._prepare(train.build_model(config), dev)
     optimizer = train.build_optimizer(model, config)
     generator = torch.Generator().manual_seed(0)
-    b = config.batch_size
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
-    train.train_one_epoch(model, optimizer, x[:b], y[:b], config, generator, config.precision)  # warm-up
-    start = time.perf_counter()
-    train.train_one_epoch(model, optimizer, x[b:], y[b:], config, generator, config.precision)
-    seconds = (time.perf_counter() - start) / steps
+
+    def step(i):  # one batch is one epoch of train_one_epoch: exactly fit's step
+        train.train_one_epoch(model, optimizer, x[i * b:(i + 1) * b], y[i * b:(i + 1) * b], config, generator,
+                              config.precision)
+
+    seconds = _fastest_step(step, steps, dev)
     peak = torch.cuda.max_memory_allocated(dev) - base if dev.type == "cuda" else 0
     return seconds, int(peak)
 
@@ -754,13 +771,7 @@ def _time_stack(config: train.TrainConfig, dev: torch.device, size: int, steps: 
     x, y = _random_images(size * b, dev)
     xb, yb = x.view(size, b, 1, 28, 28), y.view(size, b)
     rows, live = [b] * size, [True] * size
-    stack.step(xb, yb, rows, live)  # warm-up: kernel selection
-    _sync(dev)
-    start = time.perf_counter()
-    for _ in range(steps):
-        stack.step(xb, yb, rows, live)
-    _sync(dev)
-    seconds = (time.perf_counter() - start) / steps / size
+    seconds = _fastest_step(lambda i: stack.step(xb, yb, rows, live), steps, dev) / size
     peak = torch.cuda.max_memory_allocated(dev) - base if dev.type == "cuda" else None
     del stack
     return seconds, peak

@@ -227,7 +227,7 @@ def test_choose_stack_size():
 
 def test_plan_stack_size_measures_and_caches(monkeypatch):
     config = BASE.replace(batch_size=8)
-    plan = stacked.plan_stack_size(config, "cpu", steps=1, refresh=True)
+    plan = stacked.plan_stack_size(config, "cpu", steps=1, max_size=2, refresh=True)
     assert 1 in plan.seconds_per_unit_step and 2 in plan.seconds_per_unit_step
     assert plan.size == stacked.choose_stack_size(plan.seconds_per_unit_step, plan.max_by_memory)
     assert "M=1" in plan.reason and plan.to_dict()["precision"] == "fp32"
@@ -237,3 +237,32 @@ def test_plan_stack_size_measures_and_caches(monkeypatch):
     small = stacked.plan_stack_size(config, "cpu", steps=1, refresh=True)
     assert small.size == 1 and list(small.seconds_per_unit_step) == [1]
     stacked._PLANS.clear()
+
+
+def test_unit_loss_scaling_follows_grad_scaler_per_unit(monkeypatch):
+    # fp16: each unit's scale evolves as its own torch.amp.GradScaler's would; an overflow in one
+    # unit backs off only that unit's scale (and skips only its step).
+    monkeypatch.setattr(stacked, "_SCALE_INTERVAL", 3)  # reach a growth within a few steps
+    overflow = {0: {1}, 1: {0, 2, 3}}  # steps at which each unit's gradient is inf
+    mine = stacked._UnitScaler(2, torch.device("cpu"))
+    theirs = [torch.amp.GradScaler("cpu", growth_interval=3) for _ in range(2)]
+    params = [torch.zeros(3, requires_grad=True) for _ in range(2)]
+    optimizers = [torch.optim.SGD([p], lr=0.0) for p in params]
+    stacked_param = torch.zeros(2, 3, requires_grad=True)
+    for step in range(8):
+        grads = torch.tensor([[float("inf") if step in overflow[u] else 0.5] * 3 for u in range(2)])
+        stacked_param.grad = grads * mine.scale.view(2, 1)
+        found = mine.unscale({"w": stacked_param})
+        mine.update(found, torch.tensor([True, True]))
+        for u in range(2):
+            theirs[u].scale(torch.ones(()))  # initialises the scale, as a backward pass would
+            params[u].grad = grads[u] * theirs[u].get_scale()
+            theirs[u].step(optimizers[u])
+            theirs[u].update()
+            assert bool(found[u]) == (step in overflow[u])
+            assert mine.scale[u].item() == theirs[u].get_scale(), f"step {step} unit {u}"
+            if step not in overflow[u]:
+                torch.testing.assert_close(stacked_param.grad[u], params[u].grad)
+    frozen = mine.scale.clone()
+    mine.update(torch.tensor([True, True]), torch.tensor([False, True]))
+    assert mine.scale[0] == frozen[0] and mine.scale[1] == frozen[1] / 2  # an inactive unit keeps its scale
