@@ -12,8 +12,9 @@ probabilities crossed, at the study's batch size 128, on stratified folds) are t
     1), a fixed stack size, to show what stacking costs there.
 
 Each way is warmed up first (one unit of one batch), so one-off kernel selection is not timed.
-Prints seconds, units per hour and the ratios to (a) and (b), with the machine's load average
-before and after (timings on a shared machine are only as good as its load).
+Prints wall seconds (and this process's CPU seconds, which other jobs disturb less), units per
+hour and the ratios to (a) and (b), with the machine's load average before and after (wall
+timings on a shared machine are only as good as its load).
 
 Usage: ``python benchmarks/bench_sweep.py [--size smoke|cpu|full] [--json PATH] [--force-stack M ...]
 [--precision auto|fp32|bf16|fp16]``. ``smoke`` takes well under a minute on a 2-core CPU;
@@ -81,12 +82,13 @@ def tutorial_unit(config: TrainConfig, x_float: torch.Tensor, y: torch.Tensor, t
     return correct / len(va)
 
 
-def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float, object]:
+    """Return (wall seconds, this process's CPU seconds, fn's result)."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - start, out
+    return time.perf_counter() - start, time.process_time() - cpu, out
 
 
 def main(argv=None) -> int:
@@ -116,39 +118,40 @@ def main(argv=None) -> int:
     warm = [s[: configs[0].batch_size] for s in train_sets[:2]]
     tutorial_unit(configs[0], x_float, y, warm[0], val_sets[0][:100], dev)
     fit(build_model(configs[0]), x[warm[0]], y[warm[0]], configs[0], progress=False)
-    plan_seconds, plan = timed(lambda: stacked.plan_stack_size(configs[0], dev))
+    plan_seconds, _, plan = timed(lambda: stacked.plan_stack_size(configs[0], dev))
     print(f"  plan: {plan.reason} (planned in {plan_seconds:.1f} s)")
     for size in forced:
         fit_many(configs[:2], x, y, warm, stack_size=max(2, size), progress=False)
 
     rows = []
 
-    def record(way: str, seconds: float, accuracies: list[float], stack_size: int | None = None) -> None:
-        rows.append({"way": way, "stack_size": stack_size, "seconds": seconds, "units": n,
-                     "units_per_hour": n / seconds * 3600, "mean_val_accuracy": float(np.mean(accuracies))})
+    def record(way: str, seconds: float, cpu_seconds: float, accuracies: list[float], stack_size=None) -> None:
+        rows.append({"way": way, "stack_size": stack_size, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                     "units": n, "units_per_hour": n / seconds * 3600, "mean_val_accuracy": float(np.mean(accuracies))})
         r = rows[-1]
-        print(f"  {way:<28} {seconds:8.1f} s  {r['units_per_hour']:9.0f} units/h  "
+        print(f"  {way:<28} {seconds:8.1f} s ({cpu_seconds:7.1f} CPU s)  {r['units_per_hour']:8.0f} units/h  "
               f"{rows[0]['seconds'] / seconds:6.2f}x tutorial  "
               + (f"{rows[1]['seconds'] / seconds:5.2f}x fit  " if len(rows) > 1 else " " * 13)
               + f"mean val accuracy {r['mean_val_accuracy']:.4f}")
 
-    seconds, acc = timed(lambda: [tutorial_unit(c, x_float, y, tr, va, dev)
+    seconds, cpu, acc = timed(lambda: [tutorial_unit(c, x_float, y, tr, va, dev)
                                   for c, tr, va in zip(configs, train_sets, val_sets)])
-    record("tutorial loop, one by one", seconds, acc)
-    seconds, hs = timed(lambda: [fit(build_model(c), x[tr], y[tr], c, val=(x[va], y[va]), progress=False)
+    record("tutorial loop, one by one", seconds, cpu, acc)
+    seconds, cpu, hs = timed(lambda: [fit(build_model(c), x[tr], y[tr], c, val=(x[va], y[va]), progress=False)
                                  for c, tr, va in zip(configs, train_sets, val_sets)])
-    record("fit, one by one", seconds, [h[-1]["val_accuracy"] for h in hs])
-    seconds, hs = timed(lambda: fit_many(configs, x, y, train_sets, val_sets, progress=False))
-    record(f"fit_many, planned (M={plan.size})", seconds, [h[-1]["val_accuracy"] for h in hs], plan.size)
+    record("fit, one by one", seconds, cpu, [h[-1]["val_accuracy"] for h in hs])
+    seconds, cpu, hs = timed(lambda: fit_many(configs, x, y, train_sets, val_sets, progress=False))
+    record(f"fit_many, planned (M={plan.size})", seconds, cpu, [h[-1]["val_accuracy"] for h in hs], plan.size)
     for size in forced:
-        seconds, hs = timed(lambda: fit_many(configs, x, y, train_sets, val_sets, stack_size=size, progress=False))
-        record(f"fit_many, M={size}", seconds, [h[-1]["val_accuracy"] for h in hs], size)
+        seconds, cpu, hs = timed(lambda: fit_many(configs, x, y, train_sets, val_sets, stack_size=size, progress=False))
+        record(f"fit_many, M={size}", seconds, cpu, [h[-1]["val_accuracy"] for h in hs], size)
     load_after = os.getloadavg()
     print(f"  load average before {load_before[0]:.1f}, after {load_after[0]:.1f} "
           f"(on {os.cpu_count()} cores: above that, other jobs were competing)")
     if args.json:
         for r in rows:
-            r.update(ratio_vs_tutorial=rows[0]["seconds"] / r["seconds"], ratio_vs_fit=rows[1]["seconds"] / r["seconds"])
+            r.update(ratio_vs_tutorial=rows[0]["seconds"] / r["seconds"], ratio_vs_fit=rows[1]["seconds"] / r["seconds"],
+                     cpu_ratio_vs_fit=rows[1]["cpu_seconds"] / r["cpu_seconds"])
         provenance.write_json(args.json, {
             "size": args.size, "units": n, "epochs": configs[0].epochs, "batch_size": configs[0].batch_size,
             "train_images_per_unit": [len(s) for s in train_sets], "val_images_per_unit": [len(s) for s in val_sets],

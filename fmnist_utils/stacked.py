@@ -633,7 +633,7 @@ class StackPlan:
     """The stack size chosen for one (model, batch size, precision, device) and what it rests on.
 
     size: units per stack. seconds_per_unit_step: {stack size tried: measured seconds per unit
-    per training step}. bytes_per_unit: device memory one unit needs (measured on CUDA, estimated
+    per training step (CPU seconds of this process on a CPU, wall seconds on a GPU)}. bytes_per_unit: device memory one unit needs (measured on CUDA, estimated
     elsewhere). free_bytes: free device memory when planned. max_by_memory: the largest stack that
     fits. reason: one line saying why.
     """
@@ -747,16 +747,21 @@ def _random_images(n: int, dev: torch.device, seed: int = 0) -> tuple[torch.Tens
 
 
 def _fastest_step(step, steps: int, dev: torch.device) -> float:
-    """Return the shortest of ``steps`` timed calls of ``step(i)`` after one warm-up call: on a
-    shared machine the minimum is the time the step takes when nothing else competes."""
+    """Return the shortest of ``steps`` timed calls of ``step(i)`` after one warm-up call.
+
+    On a GPU, wall time. On a CPU, this process's CPU time (all its threads), which other jobs
+    on a shared machine disturb far less than wall time; the minimum is the step's cost when
+    nothing else competes. Either way the sizes compared are timed alike.
+    """
+    clock = time.perf_counter if dev.type == "cuda" else time.process_time
     step(0)  # warm-up: kernel selection, allocation
     times = []
     for i in range(1, steps + 1):
         _sync(dev)
-        start = time.perf_counter()
+        start = clock()
         step(i)
         _sync(dev)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
 
 
