@@ -161,6 +161,8 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
         return str(exc), _loaded("pipeline", "EXIT_NO_PDF") or 3
     if isinstance(exc, _loaded("pipeline", "RunFolderBusy")):
         return str(exc), _loaded("pipeline", "EXIT_BUSY") or 6
+    if isinstance(exc, _loaded("estimate", "TooSlow")):
+        return str(exc), _loaded("pipeline", "EXIT_TOO_SLOW") or 7
     if isinstance(exc, _loaded("train", "TrainingDiverged")):
         return str(exc), EXIT_DIVERGED
     if isinstance(exc, OSError):

@@ -63,6 +63,7 @@ class RunFolderBusy(RuntimeError):
 
 class RunFolderConflict(ValueError):
     """The run folder holds results of another profile, which this run would replace."""
+EXIT_TOO_SLOW = 7
 
 
 class NotebookFailed(RuntimeError):
@@ -737,6 +738,7 @@ def build(
     install: bool = True,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    ignore_estimate: bool = False,
 ) -> dict:
     """Run the notebooks and build the report; return ``{"html", "pdf", "stamps", "seconds"}``.
 
@@ -745,9 +747,13 @@ def build(
     (:class:`NotebookFailed`) or an interruption leaves no report that could pass for this run's.
     ``pdf=False`` skips the PDF; when it cannot be printed,
     :class:`fmnist_utils.report.PdfUnavailable` is raised after the HTML is written.
+    Before anything runs, :func:`fmnist_utils.estimate.check_budget` raises
+    :class:`fmnist_utils.estimate.TooSlow` for a ``full`` report on a machine without CUDA that
+    would take hours, unless ``ignore_estimate`` (or ``FMNIST_IGNORE_ESTIMATE=1``).
     """
-    from . import report
+    from . import estimate, report
 
+    estimate.check_budget(profile, ignore=ignore_estimate, log=log)
     start = time.perf_counter()
     name = profiles.resolve_name(profile)
     run = paths.run_folder(name, run_dir)
@@ -779,19 +785,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="execute every notebook even when up to date, replacing another profile's results in --run-dir")
     parser.add_argument("--no-pdf", action="store_true", help="build only the HTML")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install Chromium for the PDF")
+    parser.add_argument("--ignore-estimate", action="store_true",
+                        help="run the full profile even where its estimate says hours (no CUDA); "
+                        "or set FMNIST_IGNORE_ESTIMATE=1")
 
 
 def cli(args: argparse.Namespace) -> int:
     """Run :func:`build` from parsed arguments; return 0. Errors propagate to the CLI's one error
     handler (:func:`fmnist_utils.__main__.main`), which maps them to exit statuses: 1 a notebook
-    failed, 3 the HTML was written but the PDF could not be, 6 the run folder is busy.
+    failed, 3 the HTML was written but the PDF could not be, 6 the run folder is busy, 7 refused: the estimate
+    says hours on this machine.
     """
 
     def log(message: str) -> None:
         print(f"[report] {message}", flush=True)
 
     out = build(args.profile, args.run_dir, args.report_dir, args.notebooks, force=args.force,
-                pdf=not args.no_pdf, install=not args.no_install, log=log)
+                pdf=not args.no_pdf, install=not args.no_install, log=log,
+                ignore_estimate=args.ignore_estimate)
     ran = sum(s["executed"] for s in out["stamps"])
     log(f"done in {out['seconds']:.1f} s ({ran} notebook(s) executed, {len(out['stamps']) - ran} reused)")
     log(f"HTML: {out['html']}")

@@ -269,18 +269,18 @@ def _value_label(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _sweep():
-    # Imported when a sweep figure is drawn: the sweep module brings Optuna.
-    from . import sweep
+def _search_space():
+    # Imported when a sweep figure is drawn: the search space brings Optuna.
+    from . import search_space
 
-    return sweep
+    return search_space
 
 
 def plot_sweep_heatmaps(summary: pd.DataFrame, rows: str = "lr", cols: str = "batch_size",
                         facet: str | None = "dropout", value: str = "accuracy_mean") -> Figure:
     """Return heat maps of ``value`` (CV mean validation accuracy, drawn in %) over ``rows`` x ``cols``.
 
-    summary: one row per configuration (``sweep.summarize``). One panel per ``facet`` value
+    summary: one row per configuration (``cv_results.summarize``). One panel per ``facet`` value
     (sorted; one panel when ``facet`` is None or not a column), all on one colour scale, rows in
     descending and columns in ascending order. Cells the sweep did not train are blank.
     """
@@ -289,7 +289,7 @@ def plot_sweep_heatmaps(summary: pd.DataFrame, rows: str = "lr", cols: str = "ba
             raise ValueError(f"summary has no column {name!r}; columns are {list(summary.columns)}")
     if summary.empty:
         raise ValueError("summary is empty: there is no configuration to draw")
-    labels = _sweep().LABELS
+    labels = _search_space().LABELS
     facets = sorted(summary[facet].unique()) if facet is not None and facet in summary else [None]
     row_vals = sorted(summary[rows].unique(), reverse=True)
     col_vals = sorted(summary[cols].unique())
@@ -313,15 +313,15 @@ def plot_sweep_heatmaps(summary: pd.DataFrame, rows: str = "lr", cols: str = "ba
 
 
 def plot_sweep_factors(tables: dict[str, pd.DataFrame], folds: pd.DataFrame) -> Figure:
-    """Return one panel per factor (the tables of ``sweep.factor_tables``, the study's Tables 2-4):
+    """Return one panel per factor (the tables of ``cv_results.factor_tables``, the study's Tables 2-4):
     each fold's validation accuracy (grey dots), the CV mean (diamond, red for the base value)
     with its sample standard deviation over the folds (error bar).
 
-    folds: one row per (configuration, fold) with ``config`` and ``val_accuracy`` (``sweep.fold_results``).
+    folds: one row per (configuration, fold) with ``config`` and ``val_accuracy`` (``cv_results.fold_results``).
     """
     if not tables:
         raise ValueError("no factor tables: the sweep has no configurations differing in one factor only")
-    labels = _sweep().LABELS
+    labels = _search_space().LABELS
     fig = Figure(figsize=(3.6 * len(tables), 3.4), layout="constrained")
     axes = fig.subplots(1, len(tables), squeeze=False, sharey=True)[0]
     for ax, (factor, table) in zip(axes, tables.items()):
@@ -345,20 +345,22 @@ def plot_fold_spread(folds: pd.DataFrame, summary: pd.DataFrame) -> Figure:
     and the CV mean (bar): where the dots of two configurations overlap, the folds cannot tell
     them apart.
 
-    folds: ``sweep.fold_results``; summary: ``sweep.summarize`` of it.
+    folds: ``cv_results.fold_results``; summary: ``cv_results.summarize`` of it.
     """
     if summary.empty:
         raise ValueError("summary is empty: there is no configuration to draw")
-    sweep = _sweep()
+    space = _search_space()
     order = summary.sort_values("accuracy_mean", ascending=True, kind="stable")
-    names = sweep.hyperparameter_names(summary)
+    from . import cv_results
+
+    names = cv_results.hyperparameter_names(summary)
     fig = Figure(figsize=(6.5, 0.28 * len(order) + 1.2), layout="constrained")
     ax = fig.subplots()
     for i, (_, row) in enumerate(order.iterrows()):
         acc = folds.loc[folds["config"] == row["config"], "val_accuracy"]
         ax.scatter(acc, np.full(len(acc), i), s=14, color=TRAIN_COLOR, alpha=0.8)
         ax.plot([row["accuracy_mean"]] * 2, [i - 0.35, i + 0.35], color=VAL_COLOR, lw=2)
-    ax.set_yticks(range(len(order)), [sweep.describe_config({n: r[n] for n in names}) for _, r in order.iterrows()],
+    ax.set_yticks(range(len(order)), [space.describe_config({n: r[n] for n in names}) for _, r in order.iterrows()],
                   fontsize=7)
     ax.set_xlabel("validation accuracy (dots: folds; bar: CV mean)")
     ax.grid(axis="x", alpha=0.3)

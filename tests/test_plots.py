@@ -145,10 +145,10 @@ def test_annotated_matrix_labels_every_cell_and_leaves_nan_blank():
 
 
 def _sweep_tables(seed=0):
-    """A 2 x 2 x 2 grid with 3 folds each, as sweep.fold_results returns it, and its summary."""
+    """A 2 x 2 x 2 grid with 3 folds each, as cv_results.fold_results returns it, and its summary."""
     import pandas as pd
 
-    from fmnist_utils import sweep
+    from fmnist_utils import cv_results, search_space
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -159,9 +159,9 @@ def _sweep_tables(seed=0):
                 for fold in range(3):
                     rows.append({**params, "fold": fold, "val_accuracy": rng.uniform(0.6, 0.9),
                                  "val_loss": rng.uniform(0.3, 1.0), "epochs": 1, "seconds": 1.0,
-                                 "config": sweep.config_key(params)})
+                                 "config": search_space.config_key(params)})
     folds = pd.DataFrame(rows)
-    return folds, sweep.summarize(folds)
+    return folds, cv_results.summarize(folds)
 
 
 def test_sweep_heatmaps_show_each_configurations_cv_mean_in_its_cell():
@@ -189,11 +189,11 @@ def test_sweep_heatmaps_show_each_configurations_cv_mean_in_its_cell():
 
 
 def test_sweep_factor_panels_draw_the_means_and_every_fold():
-    from fmnist_utils import sweep
+    from fmnist_utils import cv_results, search_space
 
     folds, summary = _sweep_tables(seed=1)
     base = {"lr": 0.05, "batch_size": 32, "dropout": 0.5}
-    tables = sweep.factor_tables(summary, base)
+    tables = cv_results.factor_tables(summary, base)
     fig = plots.plot_sweep_factors(tables, folds)
     assert len(fig.axes) == len(tables) == 3
     for ax, (factor, table) in zip(fig.axes, tables.items()):
@@ -202,19 +202,19 @@ def test_sweep_factor_panels_draw_the_means_and_every_fold():
         dots = np.concatenate([d.get_offsets()[:, 1] for d in fold_dots])
         expected = np.concatenate([folds.loc[folds.config == c, "val_accuracy"] for c in table["config"]])
         np.testing.assert_allclose(dots, expected)
-        assert ax.get_xlabel() == sweep.LABELS[factor]
+        assert ax.get_xlabel() == search_space.LABELS[factor]
     assert _png_bytes(fig).startswith(b"\x89PNG")
 
 
 def test_fold_spread_puts_the_best_configuration_on_top_with_all_its_folds():
-    from fmnist_utils import sweep
+    from fmnist_utils import cv_results, search_space
 
     folds, summary = _sweep_tables(seed=2)
     fig = plots.plot_fold_spread(folds, summary)
     ax = fig.axes[0]
     best = summary.sort_values("accuracy_mean").iloc[-1]
-    names = sweep.hyperparameter_names(summary)
-    assert ax.get_yticklabels()[-1].get_text() == sweep.describe_config({n: best[n] for n in names})
+    names = cv_results.hyperparameter_names(summary)
+    assert ax.get_yticklabels()[-1].get_text() == search_space.describe_config({n: best[n] for n in names})
     top_bar = ax.get_lines()[-1]
     assert top_bar.get_xdata()[0] == pytest.approx(best["accuracy_mean"])
     top_dots = ax.collections[-1].get_offsets()[:, 0]
