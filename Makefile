@@ -34,7 +34,7 @@ data: $(VENV)/.installed ## find Fashion-MNIST (data/, FMNIST_DATA, Debian's pac
 	  fi; \
 	  $(PY) -m fmnist_utils data; }
 
-report: data ## run the notebooks (reusing up-to-date ones) into runs/<profile>/ and build report/report.html + .pdf (PROFILE=auto|smoke|quick|full)
+report: data ## run the notebooks (reusing up-to-date ones) into runs/<profile>/ and build report/report.html + .pdf (PROFILE=auto|smoke|quick|full; full without CUDA stops with its estimate unless FMNIST_IGNORE_ESTIMATE=1)
 	$(PY) -m fmnist_utils report --profile $(PROFILE)
 
 lab: data ## open JupyterLab on the notebooks
@@ -49,8 +49,8 @@ train: data ## train the study's CNN briefly from the command line and print tes
 bench: data ## time the tutorial training loop against the kit's (images/s and ratio)
 	$(PY) benchmarks/bench_train.py
 
-bench-sweep: data ## configurations per hour of the cross-validated sweep with 1 and N workers
-	$(PY) benchmarks/bench_sweep.py
+bench-sweep: data ## units per hour of sweep training: tutorial loop, fit one by one, fit_many stacked (SIZE=smoke|cpu|full)
+	$(PY) benchmarks/bench_sweep.py $(if $(SIZE),--size $(SIZE))
 
 bench-gpu: data ## tutorial vs eager vs captured loop and time-to-accuracy on a validation split (made for a CUDA GPU)
 	$(PY) benchmarks/bench_gpu.py

@@ -7,7 +7,15 @@ import os
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# CUDA compute capabilities (major, minor) from which a precision runs natively and fast: bf16
+# tensor cores arrived with Ampere (8.0); Volta and Turing (7.x: V100, T4) have fp16 tensor cores
+# only. torch.cuda.is_bf16_supported() answers True on a T4 through emulation, slower than fp32,
+# so the kit decides by capability instead.
+BF16_CAPABILITY = (8, 0)
+FP16_CAPABILITY = (7, 0)
+# Autocast dtype of each reduced precision ("fp32" runs without autocast).
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -37,22 +45,54 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """Return ``"bf16"`` or ``"fp32"``: ``"auto"`` picks bf16 where the hardware runs it fast."""
+    """Return ``"bf16"``, ``"fp16"`` or ``"fp32"``: ``"auto"`` picks what the hardware runs fast.
+
+    On CUDA: bf16 from compute capability 8.0, fp16 (with loss scaling, see
+    :func:`needs_grad_scaler`) on 7.x, fp32 below. On a CPU: bf16 where it is native
+    (:func:`cpu_has_fast_bf16`), else fp32. Elsewhere fp32. :func:`precision_reason` says why.
+    """
+    return _auto_precision(precision, device)[0]
+
+
+def precision_reason(device: torch.device) -> str:
+    """Return one line saying which precision ``"auto"`` picks on ``device`` and why (for reports)."""
+    return _auto_precision("auto", device)[1]
+
+
+def _auto_precision(precision: str, device: torch.device) -> tuple[str, str]:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
-        return precision
+        return precision, f"{precision}: asked for explicitly"
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        capability = torch.cuda.get_device_capability(device)
+        cc = f"compute capability {capability[0]}.{capability[1]}"
+        if capability >= BF16_CAPABILITY:
+            return "bf16", f"bf16 autocast: {cc} has native bf16 tensor cores (>= 8.0)"
+        if capability >= FP16_CAPABILITY:
+            return "fp16", (f"fp16 autocast with loss scaling: {cc} has fp16 tensor cores but emulates bf16 "
+                            "(slower than fp32)")
+        return "fp32", f"fp32: {cc} has no half-precision tensor cores (< 7.0)"
     if device.type == "cpu":
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
-    return "fp32"
+        forced = os.environ.get("FMNIST_CPU_BF16") in ("0", "1")
+        why = "FMNIST_CPU_BF16 is set" if forced else None
+        if cpu_has_fast_bf16():
+            return "bf16", f"bf16 autocast: {why or 'this CPU computes bf16 natively (AVX512-BF16 or AMX)'}"
+        return "fp32", f"fp32: {why or 'this CPU lacks AVX512-BF16 and AMX, so bf16 would be emulated and slower'}"
+    return "fp32", f"fp32: the kit does not use autocast on {device.type}"
+
+
+def needs_grad_scaler(precision: str) -> bool:
+    """Return True when training in ``precision`` needs a ``torch.amp.GradScaler`` (fp16: small
+    gradients underflow to zero without loss scaling; bf16 has fp32's exponent range and does not).
+    """
+    return precision == "fp16"
 
 
 def autocast(device: torch.device, precision: str):
-    """Return a context that runs the forward pass in ``precision`` ("bf16" or "fp32")."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    """Return a context that runs the forward pass in ``precision`` ("bf16", "fp16" or "fp32")."""
+    if precision in AUTOCAST_DTYPES:
+        return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
     return contextlib.nullcontext()
 
 

@@ -43,6 +43,7 @@ KERNEL = "python3"
 
 EXIT_NOTEBOOK_FAILED = 1
 EXIT_NO_PDF = 3
+EXIT_TOO_SLOW = 4
 
 
 class NotebookFailed(RuntimeError):
@@ -372,15 +373,20 @@ def build(
     install: bool = True,
     progress: bool | None = None,
     log: Callable[[str], None] = print,
+    ignore_estimate: bool = False,
 ) -> dict:
     """Run the notebooks and build the report; return ``{"html", "pdf", "stamps", "seconds"}``.
 
     The old report is deleted first, so a failure (:class:`NotebookFailed`) or an interruption
     leaves no report that could pass for this run's. ``pdf=False`` skips the PDF; when it cannot
     be printed, :class:`fmnist_utils.report.PdfUnavailable` is raised after the HTML is written.
+    Before anything runs, :func:`fmnist_utils.estimate.check_budget` raises
+    :class:`fmnist_utils.estimate.TooSlow` for a ``full`` report on a machine without CUDA that
+    would take hours, unless ``ignore_estimate`` (or ``FMNIST_IGNORE_ESTIMATE=1``).
     """
-    from . import report
+    from . import estimate, report
 
+    estimate.check_budget(profile, ignore=ignore_estimate, log=log)
     start = time.perf_counter()
     report_dir = Path(report_dir) if report_dir is not None else paths.report_dir()
     for path in remove_report(report_dir):
@@ -409,20 +415,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="execute every notebook even when up to date")
     parser.add_argument("--no-pdf", action="store_true", help="build only the HTML")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install Chromium for the PDF")
+    parser.add_argument("--ignore-estimate", action="store_true",
+                        help="run the full profile even where its estimate says hours (no CUDA); "
+                        "or set FMNIST_IGNORE_ESTIMATE=1")
 
 
 def cli(args: argparse.Namespace) -> int:
     """Run :func:`build` from parsed arguments; return the exit status (0 ok, 1 a notebook failed,
-    3 the HTML was written but the PDF could not be).
+    3 the HTML was written but the PDF could not be, 4 refused: the estimate says hours).
     """
-    from . import report
+    from . import estimate, report
 
     def log(message: str) -> None:
         print(f"[report] {message}", flush=True)
 
     try:
         out = build(args.profile, args.run_dir, args.report_dir, args.notebooks, force=args.force,
-                    pdf=not args.no_pdf, install=not args.no_install, log=log)
+                    pdf=not args.no_pdf, install=not args.no_install, log=log,
+                    ignore_estimate=args.ignore_estimate)
+    except estimate.TooSlow as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_TOO_SLOW
     except NotebookFailed as exc:
         print(f"error: {exc}\n  no report was written; fix the notebook (or the code it calls) and run again: "
               "the notebooks before it are reused", file=sys.stderr, flush=True)

@@ -55,6 +55,7 @@ def environment(device: str | torch.device = "auto") -> dict:
         "device": str(dev),
         "device_name": devices.describe(dev),
         "precision_auto": devices.resolve_precision("auto", dev),
+        "precision_reason": devices.precision_reason(dev),
         "cpu_threads": torch.get_num_threads(),
         "git_revision": git_revision(),
         "packages": package_versions(),

@@ -50,7 +50,7 @@ class TrainConfig:
     l1: L1 coefficient on weights (0 = off). optimizer: one of :data:`OPTIMIZERS`.
     momentum / nesterov: SGD and RMSprop momentum. kernel_size: conv kernel (odd).
     model: a key of :data:`fmnist_utils.models.MODELS`.
-    seed: initialisation, shuffling and dropout. precision: auto | fp32 | bf16.
+    seed: initialisation, shuffling and dropout. precision: auto | fp32 | bf16 | fp16.
     device: auto | cpu | cuda | cuda:N | mps. eval_batch_size: images per evaluation step.
 
     Beyond the study (all off by default; :data:`PRESETS` turns them on together):
@@ -252,13 +252,15 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     ema: torch.optim.swa_utils.AveragedModel | None = None,
     on_step: Callable[[int], None] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict:
     """Run one epoch over on-device (x uint8 (N,1,28,28), y (N,)) and return
     ``{"train_loss", "train_accuracy"}`` (mean cross-entropy in nats on the augmented batches,
     without label smoothing; fraction correct).
 
     ``model`` may be a ``torch.compile``-d module; ``generator`` (CPU) drives shuffling and
-    augmentation, so a seed fixes both.
+    augmentation, so a seed fixes both. ``scaler`` (fp16) scales the loss and skips steps whose
+    gradients overflowed.
     """
     dev = x.device
     model.train()
@@ -275,8 +277,13 @@ def train_one_epoch(
         loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
         objective = loss + config.l1 * l1_penalty(model) if config.l1 > 0 else loss
         optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(objective).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            objective.backward()
+            optimizer.step()
         if scheduler is not None:
             scheduler.step()
         if ema is not None:
@@ -396,6 +403,8 @@ def fit(
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
         )
+    # fp16 needs loss scaling; a resumed run starts a fresh scale, which re-calibrates in a few steps.
+    scaler = torch.amp.GradScaler(dev.type) if devices.needs_grad_scaler(precision) else None
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # dropout masks
     history: list[dict] = []
@@ -416,7 +425,7 @@ def fit(
             start = time.perf_counter()
             row = {"epoch": epoch}
             row.update(
-                train_one_epoch(step_model, optimizer, x, y, config, generator, precision, scheduler, ema, on_step)
+                train_one_epoch(step_model, optimizer, x, y, config, generator, precision, scheduler, ema, on_step, scaler)
             )
             if val is not None:
                 scored = ema.module if ema is not None else model
@@ -496,3 +505,23 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> tuple[nn.Module, Tr
     else:
         model.load_state_dict(state["model"])
     return model, config, list(state["history"])
+
+
+def fit_many(
+    configs,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_indices,
+    val_indices=None,
+    *,
+    progress: bool | None = None,
+    on_diverged: str = "raise",
+    return_models: bool = False,
+    stack_size: int | None = None,
+):
+    """Train one unit per config, M at a time on one device; return their histories, each what
+    :func:`fit` returns for that unit (see :func:`fmnist_utils.stacked.fit_many`)."""
+    from .stacked import fit_many as stacked_fit_many  # stacked imports this module
+
+    return stacked_fit_many(configs, x, y, train_indices, val_indices, progress=progress, on_diverged=on_diverged,
+                            return_models=return_models, stack_size=stack_size)

@@ -20,7 +20,7 @@ def small(fmnist):
 @pytest.mark.parametrize(
     "field, value",
     [("lr", 0.0), ("lr", -0.1), ("batch_size", 0), ("epochs", 0), ("dropout", 1.0), ("dropout", -0.1),
-     ("optimizer", "lbfgs"), ("precision", "fp16"), ("weight_decay", -1.0), ("model", "vgg"),
+     ("optimizer", "lbfgs"), ("precision", "fp8"), ("weight_decay", -1.0), ("model", "vgg"),
      ("kernel_size", 2), ("nesterov", True)],
 )
 def test_invalid_config_names_the_field(field, value):
