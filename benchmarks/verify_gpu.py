@@ -264,7 +264,10 @@ def summarize(stage: str, record: dict) -> str:
             reused = "" if nb.get("executed_now") else " reused"
             parts.append(f"{stem} {nb.get('status')}{reused} {_fmt(nb.get('seconds'), '.0f')} s" + (f" ({shown})" if shown else ""))
         return "; ".join(parts)
-    # Any other stage (bench_sweep's figures are its own): the throughputs and ratios it reports.
+    if stage == "bench_sweep" and fig.get("rows"):
+        return "; ".join(f"{r['way']} {r['units_per_hour']:.0f} units/h ({r['ratio_vs_tutorial']:.1f}x, "
+                         f"val {r['mean_val_accuracy']:.3f})" for r in fig["rows"])
+    # Figures of another shape: the throughputs and ratios among them.
     numbers = _numbers(fig)
     rates = {k: v for k, v in numbers.items() if re.search(r"per_hour|ratio|speedup", k)} or numbers
     return ", ".join(f"{k} {v:.3g}" for k, v in list(rates.items())[:6])

@@ -60,18 +60,15 @@ def profile_sizes(profile: profiles.Profile) -> dict[str, dict]:
 
     The one function that reads the profile's field names.
     """
-    p = profile
+    t, s, c = profile.train, profile.sweep, profile.compare
     return {
-        "train": {"subset": p.train_subset, "val_fraction": p.train_val_fraction, "epochs": p.train_epochs,
-                  "test_subset": p.train_test_subset},
-        "sweep": {"space": p.sweep_space, "n_configs": p.sweep_n_configs, "factors": tuple(p.sweep_factors),
-                  "k": p.sweep_k, "subset": p.sweep_subset, "epochs": p.sweep_epochs,
-                  "final_subset": p.sweep_final_subset, "final_epochs": p.sweep_final_epochs,
-                  "test_subset": p.sweep_test_subset},
-        "compare": {"per_class": p.compare_per_class, "probe_train": p.compare_probe_train,
-                    "probe_test": p.compare_probe_test, "fmnist_resnet": p.compare_fmnist_resnet,
-                    "fmnist_resnet_subset": p.compare_fmnist_resnet_subset,
-                    "fmnist_resnet_epochs": p.compare_fmnist_resnet_epochs},
+        "train": {"subset": t.subset, "val_fraction": t.val_fraction, "epochs": t.epochs, "test_subset": t.test_subset},
+        "sweep": {"space": s.space, "n_configs": s.n_configs, "factors": tuple(s.factors), "k": s.k,
+                  "subset": s.subset, "epochs": s.epochs, "final_subset": s.final_subset,
+                  "final_epochs": s.final_epochs, "test_subset": s.test_subset},
+        "compare": {"per_class": c.per_class, "probe_train": c.probe_train, "probe_test": c.probe_test,
+                    "fmnist_resnet": c.fmnist_resnet, "fmnist_resnet_subset": c.fmnist_resnet_subset,
+                    "fmnist_resnet_epochs": c.fmnist_resnet_epochs},
     }
 
 
@@ -100,8 +97,8 @@ def count_configs(space: str, n_configs: int | None, factors: tuple[str, ...]) -
 def image_passes(sizes: dict[str, dict]) -> dict[str, dict[str, int]]:
     """Return ``{notebook: {kind: image-passes}}`` for the sizes of :func:`profile_sizes`.
 
-    train: the CNN trained on the training part of its subset for ``epochs``, validated every
-    epoch, tested once. sweep: every configuration on k folds, each fold's model trained on the
+    train: two CNNs (the CV-chosen configuration and the study's recipe beside it) trained on the
+    training part of the subset for ``epochs``, validated every epoch, tested once. sweep: every configuration on k folds, each fold's model trained on the
     other k-1 folds for ``epochs`` and validated every epoch, then the final model and its test.
     compare: the CNN comes from the train notebook's checkpoint; features of the per-class sample
     and the probe images from the CNN and the ImageNet ResNet-18, the CNN's own test accuracy on
@@ -110,7 +107,9 @@ def image_passes(sizes: dict[str, dict]) -> dict[str, dict[str, int]]:
     t, s, c = sizes["train"], sizes["sweep"], sizes["compare"]
     n = t["subset"] or TRAIN_IMAGES
     n_val = round(t["val_fraction"] * n)
-    train = {"cnn_train": (n - n_val) * t["epochs"], "cnn_eval": n_val * t["epochs"] + (t["test_subset"] or TEST_IMAGES)}
+    models = 2  # the chosen configuration and the study's recipe (one when they coincide: an upper bound)
+    train = {"cnn_train": models * (n - n_val) * t["epochs"],
+             "cnn_eval": models * (n_val * t["epochs"] + (t["test_subset"] or TEST_IMAGES))}
 
     configs = count_configs(s["space"], s["n_configs"], s["factors"])
     pool = s["subset"] or TRAIN_IMAGES

@@ -237,7 +237,9 @@ def test_verify_gpu_smoke_runs_every_stage_and_records_figures(tmp_path):
     for row in bench["loops"]:
         assert row["seconds_per_epoch"] > 0 and 0 <= row["final_val_accuracy"] <= 1
     assert 0 <= bench["modern"]["final_val_accuracy"] <= 1
-    assert stages["bench_sweep"]["figures"]
+    sweep = stages["bench_sweep"]["figures"]
+    assert sweep["size"] == "smoke" and any(r["way"].startswith("fit_many") for r in sweep["rows"])
+    assert all(r["units_per_hour"] > 0 for r in sweep["rows"])
 
     report = stages["report"]["figures"]
     assert report["report_files_bytes"]["report.html"] > 0
