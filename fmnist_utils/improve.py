@@ -323,10 +323,21 @@ def ensemble_row(row: Row, members: Sequence[Outcome], y_val, y_test) -> Outcome
                    extra={f"weight_{a.row}": weights})
 
 
+def _code_digest() -> str:
+    # The modules that decide what a row's training gives: a change to any of them is a new experiment.
+    from . import augment, device, models
+
+    h = hashlib.sha256()
+    for module in (train, models, augment, data, device, ensemble):
+        h.update(Path(module.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _cache_key(row: Row, split: Split, seeds: Sequence[int], budget: dict) -> str:
     configs = [row.config(**budget, seed=s).to_dict() for s in seeds] if row.settings is not None else list(row.members)
-    text = json.dumps({"row": row.to_dict(), "configs": configs, "seeds": list(seeds), "split": split.digest()},
-                      sort_keys=True, default=str)
+    text = json.dumps({"row": row.to_dict(), "configs": configs, "seeds": list(seeds), "split": split.digest(),
+                       "code": _code_digest()}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

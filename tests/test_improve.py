@@ -75,6 +75,25 @@ def test_suggestions_resnet_and_ensemble_rows():
         rows["ensemble"].config()
 
 
+def test_ema_warms_up_then_decays_at_its_rate():
+    """The averaged weights follow e_n = d_n e_(n-1) + (1 - d_n) p_n, d_n = min(decay, (1 + n) / (10 + n))."""
+    decay = 0.99
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=train.ema_multi_avg_fn(decay), use_buffers=True)
+    rng = np.random.default_rng(0)
+    expected = None
+    for n, value in enumerate(rng.normal(size=300)):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update_parameters(model)
+        d = min(decay, (1 + n) / (10 + n))
+        expected = value if n == 0 else d * expected + (1 - d) * value
+        assert ema.module.weight.item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    # Early on the average forgets the initial weights quickly: after 60 steps they weigh little.
+    weight_of_first = np.prod([min(decay, (1 + n) / (10 + n)) for n in range(1, 61)])
+    assert weight_of_first < 0.01 < decay ** 60
+
+
 def test_l1_pulls_each_weight_about_as_hard_as_the_studys_l2():
     model = train.build_model(train.TrainConfig())
     weights = torch.cat([p.detach().abs().flatten() for p in model.parameters() if p.ndim > 1])
@@ -293,3 +312,24 @@ def test_notebook_runs_at_smoke_size_and_its_section_renders(tmp_path):
     page = report.render(run, [stamp])
     assert '<section id="04_improvements"' in page and "Improvements beyond the original study" in page
     assert report.pct(r["table"][1]["accuracy_mean"]) in page
+
+
+def test_accuracy_vs_time_figure_puts_each_row_at_its_time_and_accuracy():
+    from fmnist_utils import plots
+
+    names, kinds = ["study", "modern", "study+nesterov"], ["recipe", "recipe", "with"]
+    fig = plots.plot_accuracy_vs_time(names, [10.0, 12.0, 11.0], [0.80, 0.88, 0.85], [0.01, None, 0.02], kinds=kinds)
+    ax = fig.axes[0]
+    centres, caps = set(), set()
+    for container in ax.containers:  # one errorbar per kind: (data line, caps, bars)
+        centres |= {tuple(np.round(p, 6)) for p in container.lines[0].get_xydata()}
+        caps |= {tuple(np.round(p, 6)) for line in container.lines[1] for p in line.get_xydata()}
+    assert centres == {(10.0, 80.0), (12.0, 88.0), (11.0, 85.0)}
+    # Error bars are one sd over seeds, in points; a row with one seed has none to draw.
+    assert {(10.0, 79.0), (10.0, 81.0), (11.0, 83.0), (11.0, 87.0)} <= caps
+    assert sorted(t.get_text() for t in ax.texts) == sorted(names)
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {plots.KIND_LABELS[k] for k in set(kinds)}
+    with pytest.raises(ValueError, match="differ in length"):
+        plots.plot_accuracy_vs_time(names, [1.0], [0.8], kinds=kinds)
+    with pytest.raises(ValueError, match="unknown row kinds"):
+        plots.plot_accuracy_vs_time(["a"], [1.0], [0.8], kinds=["other"])
