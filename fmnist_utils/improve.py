@@ -401,8 +401,12 @@ def run_rows(rows: Sequence[Row], split: Split, seeds: Sequence[int], budget: di
 # --------------------------------------------------------------------------------------------
 # Statistics and the table
 
+TEST_NAME = "paired t-test across seeds (Student t, n - 1 degrees of freedom)"
+# Confidence level of every interval (as stats.LEVEL).
+LEVEL = 0.95
 
-def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
+
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> dict:
     """Return the mean of ``a - b`` over seeds (paired: ``a[i]`` and ``b[i]`` share seed i) with its
     Student-t interval and two-sided p-value: ``{"value", "low", "high", "level", "p", "n", "sd"}``.
 
@@ -430,10 +434,9 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.9
     return {**out, "low": mean - half, "high": mean + half, "p": p, "sd": sd}
 
 
-TEST_NAME = "paired t-test across seeds (Student t, n - 1 degrees of freedom)"
 
 
-def row_verdict(row: Row, reference: Row, outcome: Outcome, ref_outcome: Outcome, level: float = 0.95) -> dict:
+def row_verdict(row: Row, reference: Row, outcome: Outcome, ref_outcome: Outcome, level: float = LEVEL) -> dict:
     """Return the verdict record ``row:<name>``: the row's test accuracy minus its reference's,
     paired by seed. verdict: "higher" / "lower" when the interval excludes 0, "tie" when it covers
     it, "n/a" with one seed.
@@ -453,12 +456,14 @@ def row_verdict(row: Row, reference: Row, outcome: Outcome, ref_outcome: Outcome
         "key": f"row:{row.name}",
         "claim": f"{row.label} against {reference.label}: test accuracy, paired by seed",
         "statistic": "difference in test accuracy (row minus reference, mean over seeds)",
-        "value": diff["value"], "low": diff["low"], "high": diff["high"], "level": level, "p": diff["p"],
+        # As stats.record: the level belongs to the interval, so a record without one has none.
+        "value": diff["value"], "low": diff["low"], "high": diff["high"],
+        "level": level if diff["low"] is not None else None, "p": diff["p"],
         "test": TEST_NAME, "n": diff["n"], "verdict": verdict, "reason": reason,
     }
 
 
-def verdicts(rows: Sequence[Row], outcomes: dict[str, Outcome], level: float = 0.95) -> dict[str, dict]:
+def verdicts(rows: Sequence[Row], outcomes: dict[str, Outcome], level: float = LEVEL) -> dict[str, dict]:
     """Return {``row:<name>``: :func:`row_verdict`} for every row that has a reference."""
     by_name = {r.name: r for r in rows}
     return {f"row:{r.name}": row_verdict(r, by_name[r.reference], outcomes[r.name], outcomes[r.reference], level)
