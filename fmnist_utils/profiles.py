@@ -23,6 +23,12 @@ class ImproveProfile:
     test_subset: int | None = field(metadata={"help": "test images each final model is scored on, once (stratified); None = all 10,000"})
 
     def __post_init__(self):
+        if self.rows is not None and (not isinstance(self.rows, tuple) or not self.rows):
+            raise ValueError(f"ImproveProfile.rows={self.rows!r}: must be a non-empty tuple of row names, or None for every row")
+        for name in ("subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"ImproveProfile.{name}={value!r}: must be a whole number >= 1, or None for the whole split")
         if not isinstance(self.seeds, int) or self.seeds < 1:
             raise ValueError(f"ImproveProfile.seeds={self.seeds!r}: must be an integer >= 1")
         if not isinstance(self.epochs, int) or self.epochs < 1:

@@ -1,6 +1,7 @@
 """The ablation of 04_improvements: rows built from the presets (one option changed per row),
 validation-only choices, the paired test across seeds, the table, the cache, and the notebook."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -333,3 +334,13 @@ def test_accuracy_vs_time_figure_puts_each_row_at_its_time_and_accuracy():
         plots.plot_accuracy_vs_time(names, [1.0], [0.8], kinds=kinds)
     with pytest.raises(ValueError, match="unknown row kinds"):
         plots.plot_accuracy_vs_time(["a"], [1.0], [0.8], kinds=["other"])
+
+
+def test_improve_profile_checks_its_sizes_and_explains_every_field():
+    good = profiles.get("smoke").improve
+    assert set(profiles.ImproveProfile.help()) == set(good.to_dict()) and all(profiles.ImproveProfile.help().values())
+    for bad in ({"seeds": 0}, {"epochs": 0}, {"val_fraction": 1.0}, {"subset": 0}, {"test_subset": 2.5}, {"rows": ()}):
+        with pytest.raises(ValueError, match=f"ImproveProfile.{next(iter(bad))}"):
+            dataclasses.replace(good, **bad)
+    assert profiles.get("full").improve.rows is None and profiles.get("full").improve.subset is None
+    assert profiles.get("full").improve.seeds == 3
