@@ -166,8 +166,10 @@ def _cosine_with_warmup(total: int, warmup: int) -> Callable[[int], float]:
 # Learning-rate schedules by name: (optimizer, config, steps per epoch) -> per-step scheduler.
 SCHEDULES: dict[str, Callable[..., torch.optim.lr_scheduler.LRScheduler]] = {
     "constant": lambda opt, c, steps: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
+    # The schedule changes the learning rate only: OneCycleLR's default momentum cycling would
+    # overwrite the config's momentum (0.95 -> 0.85 even where momentum=0), mixing two options.
     "onecycle": lambda opt, c, steps: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=c.lr, total_steps=c.epochs * steps
+        opt, max_lr=c.lr, total_steps=c.epochs * steps, cycle_momentum=False
     ),
     "cosine": lambda opt, c, steps: torch.optim.lr_scheduler.LambdaLR(
         opt, _cosine_with_warmup(c.epochs * steps, round(c.warmup_epochs * steps))

@@ -95,6 +95,17 @@ def test_ema_warms_up_then_decays_at_its_rate():
     assert weight_of_first < 0.01 < decay ** 60
 
 
+@pytest.mark.parametrize("row", ["study+onecycle", "modern"])
+def test_the_one_cycle_schedule_leaves_momentum_to_the_config(row):
+    config = ablation_rows()[row].config(epochs=2)
+    opt = train.build_optimizer(torch.nn.Linear(2, 2), config)
+    schedule = train.SCHEDULES[config.schedule](opt, config, 10)
+    for _ in range(20):
+        assert opt.param_groups[0]["momentum"] == config.momentum
+        opt.step()
+        schedule.step()
+
+
 def test_l1_pulls_each_weight_about_as_hard_as_the_studys_l2():
     model = train.build_model(train.TrainConfig())
     weights = torch.cat([p.detach().abs().flatten() for p in model.parameters() if p.ndim > 1])
