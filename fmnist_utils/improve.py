@@ -256,7 +256,7 @@ class Outcome:
     """What one row gave, seed by seed (arrays have one entry per seed, in ``seeds`` order).
 
     seconds: wall time of training all seeds of the row (evaluation excluded); an ensemble's is
-    the sum of its members'. val_probs (S, N_val, C) and test_probs (S, N_test, C) are the final
+    the sum of its members'. steps: optimizer steps per model (None for the ensemble). val_probs (S, N_val, C) and test_probs (S, N_test, C) are the final
     models' probabilities. extra: per-row details (the ensemble's weights).
     """
 
@@ -268,6 +268,7 @@ class Outcome:
     val_probs: np.ndarray
     test_probs: np.ndarray
     diverged: list[bool]
+    steps: int | None = None
     extra: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -297,8 +298,9 @@ def train_row(row: Row, split: Split, seeds: Sequence[int], budget: dict, progre
     val = np.stack([probabilities(m, x_val, c) for m, c in zip(models, configs)])
     test = np.stack([probabilities(m, split.x_test, c) for m, c in zip(models, configs)])
     diverged = [bool(h and ("diverged" in h[-1] or not math.isfinite(h[-1]["train_loss"]))) for h in histories]
+    steps = configs[0].epochs * math.ceil(len(split.train_indices) / configs[0].batch_size)
     return Outcome(row.name, list(seeds), np.array([accuracy(p, y_val) for p in val]),
-                   np.array([accuracy(p, split.y_test) for p in test]), seconds, val, test, diverged)
+                   np.array([accuracy(p, split.y_test) for p in test]), seconds, val, test, diverged, steps)
 
 
 def ensemble_row(row: Row, members: Sequence[Outcome], y_val, y_test) -> Outcome:
@@ -343,7 +345,8 @@ def _cache_key(row: Row, split: Split, seeds: Sequence[int], budget: dict) -> st
 
 def _save(path: Path, key: str, o: Outcome) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"key": key, "row": o.row, "seeds": o.seeds, "seconds": o.seconds, "diverged": o.diverged, "extra": o.extra}
+    meta = {"key": key, "row": o.row, "seeds": o.seeds, "seconds": o.seconds, "diverged": o.diverged, "steps": o.steps,
+            "extra": o.extra}
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, meta=np.array(json.dumps(meta)), val_accuracy=o.val_accuracy, test_accuracy=o.test_accuracy,
              val_probs=o.val_probs.astype(np.float32), test_probs=o.test_probs.astype(np.float32))
@@ -359,7 +362,7 @@ def _load(path: Path, key: str) -> Outcome | None:
             return None
         return Outcome(meta["row"], meta["seeds"], f["val_accuracy"], f["test_accuracy"], meta["seconds"],
                        f["val_probs"].astype(np.float64), f["test_probs"].astype(np.float64), meta["diverged"],
-                       meta["extra"])
+                       meta["steps"], meta["extra"])
 
 
 def run_rows(rows: Sequence[Row], split: Split, seeds: Sequence[int], budget: dict, cache: str | Path | None = None,
@@ -472,7 +475,7 @@ def verdicts(rows: Sequence[Row], outcomes: dict[str, Outcome], level: float = L
 
 def summary_table(rows: Sequence[Row], outcomes: dict[str, Outcome], records: dict[str, dict]) -> list[dict]:
     """Return one dict per row: accuracy mean and sd over seeds (fractions), validation accuracy,
-    training seconds per model, and the difference from the reference with its interval, p and verdict.
+    training seconds and optimizer steps per model, and the difference from the reference with its interval, p and verdict.
     """
     table = []
     for r in rows:
@@ -485,6 +488,7 @@ def summary_table(rows: Sequence[Row], outcomes: dict[str, Outcome], records: di
             "accuracy_sd": float(o.test_accuracy.std(ddof=1)) if len(o.seeds) > 1 else None,
             "val_accuracy_mean": float(o.val_accuracy.mean()),
             "seconds_per_model": o.seconds_per_model,
+            "steps": o.steps,
             "difference": v.get("value"), "low": v.get("low"), "high": v.get("high"), "p": v.get("p"),
             "verdict": v.get("verdict"),
             "diverged": int(sum(o.diverged)),

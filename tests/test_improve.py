@@ -278,6 +278,7 @@ def test_run_rows_pairs_seeds_reads_each_split_once_and_reuses_a_cached_row(fmni
     # Each final model reads the validation images once and the test images once.
     assert sorted(calls) == sorted([50, 100] * 4)
     assert first["study"].seeds == [0, 1] and first["study"].val_probs.shape == (2, 50, 10)
+    assert first["study"].steps == 3  # 150 training images in batches of 50, one epoch
     monkeypatch.setattr(improve, "fit_seeds", lambda *a, **k: pytest.fail("a cached row was trained again"))
     again = improve.run_rows(rows, split, [0, 1], budget, cache=tmp_path)
     np.testing.assert_allclose(again["study"].test_accuracy, first["study"].test_accuracy)
