@@ -11,6 +11,8 @@ TORCH_VERSION ?= 2.14.1
 TORCHVISION_VERSION ?= 0.29.1
 PROFILE ?= auto
 PYTEST_ARGS ?=
+# Jupyter refuses to run as root without --allow-root (the usual case in a container).
+LAB_FLAGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: help venv data test report lab train bench bench-sweep bench-gpu clean
 
@@ -34,11 +36,11 @@ data: $(VENV)/.installed ## find Fashion-MNIST (data/, FMNIST_DATA, Debian's pac
 	  fi; \
 	  $(PY) -m fmnist_utils data; }
 
-report: data ## run the notebooks (reusing up-to-date ones) into runs/<profile>/ and build report/report.html + .pdf (PROFILE=auto|smoke|quick|full)
+report: data ## run the notebooks (reusing up-to-date ones) into runs/<profile>/ and build report/report.html + .pdf (PROFILE=auto|smoke|quick|full; full without CUDA stops with its estimate unless FMNIST_IGNORE_ESTIMATE=1)
 	$(PY) -m fmnist_utils report --profile $(PROFILE)
 
 lab: data ## open JupyterLab on the notebooks
-	$(PY) -m jupyter lab notebooks/
+	$(PY) -m jupyter lab $(LAB_FLAGS) notebooks/
 
 test: data ## run the test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -49,11 +51,29 @@ train: data ## train the study's CNN briefly from the command line and print tes
 bench: data ## time the tutorial training loop against the kit's (images/s and ratio)
 	$(PY) benchmarks/bench_train.py
 
-bench-sweep: data ## configurations per hour of the cross-validated sweep with 1 and N workers
-	$(PY) benchmarks/bench_sweep.py
+bench-sweep: data ## units per hour of sweep training: tutorial loop, fit one by one, fit_many stacked (SIZE=smoke|cpu|full)
+	$(PY) benchmarks/bench_sweep.py $(if $(SIZE),--size $(SIZE))
 
-bench-gpu: data ## tutorial vs eager vs captured loop and time-to-accuracy (made for a CUDA GPU)
+bench-gpu: data ## tutorial vs eager vs captured loop and time-to-accuracy on a validation split (made for a CUDA GPU)
 	$(PY) benchmarks/bench_gpu.py
+
+# A GPU machine without internet. Here, `make wheelhouse PY=3.12` (PY: that machine's Python
+# version; GLIBC: its glibc) fills wheelhouse/; bring it along, then `make verify-gpu` there.
+GLIBC ?= 2.35
+WHEELHOUSE_ARGS ?=
+WHEELHOUSE_PY = $(if $(filter command line,$(origin PY)),$(PY),3.12)
+HOST_PY = $(firstword $(wildcard $(VENV)/bin/python) $(PYTHON))
+# verify-gpu runs on whatever Python has torch there (no .venv on such a machine).
+VERIFY_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+VERIFY_PROFILE = $(if $(filter auto,$(PROFILE)),full,$(PROFILE))
+STAGES ?=
+.PHONY: wheelhouse verify-gpu
+
+wheelhouse: ## download here wheels (all but torch) and Fashion-MNIST for an offline GPU machine into wheelhouse/ (PY=3.12: its Python)
+	$(HOST_PY) benchmarks/wheelhouse.py --python $(WHEELHOUSE_PY) --glibc $(GLIBC) $(WHEELHOUSE_ARGS)
+
+verify-gpu: ## on the GPU machine: install from wheelhouse/, benchmarks, full report; writes benchmarks/results/<gpu>-<date>.json (PROFILE=smoke on a CPU; STAGES=report to finish one)
+	$(VERIFY_PY) benchmarks/verify_gpu.py --profile $(VERIFY_PROFILE) $(if $(STAGES),--stages $(STAGES))
 
 clean: ## remove run folders and the built report (keeps .venv and data/)
 	rm -rf runs report/report.html report/report.pdf report/notebooks

@@ -1,77 +1,166 @@
-"""Configurations per hour of the cross-validated sweep with 1 and with N worker processes.
+"""Units per hour of sweep training, three ways, in one run on one machine.
 
-Each run sweeps the same configurations (drawn from the study's grid) over the same stratified
-folds into a fresh journal file, on one machine, and times the whole call: worker start-up,
-claiming, training and validating every (configuration, fold). One worker runs in this process
-(as a notebook does); N workers are spawned processes sharing the journal, each with
-cores // N torch threads on a CPU, all sharing the one GPU on CUDA. A short untimed sweep first
-warms this process up, so the 1-worker figure carries no one-off kernel selection.
+The same units (one unit = one configuration on one fold: the study's learning rates and dropout
+probabilities crossed, at the study's batch size 128, on stratified folds) are trained:
 
-Usage: ``python benchmarks/bench_sweep.py [--workers 1 2] [--configs 4] [--k 2] [--subset 2400]
-[--epochs 1] [--out F]``; defaults take about a minute on a 2-core CPU and are larger on a GPU.
-Each spawned worker pays a few seconds to import torch and warm up; the units must be long enough
-to amortise that. On a CPU whose cores one worker already keeps busy, more workers cannot help
-(expect about 1x); on a GPU, several small models train concurrently and fill it better.
+(a) one by one with the tutorial loop: ``DataLoader`` over a ``TensorDataset`` of float images,
+    shuffled, fp32, NCHW, validated through a ``DataLoader`` too;
+(b) one by one with ``train.fit`` (on-device uint8 data, channels_last, precision ``auto``);
+(c) stacked with ``train.fit_many``: the stack size planned by ``stacked.plan_stack_size`` (its
+    measurement is printed and saved; planning time is reported apart, it happens once per
+    process), and, where asked (``--force-stack``; by default 4 on a CPU, where the plan picks
+    1), a fixed stack size, to show what stacking costs there.
+
+Each way is warmed up first (one unit of one batch), so one-off kernel selection is not timed.
+Prints wall seconds (and this process's CPU seconds, which other jobs disturb less), units per
+hour and the ratios to (a) and (b), with the machine's load average before and after (wall
+timings on a shared machine are only as good as its load).
+
+Usage: ``python benchmarks/bench_sweep.py [--size smoke|cpu|full] [--json PATH] [--force-stack M ...]
+[--precision auto|fp32|bf16|fp16]``. ``smoke`` takes well under a minute on a 2-core CPU;
+``cpu`` (the default without CUDA) a few minutes; ``full`` (the default on CUDA) is sized for a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import tempfile
-from pathlib import Path
+import time
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-from fmnist_utils import data, device as devices, provenance, sweep
-from fmnist_utils.train import TrainConfig
+from fmnist_utils import data, device as devices, provenance, stacked, study
+from fmnist_utils.train import TrainConfig, build_model, build_optimizer, fit, fit_many
+
+# name: (learning rates, dropout probabilities, folds k, images cross-validated, epochs)
+SIZES = {
+    "smoke": (study.LRS[:2], (0.5,), 2, 256, 1),
+    "cpu": (study.LRS[:2], (0.3, 0.5), 2, 1_024, 1),
+    "full": (study.LRS, (0.1, 0.3, 0.5, 0.7), 2, 12_000, 1),
+}
 
 
-def time_sweep(fm, space, base, k, subset, workers, folder: Path) -> dict:
-    """Return the timing of one sweep with ``workers`` processes into a fresh journal file."""
-    run = sweep.run_sweep(fm.x_train, fm.y_train, space, folder / f"bench-{workers}.journal", base=base, k=k,
-                          subset=subset, workers=workers, verbose=False)
-    if run.trained != run.n_units:
-        raise RuntimeError(f"{workers} workers trained {run.trained} of {run.n_units} units")
-    n_configs = run.n_units // k
-    return {"workers": workers, "seconds": run.seconds, "configs": n_configs, "units": run.n_units,
-            "configs_per_hour": n_configs / run.seconds * 3600, "units_per_hour": run.n_units / run.seconds * 3600}
+def sweep_units(fm: data.FashionMNIST, size: str, precision: str, device: str):
+    """Return (configs, train indices, validation indices) into fm's training split: every
+    (learning rate, dropout) on every fold, as a sweep trains them."""
+    lrs, dropouts, k, pool_size, epochs = SIZES[size]
+    pool = data.stratified_subset(fm.y_train, pool_size, seed=0)
+    folds = data.stratified_kfold(fm.y_train[pool], k, seed=0)
+    configs, train_sets, val_sets = [], [], []
+    for lr in lrs:
+        for dropout in dropouts:
+            for tr, va in folds:
+                configs.append(TrainConfig(lr=lr, dropout=dropout, epochs=epochs, precision=precision, device=device))
+                train_sets.append(pool[tr])
+                val_sets.append(pool[va])
+    return configs, train_sets, val_sets
+
+
+def tutorial_unit(config: TrainConfig, x_float: torch.Tensor, y: torch.Tensor, tr, va, dev) -> float:
+    """Train one unit the tutorial way (DataLoader, fp32); return its final validation accuracy."""
+    train_ds = torch.utils.data.TensorDataset(x_float[tr], y[tr])
+    val_ds = torch.utils.data.TensorDataset(x_float[va], y[va])
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch_size, shuffle=True)
+    model = build_model(config).to(dev)
+    optimizer = build_optimizer(model, config)
+    for _ in range(config.epochs):
+        model.train()
+        for xb, yb in loader:
+            xb, yb = xb.to(dev), yb.to(dev)
+            loss = F.cross_entropy(model(xb), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for xb, yb in torch.utils.data.DataLoader(val_ds, batch_size=1000):
+                correct += (model(xb.to(dev)).argmax(1) == yb.to(dev)).sum().item()
+    return correct / len(va)
+
+
+def timed(fn) -> tuple[float, float, object]:
+    """Return (wall seconds, this process's CPU seconds, fn's result)."""
+    start, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, time.process_time() - cpu, out
 
 
 def main(argv=None) -> int:
-    dev = devices.resolve_device("auto")
-    gpu = dev.type == "cuda"
-    cores = sweep._cpu_count()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4] if gpu else [1, max(2, cores)],
-                        help="worker counts compared (default: 1 and 4 on a GPU, 1 and the cores on a CPU)")
-    parser.add_argument("--configs", type=int, default=8 if gpu else 4, help="configurations swept")
-    parser.add_argument("--k", type=int, default=2, help="folds")
-    parser.add_argument("--subset", type=int, default=12_000 if gpu else 2_400, help="training images cross-validated")
-    parser.add_argument("--epochs", type=int, default=1, help="epochs per (configuration, fold)")
-    parser.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    gpu = torch.cuda.is_available()
+    parser.add_argument("--size", choices=sorted(SIZES), default="full" if gpu else "cpu", help="how many units, how big")
+    parser.add_argument("--json", default=None, help="write every figure to this JSON file")
+    parser.add_argument("--force-stack", type=int, nargs="*", default=None,
+                        help="also time fit_many at these fixed stack sizes (default: 4 on a CPU, none on CUDA)")
+    parser.add_argument("--precision", default="auto", choices=devices.PRECISIONS, help="of fit and fit_many")
     args = parser.parse_args(argv)
 
+    dev = devices.resolve_device("auto")
+    precision = devices.resolve_precision(args.precision, dev)
     fm = data.load_fashion_mnist()
-    space = sweep.study_space("random", n_configs=args.configs, seed=0)
-    base = TrainConfig(epochs=args.epochs)
-    print(f"device: {devices.describe(dev)}; {args.configs} configurations x {args.k} folds of "
-          f"{args.subset} images, {args.epochs} epoch(s) each")
+    configs, train_sets, val_sets = sweep_units(fm, args.size, args.precision, str(dev))
+    n = len(configs)
+    forced = args.force_stack if args.force_stack is not None else ([] if gpu else [min(4, n)])
+    load_before = os.getloadavg()
+    print(f"device: {devices.describe(dev)}; {n} units ({len(SIZES[args.size][0])} lr x {len(SIZES[args.size][1])} "
+          f"dropout x {SIZES[args.size][2]} folds), {len(train_sets[0])} training / {len(val_sets[0])} validation "
+          f"images each, {configs[0].epochs} epoch(s), batch {configs[0].batch_size}; fit precision {precision} "
+          f"({devices.precision_reason(dev)}); load average {load_before[0]:.1f}")
+
+    x_float = data.scale(fm.x_train)  # the tutorial's ToTensor, done once
+    x, y = fm.x_train, fm.y_train
+    warm = [s[: configs[0].batch_size] for s in train_sets[:2]]
+    tutorial_unit(configs[0], x_float, y, warm[0], val_sets[0][:100], dev)
+    fit(build_model(configs[0]), x[warm[0]], y[warm[0]], configs[0], progress=False)
+    plan_seconds, _, plan = timed(lambda: stacked.plan_stack_size(configs[0], dev))
+    print(f"  plan: {plan.reason} (planned in {plan_seconds:.1f} s)")
+    for size in forced:
+        fit_many(configs[:2], x, y, warm, stack_size=max(2, size), progress=False)
+
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        warm = sweep.study_space("random", n_configs=1, seed=1)
-        sweep.run_sweep(fm.x_train, fm.y_train, warm, Path(tmp) / "warm.journal", base=base, k=2,
-                        subset=min(args.subset, 200), verbose=False)
-        for workers in args.workers:
-            rows.append(time_sweep(fm, space, base, args.k, args.subset, workers, Path(tmp)))
-            r = rows[-1]
-            print(f"  {workers:2d} worker(s): {r['seconds']:7.1f} s, {r['configs_per_hour']:8.0f} configurations/h "
-                  f"({r['units_per_hour']:.0f} folds/h), {r['configs_per_hour'] / rows[0]['configs_per_hour']:.2f}x")
-    if args.out:
-        provenance.write_json(args.out, {
-            "configs": args.configs, "k": args.k, "subset": args.subset, "epochs": args.epochs, "rows": rows,
+
+    def record(way: str, seconds: float, cpu_seconds: float, accuracies: list[float], stack_size=None) -> None:
+        rows.append({"way": way, "stack_size": stack_size, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                     "units": n, "units_per_hour": n / seconds * 3600, "mean_val_accuracy": float(np.mean(accuracies))})
+        r = rows[-1]
+        print(f"  {way:<28} {seconds:8.1f} s ({cpu_seconds:7.1f} CPU s)  {r['units_per_hour']:8.0f} units/h  "
+              f"{rows[0]['seconds'] / seconds:6.2f}x tutorial  "
+              + (f"{rows[1]['seconds'] / seconds:5.2f}x fit  " if len(rows) > 1 else " " * 13)
+              + f"mean val accuracy {r['mean_val_accuracy']:.4f}")
+
+    seconds, cpu, acc = timed(lambda: [tutorial_unit(c, x_float, y, tr, va, dev)
+                                  for c, tr, va in zip(configs, train_sets, val_sets)])
+    record("tutorial loop, one by one", seconds, cpu, acc)
+    seconds, cpu, hs = timed(lambda: [fit(build_model(c), x[tr], y[tr], c, val=(x[va], y[va]), progress=False)
+                                 for c, tr, va in zip(configs, train_sets, val_sets)])
+    record("fit, one by one", seconds, cpu, [h[-1]["val_accuracy"] for h in hs])
+    seconds, cpu, hs = timed(lambda: fit_many(configs, x, y, train_sets, val_sets, progress=False))
+    record(f"fit_many, planned (M={plan.size})", seconds, cpu, [h[-1]["val_accuracy"] for h in hs], plan.size)
+    for size in forced:
+        seconds, cpu, hs = timed(lambda: fit_many(configs, x, y, train_sets, val_sets, stack_size=size, progress=False))
+        record(f"fit_many, M={size}", seconds, cpu, [h[-1]["val_accuracy"] for h in hs], size)
+    load_after = os.getloadavg()
+    print(f"  load average before {load_before[0]:.1f}, after {load_after[0]:.1f} "
+          f"(on {os.cpu_count()} cores: above that, other jobs were competing)")
+    if args.json:
+        for r in rows:
+            r.update(ratio_vs_tutorial=rows[0]["seconds"] / r["seconds"], ratio_vs_fit=rows[1]["seconds"] / r["seconds"],
+                     cpu_ratio_vs_fit=rows[1]["cpu_seconds"] / r["cpu_seconds"])
+        provenance.write_json(args.json, {
+            "size": args.size, "units": n, "epochs": configs[0].epochs, "batch_size": configs[0].batch_size,
+            "train_images_per_unit": [len(s) for s in train_sets], "val_images_per_unit": [len(s) for s in val_sets],
+            "configs": [{"lr": c.lr, "dropout": c.dropout} for c in configs], "precision": precision,
+            "rows": rows, "plan": plan.to_dict(), "plan_seconds": plan_seconds,
+            "load_average_before": load_before, "load_average_after": load_after,
             "torch_threads": torch.get_num_threads(), "environment": provenance.environment(),
         })
+        print(f"  wrote {args.json}")
     return 0
 
 

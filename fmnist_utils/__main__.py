@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import re
 import sys
 import time
+from pathlib import Path
 
 from . import data as fdata
 
@@ -24,7 +27,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_data(args) -> int:
-    ds = fdata.load_fashion_mnist(args.data, download_ok=not args.no_download)
+    ds = fdata.load_fashion_mnist(args.data, download_ok=not args.no_download, verify=False if args.no_verify else None)
     print(f"Fashion-MNIST from {ds.source}: {len(ds.x_train)} train / {len(ds.x_test)} test images, "
           f"{len(ds.classes)} classes")
     return 0
@@ -37,29 +40,44 @@ def _cmd_train(args) -> int:
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
-    ds = fdata.load_fashion_mnist(args.data)
-    x, y = ds.x_train, ds.y_train
-    if args.subset:
-        idx = fdata.stratified_subset(y, args.subset, seed=config.seed)
-        x, y = x[idx], y[idx]
+    out = _check_out(args.out) if args.out is not None else None  # before training: results are never lost to a bad path
     dev = devices.resolve_device(config.device)
+    ds = fdata.load_fashion_mnist(args.data, verify=False if args.no_verify else None)
+    x, y = ds.x_train, ds.y_train
+    if args.subset is not None:  # None is "all"; 0 is a value, and an invalid one
+        if not 1 <= args.subset <= len(y):
+            raise ValueError(f"--subset {args.subset}: must be between 1 and the {len(y)} training images "
+                             "(leave it out to train on all of them)")
+        idx = fdata.subset_indices(y, args.subset, seed=config.seed)
+        x, y = x[idx], y[idx]
     print(f"training {config.model} on {len(x)} images, {devices.describe(dev)}, "
           f"precision {devices.resolve_precision(config.precision, dev)}")
     model = build_model(config)
     start = time.perf_counter()
+    # Per-epoch progress is fit's bar (a text bar on a terminal, one line per epoch in a log).
     history = fit(model, x, y, config, progress=False if args.no_progress else None)
     seconds = time.perf_counter() - start
-    for row in history:
-        print(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, accuracy {row['train_accuracy']:.4f}, "
-              f"{row['seconds']:.1f} s")
     test = evaluate(model, ds.x_test, ds.y_test, config.eval_batch_size, config.precision)
     print(f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) after {seconds:.1f} s of training")
-    if args.out:
-        provenance.write_json(args.out, {
+    if out is not None:
+        provenance.write_json(out, {
             "config": config.to_dict(), "subset": args.subset, "history": history, "test": test,
             "environment": provenance.environment(config.device),
         })
     return 0
+
+
+def _check_out(out: str) -> Path:
+    """Return ``--out`` as a path once a file can be written there; raise naming what is wrong."""
+    from . import paths
+
+    if not out.strip():
+        raise ValueError("--out is empty; give a file name such as results.json")
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise OSError(errno.EISDIR, "Is a directory (--out)", str(path))
+    paths.writable_dir(path.parent, "folder of --out")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,13 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="find (or download) and validate Fashion-MNIST")
     p.add_argument("--data", default=None, help="folder holding the four IDX files")
     p.add_argument("--no-download", action="store_true", help="never use the network")
+    p.add_argument("--no-verify", action="store_true",
+                   help=f"accept a deliberately modified copy: skip the SHA-256 check (also: {fdata.UNVERIFIED_ENV}=1)")
     p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser("train", help="train a model and print its test accuracy")
     p.add_argument("--data", default=None, help="folder holding the four IDX files")
-    p.add_argument("--subset", type=int, default=None, help="train on this many images (stratified)")
+    p.add_argument("--subset", type=int, default=None, help="train on this many images (stratified); default: all")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", default=None, help="write config, history and test metrics to this JSON file")
+    p.add_argument("--no-verify", action="store_true",
+                   help=f"accept a deliberately modified copy of the data: skip the SHA-256 check (also: {fdata.UNVERIFIED_ENV}=1)")
     _add_config_arguments(p)
     p.set_defaults(func=_cmd_train)
 
@@ -88,14 +110,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 4
+EXIT_FILESYSTEM = 5
+EXIT_INTERRUPTED = 130
+
+# What to do about a filesystem error, by errno.
+_OS_ADVICE = {
+    errno.ENOSPC: "the disk holding it is full: free some space (or move the run folder with --run-dir or "
+                  "FMNIST_RUNS), then run the same command again; finished work is kept",
+    errno.EDQUOT: "your disk quota is used up: free some space, then run the same command again; finished work is kept",
+    errno.EACCES: "no permission to write there: choose a folder you can write to (--run-dir, --report-dir, --out) "
+                  "or fix its permissions",
+    errno.EPERM: "the operation is not permitted there: choose another folder (--run-dir, --report-dir, --out)",
+    errno.EROFS: "the file system is read-only: choose another folder (--run-dir, --report-dir, --out)",
+    errno.ENOTDIR: "a file stands where a folder is needed: move or rename that file, or choose another folder",
+    errno.EEXIST: "a file stands where a folder is needed: move or rename that file, or choose another folder",
+    errno.EISDIR: "a file name is needed: give one, e.g. a file inside that folder",
+    errno.ENOENT: "it does not exist, or new files cannot be made there (e.g. under /proc): choose another folder",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """Return one message for a filesystem error: the path, what went wrong and what to do."""
+    where = exc.filename if exc.filename is not None else "a file"
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    advice = _OS_ADVICE.get(exc.errno)
+    return f"cannot use {where}: {exc.strerror or exc}" + (f"; {advice}" if advice else "")
+
+
+def _loaded(module: str, name: str):
+    # An exception can only be of a class whose module is loaded: no import just to compare.
+    return getattr(sys.modules.get(f"fmnist_utils.{module}"), name, ())
+
+
+def explain(exc: BaseException) -> tuple[str, int] | None:
+    """Return (message, exit status) for an error the CLI reports in words, or None for a bug
+    (which keeps its traceback). The one place errors become messages: ``train``, ``data`` and
+    ``report`` alike.
+    """
+    if isinstance(exc, _loaded("pipeline", "NotebookFailed")):
+        advice = ""
+        found = re.search(r"\[Errno (\d+)\]", exc.evalue or "")
+        if found and int(found.group(1)) in _OS_ADVICE:
+            advice = f"\n  {_OS_ADVICE[int(found.group(1))]}"
+        return (f"{exc}{advice}\n  no report was written; fix the notebook (or the code it calls) and run again: "
+                "the notebooks before it are reused"), _loaded("pipeline", "EXIT_NOTEBOOK_FAILED") or 1
+    if isinstance(exc, _loaded("report", "PdfUnavailable")):
+        return str(exc), _loaded("pipeline", "EXIT_NO_PDF") or 3
+    if isinstance(exc, _loaded("pipeline", "RunFolderBusy")):
+        return str(exc), _loaded("pipeline", "EXIT_BUSY") or 6
+    if isinstance(exc, _loaded("estimate", "TooSlow")):
+        return str(exc), _loaded("pipeline", "EXIT_TOO_SLOW") or 7
+    if isinstance(exc, _loaded("train", "TrainingDiverged")):
+        return str(exc), EXIT_DIVERGED
+    if isinstance(exc, OSError):
+        return describe_os_error(exc), EXIT_FILESYSTEM
+    if isinstance(exc, ValueError):  # DataError, WeightsError, CheckpointError, RunFolderConflict, bad settings
+        return str(exc), EXIT_BAD_INPUT
+    if isinstance(exc, KeyboardInterrupt):
+        return ("interrupted. Finished work is kept (executed notebooks, trained epochs, finished sweep folds); "
+                "run the same command again to go on from there"), EXIT_INTERRUPTED
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return its exit status (a bad input prints one line, not a traceback)."""
+    """Run the CLI; return its exit status (a bad input, a divergence or a filesystem fault prints
+    what is wrong and what to do, not a traceback; see :func:`explain`).
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (fdata.DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        explained = explain(exc)
+        if explained is None:
+            raise
+    except KeyboardInterrupt as exc:
+        explained = explain(exc)
+    message, status = explained
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return status
 
 
 if __name__ == "__main__":

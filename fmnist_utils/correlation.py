@@ -357,6 +357,20 @@ def _resample_weights(y: np.ndarray, n_classes: int, n_boot: int, rng: np.random
     return weights
 
 
+def resample_weights(labels, n_classes: int = 10, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """Return float64 (n_boot, N): how often each image is drawn in each stratified resample.
+
+    Each class is resampled with replacement to its own size (a draw holding fewer than two
+    distinct images of a class is redrawn). The counts depend only on ``labels`` and ``seed``:
+    :func:`bootstrap_matrices`, :func:`bootstrap_cka` and any statistic weighted by these rows
+    see the *same* resamples, which is what makes a bootstrap of two networks paired.
+    """
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    y = _check_labels(labels, len(labels), n_classes, min_per_class=2)
+    return _resample_weights(y, n_classes, n_boot, np.random.default_rng(seed))
+
+
 def bootstrap_matrices(features, labels, n_classes: int = 10, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     """Return float64 (n_boot, C, C): :func:`class_correlation_matrix` on bootstrap resamples.
 
@@ -372,7 +386,7 @@ def bootstrap_matrices(features, labels, n_classes: int = 10, n_boot: int = 1000
     y = _check_labels(labels, feats.shape[0], n_classes, min_per_class=2)
     r = image_correlations(feats)  # (N, N)
     one_hot = _one_hot(y, n_classes)  # (N, C)
-    weights = _resample_weights(y, n_classes, n_boot, np.random.default_rng(seed))  # (B, N)
+    weights = resample_weights(y, n_classes, n_boot, seed)  # (B, N): the same rows for every model
     diag = np.arange(n_classes)
     out = np.empty((n_boot, n_classes, n_classes))
     for start in range(0, n_boot, 64):
@@ -385,6 +399,94 @@ def bootstrap_matrices(features, labels, n_classes: int = 10, n_boot: int = 1000
         n_pairs[:, diag, diag] -= w**2 @ one_hot
         out[start : start + 64] = sums / n_pairs
     return (out + np.swapaxes(out, 1, 2)) / 2
+
+
+def bootstrap_within_between(boots) -> dict:
+    """Return ``{"within", "between", "difference"}``, each float64 (B,): :func:`within_between`
+    of every bootstrap matrix in ``boots`` (B, C, C)."""
+    boots = np.asarray(boots, dtype=np.float64)
+    if boots.ndim != 3 or boots.shape[1] != boots.shape[2] or boots.shape[1] < 2:
+        raise ValueError(f"boots must be (n_boot, C, C) with C >= 2, got shape {boots.shape}")
+    off = ~np.eye(boots.shape[1], dtype=bool)
+    within = np.einsum("bii->bi", boots).mean(axis=1)
+    between = boots[:, off].mean(axis=1)
+    return {"within": within, "between": between, "difference": within - between}
+
+
+def bootstrap_spearman(boots_a, boots_b) -> np.ndarray:
+    """Return float64 (B,): :func:`compare_matrices` of each pair of bootstrap matrices.
+
+    boots_a, boots_b: (B, C, C) from :func:`bootstrap_matrices` with the same labels and seed
+    (the same resamples), so entry b compares the two representations on one resample.
+    Spearman's rho is the Pearson correlation of average ranks (ties share their mean rank).
+    """
+    a, b = np.asarray(boots_a, dtype=np.float64), np.asarray(boots_b, dtype=np.float64)
+    if a.ndim != 3 or a.shape != b.shape or a.shape[1] != a.shape[2]:
+        raise ValueError(f"need two (n_boot, C, C) stacks of the same shape, got {a.shape} and {b.shape}")
+    if a.shape[1] < 3:
+        raise ValueError(f"need at least 3 classes (3 off-diagonal pairs) to rank, got {a.shape[1]}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("bootstrap matrices contain NaN or infinite entries")
+    upper = np.triu_indices(a.shape[1], k=1)
+    ranks = [stats.rankdata(m[:, upper[0], upper[1]], axis=1) for m in (a, b)]  # (B, P) each
+    ra, rb = (r - r.mean(axis=1, keepdims=True) for r in ranks)
+    norm = np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
+    if np.any(norm == 0):
+        raise ValueError("a resample's matrix has identical off-diagonal entries: there is no ranking to compare")
+    return (ra * rb).sum(axis=1) / norm
+
+
+def _weighted_hsic_unbiased(k: np.ndarray, l: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Return (B,): the unbiased HSIC of Song et al. (2012) on each resample of the N images.
+
+    k, l: (N, N) Gram matrices; w: (B, N) draw counts. The resample holds image a w[b, a]
+    times; the U-statistic runs over tuples of draws of *distinct* images, so a draw paired
+    with a copy of itself is left out as a self-pair is (as in :func:`bootstrap_matrices`).
+    With w = 1 it is :func:`_hsic_unbiased`. Written as sums over images by inclusion and
+    exclusion of coinciding indices, in O(B N^2).
+    """
+    k, l = k.copy(), l.copy()
+    np.fill_diagonal(k, 0.0)
+    np.fill_diagonal(l, 0.0)
+    m = k * l  # (N, N)
+    w2 = w**2
+    kw, lw, mw, mw2 = w @ k, w @ l, w @ m, w2 @ m  # (B, N) each (k, l, m symmetric)
+    pairs = (w * mw).sum(axis=1)  # sum over a != b of w_a w_b k_ab l_ab
+    shared = kw * lw - mw2  # (B, N): sum over distinct b, c (both != a) of w_b w_c k_ab l_ac
+    triples = (w * shared).sum(axis=1)
+    quads = (w * kw).sum(axis=1) * (w * lw).sum(axis=1) - 2 * (w2 * mw2).sum(axis=1) - 4 * (w2 * shared).sum(axis=1)
+    s1, s2, s3, s4 = (np.sum(w**p, axis=1) for p in (1, 2, 3, 4))
+    n_pairs = s1**2 - s2  # weighted counts of ordered tuples of distinct images
+    n_triples = s1**3 - 3 * s1 * s2 + 2 * s3
+    n_quads = s1**4 - 6 * s1**2 * s2 + 3 * s2**2 + 8 * s1 * s3 - 6 * s4
+    return pairs / n_pairs + quads / n_quads - 2 * triples / n_triples
+
+
+def bootstrap_cka(k, l, weights) -> np.ndarray:
+    """Return float64 (B,): debiased linear CKA of two representations on each resample.
+
+    k, l: (N, N) Gram matrices of the same N images (:func:`centred_gram`); weights: (B, N)
+    draw counts from :func:`resample_weights` (the resamples of :func:`bootstrap_matrices` for
+    the same labels and seed). Each entry is :func:`cka_from_grams` (debiased) computed on the
+    resampled images, with copies of one image never paired together. A resample needs at
+    least 4 distinct images.
+    """
+    k, l = np.asarray(k, dtype=np.float64), np.asarray(l, dtype=np.float64)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape != l.shape:
+        raise ValueError(f"need two square Gram matrices of the same N, got {k.shape} and {l.shape}")
+    if w.ndim != 2 or w.shape[1] != len(k):
+        raise ValueError(f"weights must be (n_boot, N) with N = {len(k)} images, got shape {w.shape}")
+    if np.any(w < 0) or np.any((w > 0).sum(axis=1) < 4):
+        raise ValueError("weights must be counts >= 0 with at least 4 distinct images drawn per resample")
+    out = np.empty(len(w))
+    for start in range(0, len(w), 64):  # bounds the (b, N) temporaries
+        wb = w[start : start + 64]
+        kl, kk, ll = (_weighted_hsic_unbiased(a, b, wb) for a, b in ((k, l), (k, k), (l, l)))
+        if np.any(kk <= 0) or np.any(ll <= 0):
+            raise ValueError("CKA is undefined on a resample: a representation has no variance across its images")
+        out[start : start + 64] = kl / np.sqrt(kk * ll)
+    return out
 
 
 def percentile_ci(samples, level: float = 0.95) -> tuple[np.ndarray | float, np.ndarray | float]:
@@ -405,12 +507,9 @@ def summarise_bootstrap(matrix, boots, level: float = 0.95) -> dict:
     if boots.ndim != 3 or boots.shape[1:] != matrix.shape:
         raise ValueError(f"boots must be (n_boot, C, C) matching matrix {matrix.shape}, got {boots.shape}")
     low, high = percentile_ci(boots, level)
-    off = ~np.eye(len(matrix), dtype=bool)
-    within = np.einsum("bii->bi", boots).mean(axis=1)
-    between = boots[:, off].mean(axis=1)
     point = within_between(matrix)
     summary = {}
-    for key, samples in (("within", within), ("between", between), ("difference", within - between)):
+    for key, samples in bootstrap_within_between(boots).items():
         lo, hi = percentile_ci(samples, level)
         summary[key] = {"value": point[key], "low": lo, "high": hi}
     return {"matrix": matrix, "low": low, "high": high, **summary, "n_boot": len(boots), "level": level}
@@ -426,3 +525,74 @@ def bootstrap_ci(
     """
     matrix = class_correlation_matrix(features, labels, n_classes)
     return summarise_bootstrap(matrix, bootstrap_matrices(features, labels, n_classes, n_boot, seed), level)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables of a comparison: the most similar class pairs, the layer table, the CKA grid
+
+
+def top_pairs(matrix, classes, k: int = 3) -> list[dict]:
+    """Return the ``k`` largest off-diagonal entries of a symmetric (C, C) matrix, largest first.
+
+    Each entry ``{"a", "b", "r"}``: the two class names (row before column, a above the
+    diagonal) and the value. Ties keep the (row, column) order of the upper triangle.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(classes):
+        raise ValueError(f"matrix has shape {m.shape} but there are {len(classes)} class names")
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    rows, cols = np.triu_indices(len(m), k=1)
+    order = np.argsort(-m[rows, cols], kind="stable")[:k]
+    return [{"a": classes[rows[i]], "b": classes[cols[i]], "r": float(m[rows[i], cols[i]])} for i in order]
+
+
+def layer_rows(features: dict, matrices: dict, class_mean_matrices: dict) -> list[dict]:
+    """Return one row per representation: its layer's place in the layer-by-layer table.
+
+    The three dicts share keys ``(model, layer)``, e.g. ``("CNN", "fc2")``: ``features`` (N, D),
+    ``matrices`` its :func:`class_correlation_matrix` and ``class_mean_matrices`` its
+    :func:`class_mean_correlation`. Rows come in the order of ``features``, each with ``model``,
+    ``layer``, ``features`` (D), ``within``, ``between``, ``difference`` (:func:`within_between`
+    of the study's matrix), ``class_mean_between`` (the mean off-diagonal class-mean correlation)
+    and ``constant_vectors`` (images whose vector has no variance, see :func:`constant_rows`).
+    """
+    missing = [key for key in features if key not in matrices or key not in class_mean_matrices]
+    if missing:
+        raise ValueError(f"no matrix for {missing}: compute both matrices for every representation")
+    rows = []
+    for key, feats in features.items():
+        model, layer = key
+        rows.append({
+            "model": model, "layer": layer, "features": int(_check_features(feats).shape[1]),
+            **within_between(matrices[key]),
+            "class_mean_between": within_between(class_mean_matrices[key])["between"],
+            "constant_vectors": int(constant_rows(feats).sum()),
+        })
+    return rows
+
+
+def cka_grid(row_grams, col_grams, debiased: bool = False) -> np.ndarray:
+    """Return float64 (R, C): :func:`cka_from_grams` of every row Gram with every column Gram.
+
+    row_grams: R Gram matrices (N, N), col_grams: C of them, all of the same N images.
+    """
+    return np.array([[cka_from_grams(k, l, debiased=debiased) for l in col_grams] for k in row_grams], dtype=np.float64)
+
+
+def best_pair(grid, row_names, col_names, skip_rows: int = 0, skip_cols: int = 0) -> dict:
+    """Return ``{"row", "col", "value"}``: the largest entry of ``grid`` (R, C) and its names.
+
+    ``skip_rows`` / ``skip_cols`` leave out the first rows / columns (e.g. the raw pixels when
+    looking for the most similar pair of network layers). Ties: the first in row-major order.
+    """
+    g = np.asarray(grid, dtype=np.float64)
+    if g.ndim != 2 or g.shape != (len(row_names), len(col_names)):
+        raise ValueError(f"grid has shape {g.shape} but there are {len(row_names)} row and {len(col_names)} column names")
+    sub = g[skip_rows:, skip_cols:]
+    if sub.size == 0:
+        raise ValueError(f"nothing left of a {g.shape} grid after skipping {skip_rows} rows and {skip_cols} columns")
+    if np.isnan(sub).all():
+        raise ValueError("every entry of the grid is NaN")
+    i, j = np.unravel_index(np.nanargmax(sub), sub.shape)
+    return {"row": row_names[i + skip_rows], "col": col_names[j + skip_cols], "value": float(sub[i, j])}

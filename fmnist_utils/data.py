@@ -3,9 +3,9 @@
 The four IDX files are found (in this order) under the ``root`` argument, the ``FMNIST_DATA``
 environment variable, ``<root>/data`` (see :mod:`fmnist_utils.paths`), Debian's package
 ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), or downloaded by torchvision
-into ``<root>/data``. Whatever the source, what the files *decompress to* is validated: Debian
-recompresses the archives, so their ``.gz`` bytes differ from upstream's while the IDX data is
-identical.
+into ``<root>/data``. Whatever the source, what the files *decompress to* is validated (structure,
+class counts, and SHA-256 against :data:`OFFICIAL_SHA256`): Debian recompresses the archives, so
+their ``.gz`` bytes differ from upstream's while the IDX data is identical.
 """
 
 from __future__ import annotations
@@ -48,14 +48,18 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-# Decompressed sizes in bytes: 16-byte image header or 8-byte label header plus one byte a value.
-EXPECTED_BYTES = {
-    "train_images": 16 + 60_000 * 28 * 28,
-    "train_labels": 8 + 60_000,
-    "test_images": 16 + 10_000 * 28 * 28,
-    "test_labels": 8 + 10_000,
-}
 EXPECTED_PER_CLASS = {"train": 6_000, "test": 1_000}
+# SHA-256 of each file's decompressed content, as upstream (zalandoresearch/fashion-mnist) and
+# Debian's dataset-fashion-mnist ship it (Debian recompresses, so only the .gz bytes differ).
+# Headers and class counts cannot see shuffled labels or blanked images; these sums can.
+OFFICIAL_SHA256 = {
+    "train_images": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train_labels": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "test_images": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "test_labels": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+# Set to 1 to load a deliberately modified copy (relabelled, augmented...) without the SHA-256 check.
+UNVERIFIED_ENV = "FMNIST_DATA_UNVERIFIED"
 
 HOW_TO_PROVIDE = (
     "Provide Fashion-MNIST in one of these ways:\n"
@@ -126,7 +130,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     or too long for its header, or (for a label file) holds a label outside 0..9.
     """
     path = Path(path)
-    buf = _read_bytes(path)
+    return _parse_idx(_read_bytes(path), path)
+
+
+def _parse_idx(buf: bytes, path: Path) -> np.ndarray:
+    """Return the array in ``buf``, the decompressed content of IDX file ``path`` (see :func:`read_idx`)."""
     if len(buf) < 4:
         raise DataError(f"{path}: truncated: {len(buf)} bytes, shorter than the 4-byte IDX magic")
     magic = int.from_bytes(buf[:4], "big")
@@ -178,7 +186,10 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
 
 def read_split(images_path: str | os.PathLike, labels_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Return (images (N, 28, 28), labels (N,)) read from a pair of IDX files that must agree."""
-    images, labels = read_idx(images_path), read_idx(labels_path)
+    return _check_pair(read_idx(images_path), read_idx(labels_path), images_path, labels_path)
+
+
+def _check_pair(images: np.ndarray, labels: np.ndarray, images_path, labels_path) -> tuple[np.ndarray, np.ndarray]:
     if images.ndim != 3:
         raise DataError(f"{images_path}: holds labels, not images (shape {images.shape})")
     if labels.ndim != 1:
@@ -188,6 +199,60 @@ def read_split(images_path: str | os.PathLike, labels_path: str | os.PathLike) -
             f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
         )
     return images, labels
+
+
+def content_sha256(path: str | os.PathLike) -> str:
+    """Return the SHA-256 (hex) of the decompressed content of ``path`` (raw or gzip).
+
+    What :data:`OFFICIAL_SHA256` holds, so a recompressed copy gives the same sum. About 0.25 s
+    for all four files (decompression dominates).
+    """
+    return hashlib.sha256(_read_bytes(Path(path))).hexdigest()
+
+
+def fingerprint(files: dict[str, Path], known: dict | None = None) -> dict:
+    """Return ``{key: {"path", "size", "mtime_ns", "sha256"}}`` for the files of :func:`find_files`.
+
+    ``sha256`` is :func:`content_sha256`. ``known``, an earlier return value, supplies the sums
+    of files whose path, size and modification time are unchanged, so a repeated fingerprint
+    costs a ``stat`` per file instead of a decompression.
+    """
+    known = known or {}
+    out = {}
+    for key, path in files.items():
+        path = Path(path).resolve()
+        info = path.stat()
+        record = {"path": str(path), "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+        old = known.get(key) or {}
+        same = all(old.get(k) == v for k, v in record.items())
+        record["sha256"] = old["sha256"] if same and old.get("sha256") else content_sha256(path)
+        out[key] = record
+    return out
+
+
+def _check_official(key: str, path: Path, content: bytes) -> None:
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != OFFICIAL_SHA256[key]:
+        raise DataError(
+            f"{path}: its content differs from Fashion-MNIST's {FILES[key]} (SHA-256 {digest[:16]}..., "
+            f"expected {OFFICIAL_SHA256[key][:16]}...): the file was modified (shuffled labels, blanked or "
+            f"edited images) or comes from another data set. Delete it and fetch the data again; if you "
+            f"changed it on purpose, set {UNVERIFIED_ENV}=1 (or pass verify=False) to load it unchecked."
+        )
+
+
+def _read_without_twin(path: Path) -> bytes:
+    """Return the decompressed content of ``path``; raise DataError when a raw file and its .gz
+    twin both exist and hold different data (which one is meant cannot be guessed).
+    """
+    content = _read_bytes(path)
+    twin = path.with_name(path.name[:-3]) if path.suffix == ".gz" else path.with_name(path.name + ".gz")
+    if twin.is_file() and _read_bytes(twin) != content:
+        raise DataError(
+            f"{path} and {twin} both exist but hold different data; the kit would read {path.name}. "
+            "Delete the one you do not mean to use."
+        )
+    return content
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,12 +340,21 @@ def _check_class_counts(labels: np.ndarray, split: str, where: Path) -> None:
         )
 
 
-def load_fashion_mnist(root: str | os.PathLike | None = None, download_ok: bool = True) -> FashionMNIST:
+def load_fashion_mnist(
+    root: str | os.PathLike | None = None, download_ok: bool = True, verify: bool | None = None
+) -> FashionMNIST:
     """Return the validated data set (see the module docstring for where it is looked for).
 
     ``download_ok=False`` never touches the network and raises :class:`DataError` when the
-    files are not on disk.
+    files are not on disk. Every file is checked for structure, class counts and then against
+    :data:`OFFICIAL_SHA256`, so shuffled labels or blanked images are an error naming the file;
+    ``verify=False`` (or ``FMNIST_DATA_UNVERIFIED=1`` when ``verify`` is None) skips the
+    SHA-256 check for a copy modified on purpose. (:func:`read_idx` and :func:`read_split`
+    never check sums: they read any IDX file.) A raw file beside a ``.gz`` twin with other
+    content is an error.
     """
+    if verify is None:
+        verify = os.environ.get(UNVERIFIED_ENV, "").strip() not in ("1", "true", "yes")
     files = locate(root)
     if files is None:
         if not download_ok:
@@ -291,8 +365,13 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, download_ok: bool 
         files = download()
     arrays = {}
     for split in ("train", "test"):
-        images, labels = read_split(files[f"{split}_images"], files[f"{split}_labels"])
+        keys = (f"{split}_images", f"{split}_labels")
+        contents = {key: _read_without_twin(files[key]) for key in keys}
+        images, labels = _check_pair(*(_parse_idx(contents[key], files[key]) for key in keys), *(files[key] for key in keys))
         _check_class_counts(labels, split, files[f"{split}_labels"])
+        if verify:  # after the structural checks, whose messages say more about a broken file
+            for key in keys:
+                _check_official(key, files[key], contents[key])
         arrays[split] = (
             torch.from_numpy(images.copy()).unsqueeze(1),  # (N, 1, 28, 28) uint8
             torch.from_numpy(labels.astype(np.int64)),  # (N,)
@@ -309,11 +388,6 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, download_ok: bool 
 
 # --------------------------------------------------------------------------------------------
 # On-device tensors, subsets and folds
-
-
-def to_device(*tensors: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor, ...]:
-    """Return the tensors moved once to ``device`` (uint8 images stay uint8: 4x less memory)."""
-    return tuple(t.to(device, non_blocking=True) for t in tensors)
 
 
 def scale(x: torch.Tensor) -> torch.Tensor:
@@ -345,6 +419,39 @@ def stratified_subset(labels: torch.Tensor | np.ndarray, n: int, seed: int = 0) 
         take[i] += 1
     chosen = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take)]
     return np.sort(np.concatenate(chosen))
+
+
+def subset_indices(labels: torch.Tensor | np.ndarray, n: int | None, seed: int = 0) -> np.ndarray:
+    """Return sorted indices into ``labels``: a stratified subset of ``n`` (as
+    :func:`stratified_subset`), or all of them when ``n`` is None.
+
+    ``n`` must otherwise be between 1 and ``len(labels)``: 0 is refused, not read as "all".
+    """
+    y = _as_numpy_labels(labels)
+    return np.arange(len(y)) if n is None else stratified_subset(y, n, seed)
+
+
+def train_val_split(
+    labels: torch.Tensor | np.ndarray, val_fraction: float, seed: int = 0, subset: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (train_indices, val_indices) into ``labels``, disjoint and sorted.
+
+    A stratified subset of ``subset`` images is drawn first (None: all of them, see
+    :func:`subset_indices`), then a stratified ``val_fraction`` of it, rounded to whole images,
+    is held out for validation; the rest is for training. Seeded by ``seed``.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction={val_fraction!r} must be in (0, 1): the part of the images held out")
+    y = _as_numpy_labels(labels)
+    pool = subset_indices(y, subset, seed)
+    n_val = round(val_fraction * len(pool))
+    if not 1 <= n_val < len(pool):
+        raise ValueError(
+            f"val_fraction={val_fraction} of {len(pool)} images leaves {n_val} for validation and "
+            f"{len(pool) - n_val} for training; both need at least one: use more images or another fraction"
+        )
+    held_out = pool[stratified_subset(y[pool], n_val, seed)]
+    return np.setdiff1d(pool, held_out), held_out
 
 
 def stratified_kfold(

@@ -257,7 +257,8 @@ def linear_probe(
     with up to ``max_iter`` L-BFGS iterations. When ``l2`` lists several values, the one with
     the best accuracy on a stratified ``val_fraction`` of the training features is chosen
     (ties: the first listed) and the probe refitted on all of them, starting from its solution.
-    Keys: ``test_accuracy``, ``test_accuracy_se`` (its binomial standard error,
+    Keys: ``test_accuracy``, ``test_predictions`` (int64 (n_test,): the predicted class of each
+    test image, for paired comparisons of probes), ``test_accuracy_se`` (its binomial standard error,
     sqrt(a (1 - a) / n_test)), ``train_accuracy``, ``l2``, ``val_accuracy`` ({l2: accuracy},
     empty for a single l2), ``n_train``, ``n_test``, ``n_features``.
     """
@@ -292,8 +293,10 @@ def linear_probe(
     train_x, test_x = _standardise(x_train, x_test)
     weight, bias = _fit_logistic(train_x, y_train, n_classes, chosen, max_iter, dev, init=start)
     accuracy = _accuracy(test_x, y_test, weight, bias)
+    predictions = (test_x.to(weight.device) @ weight + bias).argmax(1).cpu().numpy()
     return {
         "test_accuracy": accuracy,
+        "test_predictions": predictions,
         "test_accuracy_se": float(np.sqrt(accuracy * (1 - accuracy) / len(x_test))),
         "train_accuracy": _accuracy(train_x, y_train, weight, bias),
         "l2": chosen,

@@ -29,7 +29,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from . import data, ensemble, train
+from . import data, ensemble, stats, train
+
+N_CLASSES = len(data.CLASSES)
 
 # Settings every row shares, set by the profile rather than by a recipe: the modern preset's
 # epochs (30) are its budget on a GPU, not one of its options.
@@ -49,12 +51,12 @@ class Option:
 # PRESETS["modern"], "off" is TrainConfig's default (the study's value). A test checks that these
 # options cover every field of the modern preset except the budget, each exactly once.
 OPTIONS: dict[str, Option] = {o.name: o for o in (
-    Option("hyperparameters", "modern learning rate, batch size, dropout and weight decay",
+    Option("hyperparameters", "the modern learning rate, batch size, dropout and weight decay",
            ("lr", "batch_size", "dropout", "weight_decay")),
     Option("nesterov", "Nesterov momentum", ("momentum", "nesterov")),
-    Option("onecycle", "one-cycle schedule", ("schedule",)),
+    Option("onecycle", "the one-cycle schedule", ("schedule",)),
     Option("label_smoothing", "label smoothing", ("label_smoothing",)),
-    Option("no_decay_norm_bias", "no decay on norms and biases", ("decay_norm_bias",)),
+    Option("no_decay_norm_bias", "decay exemption for norms and biases", ("decay_norm_bias",)),
     Option("crop", "random-crop shifts", ("aug_crop_pad",)),
     Option("flip", "random flips", ("aug_flip",)),
     Option("erase", "random erasing", ("aug_erase",)),
@@ -122,21 +124,22 @@ def ablation_rows() -> dict[str, Row]:
     modern = _modern()
     default = train.TrainConfig()  # the study's values
     rows = [
-        Row("study", "study's recipe", "recipe", study, None, ()),
-        Row("modern", "modern recipe", "recipe", modern, "study", tuple(sorted(set(modern) ^ set(study)))),
+        Row("study", "the study's recipe", "recipe", study, None, ()),
+        Row("modern", "the modern recipe", "recipe", modern, "study", tuple(sorted(set(modern) ^ set(study)))),
     ]
     for o in OPTIONS.values():
         back = {f: getattr(default, f) for f in o.fields}
-        rows.append(Row(f"modern-{o.name}", f"modern − {o.label}", "without", {**modern, **back}, "modern", o.fields))
+        rows.append(Row(f"modern-{o.name}", f"the modern recipe without {o.label}", "without", {**modern, **back}, "modern", o.fields))
     for o in OPTIONS.values():
         on = {f: modern[f] for f in o.fields}
-        rows.append(Row(f"study+{o.name}", f"study + {o.label}", "with", {**study, **on}, "study", o.fields))
+        rows.append(Row(f"study+{o.name}", f"the study's recipe with {o.label}", "with", {**study, **on}, "study", o.fields))
     for name, (label, settings) in SUGGESTIONS.items():
-        rows.append(Row(f"study+{name}", f"study + {label}", "suggestion", {**study, **settings}, "study",
+        rows.append(Row(f"study+{name}", f"the study's recipe with {label}", "suggestion", {**study, **settings}, "study",
                         tuple(settings)))
-    rows.append(Row("resnet18", "ResNet-18, modern recipe", "resnet", {**modern, "model": "resnet18"}, "modern",
+    # "ResNet-18 on Fashion-MNIST": the report keeps that name apart from 03's ImageNet ResNet-18.
+    rows.append(Row("resnet18", "ResNet-18 on Fashion-MNIST with the modern recipe", "resnet", {**modern, "model": "resnet18"}, "modern",
                     ("model",)))
-    rows.append(Row("ensemble", "ensemble of modern CNN and ResNet-18", "ensemble", None, "resnet18",
+    rows.append(Row("ensemble", "the ensemble of the modern CNN and ResNet-18 on Fashion-MNIST", "ensemble", None, "resnet18",
                     ("modern",), members=("modern", "resnet18")))
     return {r.name: r for r in rows}
 
@@ -159,6 +162,39 @@ def select_rows(names: Sequence[str] | None = None) -> list[Row]:
         if needed:
             raise ValueError(f"row {n!r} needs the rows {needed} (its reference or members): add them to the selection")
     return [row for name, row in every.items() if name in names]
+
+
+# The estimate's kind of image-pass (fmnist_utils.estimate.KINDS) for each model.
+PASS_KINDS = {"seedcnn": "cnn", "resnet18": "resnet"}
+
+
+def image_passes(rows: Sequence[Row], seeds: int, subset: int | None, val_fraction: float, epochs: int,
+                 test_subset: int | None, train_split: int = 60_000, test_split: int = 10_000) -> dict[str, int]:
+    """Return ``{kind: image-passes}`` (kinds of :data:`fmnist_utils.estimate.KINDS`) of running
+    ``rows`` with these sizes (an :class:`~fmnist_utils.profiles.ImproveProfile`'s): every seed of a
+    trained row trains on the training images for ``epochs`` and reads the validation and test
+    images once (twice with flip-TTA); the ensemble trains and reads nothing new.
+    """
+    pool = train_split if subset is None else subset
+    n_val = round(val_fraction * pool)
+    n_test = test_split if test_subset is None else test_subset
+    out: dict[str, int] = {}
+    for row in rows:
+        if row.settings is None:
+            continue
+        c = row.config(epochs=epochs)
+        kind = PASS_KINDS[c.model]
+        out[f"{kind}_train"] = out.get(f"{kind}_train", 0) + seeds * (pool - n_val) * epochs
+        out[f"{kind}_eval"] = out.get(f"{kind}_eval", 0) + seeds * (n_val + n_test) * (2 if c.tta_flip else 1)
+    return out
+
+
+def shared_settings(configs: Sequence[train.TrainConfig]) -> dict:
+    """Return the TrainConfig fields whose value every config shares, as {field: value} in field order."""
+    if not configs:
+        raise ValueError("shared_settings needs at least one config")
+    dicts = [c.to_dict() for c in configs]
+    return {k: v for k, v in dicts[0].items() if all(d[k] == v for d in dicts[1:])}
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,19 +235,13 @@ class Split:
 def make_split(x_train, y_train, x_test, y_test, subset: int | None, val_fraction: float,
                test_subset: int | None, seed: int = 0) -> Split:
     """Return the :class:`Split`: ``subset`` training images (stratified; None = all), of which
-    ``val_fraction`` (stratified) is held out for validation, and ``test_subset`` test images
-    (stratified; None = all). Validation images come from the training split only.
+    ``val_fraction`` (stratified) is held out for validation (:func:`data.train_val_split`), and
+    ``test_subset`` test images (stratified; None = all). Validation images come from the training
+    split only.
     """
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction={val_fraction} must be in (0, 1): the ensemble weight is chosen on those images")
-    pool = data.stratified_subset(y_train, subset, seed=seed) if subset is not None else np.arange(len(y_train))
-    n_val = round(val_fraction * len(pool))
-    if not 0 < n_val < len(pool):
-        raise ValueError(f"val_fraction={val_fraction} of {len(pool)} images leaves no validation or no training images")
-    val = pool[data.stratified_subset(y_train[torch.from_numpy(pool)], n_val, seed=seed)]
-    test = data.stratified_subset(y_test, test_subset, seed=seed) if test_subset is not None else np.arange(len(y_test))
-    return Split(x_train, y_train, np.setdiff1d(pool, val), np.sort(val),
-                 x_test[torch.from_numpy(test)], y_test[torch.from_numpy(test)])
+    train_idx, val_idx = data.train_val_split(y_train, val_fraction, seed=seed, subset=subset)
+    test = torch.from_numpy(data.subset_indices(y_test, test_subset, seed=seed))
+    return Split(x_train, y_train, train_idx, np.sort(val_idx), x_test[test], y_test[test])
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,23 +249,25 @@ def make_split(x_train, y_train, x_test, y_test, subset: int | None, val_fractio
 
 
 def fit_seeds(configs: Sequence[train.TrainConfig], x: torch.Tensor, y: torch.Tensor, train_indices: np.ndarray,
-              progress: bool | None = None) -> tuple[list[list[dict]], list[torch.nn.Module]]:
-    """Return (histories, trained models), one per config: the seeds of one row, trained on
-    ``x[train_indices]``. The one place the ablation trains, so stacked training is a one-line swap.
+              progress: bool | None = None) -> tuple[list[list[dict]], list[torch.nn.Module | None]]:
+    """Return (histories, trained models), one per config: the seeds of one row, trained together
+    on ``x[train_indices]`` by :func:`train.fit_many` (stacked where it can, else one by one).
+
+    A seed whose training diverges ends its history with a ``"diverged"`` row and has no model
+    (None); the other seeds train on.
     """
-    idx = torch.from_numpy(np.asarray(train_indices))
-    xs, ys = x[idx], y[idx]
-    models = [train.build_model(c) for c in configs]
-    histories = [train.fit(m, xs, ys, c, progress=progress) for m, c in zip(models, configs)]
-    return histories, models
+    return train.fit_many(configs, x, y, [train_indices] * len(configs), progress=progress, on_diverged="record",
+                          return_models=True)
 
 
-def probabilities(model: torch.nn.Module, x: torch.Tensor, config: train.TrainConfig) -> np.ndarray:
+def probabilities(model: torch.nn.Module | None, x: torch.Tensor, config: train.TrainConfig) -> np.ndarray:
     """Return float64 class probabilities (N, C) of ``model`` on uint8 images ``x`` (N, 1, 28, 28).
 
-    A model whose outputs are not finite (training diverged) is given the uniform distribution:
-    it knows nothing, and the ensemble and accuracies stay defined.
+    A model whose outputs are not finite, or no model at all (training diverged), is given the
+    uniform distribution: it knows nothing, and the ensemble and accuracies stay defined.
     """
+    if model is None:
+        return np.full((len(x), N_CLASSES), 1.0 / N_CLASSES)
     p = train.predict_logits(model, x, config.eval_batch_size, config.precision, config.tta_flip)
     p = p.double().softmax(1).numpy()
     bad = ~np.isfinite(p).all(1)
@@ -404,9 +436,10 @@ def run_rows(rows: Sequence[Row], split: Split, seeds: Sequence[int], budget: di
 # --------------------------------------------------------------------------------------------
 # Statistics and the table
 
-TEST_NAME = "paired t-test across seeds (Student t, n - 1 degrees of freedom)"
-# Confidence level of every interval (as stats.LEVEL).
-LEVEL = 0.95
+# Student t with n - 1 degrees of freedom on the n per-seed differences.
+TEST_NAME = "paired t-test across seeds"
+# Confidence level of every interval.
+LEVEL = stats.LEVEL
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> dict:
@@ -455,15 +488,10 @@ def row_verdict(row: Row, reference: Row, outcome: Outcome, ref_outcome: Outcome
         verdict, reason = "lower", None
     else:
         verdict, reason = "tie", None
-    return {
-        "key": f"row:{row.name}",
-        "claim": f"{row.label} against {reference.label}: test accuracy, paired by seed",
-        "statistic": "difference in test accuracy (row minus reference, mean over seeds)",
-        # As stats.record: the level belongs to the interval, so a record without one has none.
-        "value": diff["value"], "low": diff["low"], "high": diff["high"],
-        "level": level if diff["low"] is not None else None, "p": diff["p"],
-        "test": TEST_NAME, "n": diff["n"], "verdict": verdict, "reason": reason,
-    }
+    return stats.record(
+        f"row:{row.name}", f"{row.label} against {reference.label}: test accuracy, paired by seed",
+        "difference in test accuracy (row minus reference, mean over seeds)", TEST_NAME, verdict,
+        value=diff["value"], low=diff["low"], high=diff["high"], level=level, p=diff["p"], n=diff["n"], reason=reason)
 
 
 def verdicts(rows: Sequence[Row], outcomes: dict[str, Outcome], level: float = LEVEL) -> dict[str, dict]:

@@ -1,11 +1,17 @@
-"""The figures of ``01_train`` and the few numbers they draw, as pure functions.
+"""The kit's figures, for every notebook, and the few numbers they draw, as pure functions.
 
-Every ``plot_*`` function takes arrays and returns a :class:`matplotlib.figure.Figure` built
-without pyplot, so nothing is registered globally and nothing is shown or saved as a side
-effect: a notebook displays the returned figure and saves it with ``fig.savefig``. The helpers
-that compute what a figure shows (:func:`confusion_matrix`, :func:`per_class_accuracy`,
-:func:`top_confusions`, :func:`pick_misclassified`) are separate so the numbers can be written
-to results and tested on their own.
+Every ``plot_*`` function takes arrays or tables and returns a :class:`matplotlib.figure.Figure`
+built without pyplot, so nothing is registered globally and nothing is shown or saved as a side
+effect: a notebook displays the returned figure and saves it with
+``fmnist_utils.notebook.Notebook.save_figure``. Every matrix is drawn by
+:func:`annotated_matrix` (seaborn), so all heat maps read alike. The helpers that compute what a
+figure shows (:func:`confusion_matrix`, :func:`per_class_accuracy`, :func:`top_confusions`,
+:func:`pick_misclassified`) are separate so the numbers can be written to results and tested on
+their own.
+
+Sections: the annotated matrix; training (curves, confusion, per class, mistakes); the sweep
+(:func:`plot_sweep_heatmaps`, :func:`plot_sweep_factors`, :func:`plot_fold_spread`); the
+ResNet comparison (class matrices, layer curves, CKA grids, probes).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -188,21 +195,14 @@ def plot_confusion_matrix(confusion: np.ndarray, classes: Sequence[str]) -> Figu
         raise ValueError(f"confusion has shape {cm.shape} but there are {len(classes)} class names")
     totals = cm.sum(axis=1, keepdims=True)
     frac = cm / np.maximum(totals, 1)
+    counts = np.where(cm > 0, cm.astype(np.int64).astype(str), "")  # empty cells stay quiet
     fig = Figure(figsize=(7.2, 6.2), layout="constrained")
     ax = fig.subplots()
-    im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
-    n = len(classes)
-    ax.set_xticks(range(n), classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), classes)
+    annotated_matrix(ax, frac, classes, classes, vmin=0.0, vmax=1.0, cmap="Blues", fmt="", annot=counts,
+                     cbar_label="fraction of the true class", fontsize=8,
+                     title=f"Confusion matrix ({int(cm.sum()):,} test images)")
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    for t in range(n):
-        for p in range(n):
-            if cm[t, p]:
-                ax.text(p, t, str(int(cm[t, p])), ha="center", va="center", fontsize=8,
-                        color="white" if frac[t, p] > 0.5 else "black")
-    ax.set_title(f"Confusion matrix ({int(cm.sum()):,} test images)")
     return fig
 
 
@@ -259,6 +259,259 @@ def plot_misclassified(images, y_true, y_pred, classes: Sequence[str], ncols: in
         ax.set_title(f"{classes[ti]}\n→ {classes[pi]}", fontsize=7.5)
     fig.suptitle("Misclassified test images (true → predicted)" if n else "No misclassified test images", fontsize=10)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 02_sweep: tables from fmnist_utils.sweep (fold_results, summarize, factor_tables)
+
+
+def _value_label(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _search_space():
+    # Imported when a sweep figure is drawn: the search space brings Optuna.
+    from . import search_space
+
+    return search_space
+
+
+def plot_sweep_heatmaps(summary: pd.DataFrame, rows: str = "lr", cols: str = "batch_size",
+                        facet: str | None = "dropout", value: str = "accuracy_mean") -> Figure:
+    """Return heat maps of ``value`` (CV mean validation accuracy, drawn in %) over ``rows`` x ``cols``.
+
+    summary: one row per configuration (``cv_results.summarize``). One panel per ``facet`` value
+    (sorted; one panel when ``facet`` is None or not a column), all on one colour scale, rows in
+    descending and columns in ascending order. Cells the sweep did not train are blank.
+    """
+    for name in (rows, cols, value):
+        if name not in summary:
+            raise ValueError(f"summary has no column {name!r}; columns are {list(summary.columns)}")
+    if summary.empty:
+        raise ValueError("summary is empty: there is no configuration to draw")
+    labels = _search_space().LABELS
+    facets = sorted(summary[facet].unique()) if facet is not None and facet in summary else [None]
+    row_vals = sorted(summary[rows].unique(), reverse=True)
+    col_vals = sorted(summary[cols].unique())
+    vmin, vmax = 100 * summary[value].min(), 100 * summary[value].max()
+    fig = Figure(figsize=(1.6 + 1.1 * len(col_vals) * len(facets), 0.55 * len(row_vals) + 1.7),
+                 layout="constrained")
+    axes = fig.subplots(1, len(facets), squeeze=False)[0]
+    for i, (ax, f) in enumerate(zip(axes, facets)):
+        part = summary if f is None else summary[summary[facet] == f]
+        grid = part.pivot_table(index=rows, columns=cols, values=value).reindex(index=row_vals, columns=col_vals)
+        last = i == len(facets) - 1
+        annotated_matrix(ax, 100 * grid.to_numpy(dtype=float), [_value_label(c) for c in col_vals],
+                         [_value_label(r) for r in row_vals], vmin=vmin, vmax=vmax, fmt=".1f", fontsize=8,
+                         cbar=last, cbar_label="CV mean validation accuracy (%)" if last else None,
+                         title=None if f is None else f"{labels.get(facet, facet)} {_value_label(f)}")
+        ax.set_xlabel(labels.get(cols, cols))
+        ax.set_ylabel(labels.get(rows, rows) if i == 0 else "")
+        ax.tick_params(axis="x", labelrotation=0)
+        ax.tick_params(axis="y", labelleft=i == 0)  # the rows are the same in every panel
+    return fig
+
+
+def plot_sweep_factors(tables: dict[str, pd.DataFrame], folds: pd.DataFrame) -> Figure:
+    """Return one panel per factor (the tables of ``cv_results.factor_tables``, the study's Tables 2-4):
+    each fold's validation accuracy (grey dots), the CV mean (diamond, red for the base value)
+    with its sample standard deviation over the folds (error bar).
+
+    folds: one row per (configuration, fold) with ``config`` and ``val_accuracy`` (``cv_results.fold_results``).
+    """
+    if not tables:
+        raise ValueError("no factor tables: the sweep has no configurations differing in one factor only")
+    labels = _search_space().LABELS
+    fig = Figure(figsize=(3.6 * len(tables), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(tables), squeeze=False, sharey=True)[0]
+    for ax, (factor, table) in zip(axes, tables.items()):
+        pos = np.arange(len(table))
+        ax.errorbar(pos, table["accuracy_mean"], yerr=table["accuracy_std"].fillna(0), fmt="none",
+                    ecolor="0.3", capsize=4)
+        ax.scatter(pos, table["accuracy_mean"], c=[VAL_COLOR if b else TRAIN_COLOR for b in table["is_base"]],
+                   s=60, zorder=3, marker="D")
+        for p, key in zip(pos, table["config"]):
+            acc = folds.loc[folds["config"] == key, "val_accuracy"]
+            ax.scatter(np.full(len(acc), p + 0.12), acc, s=12, color="0.5", zorder=2)
+        ax.set_xticks(pos, [_value_label(v) for v in table[factor]])
+        ax.set_xlabel(labels.get(factor, factor))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("validation accuracy")
+    return fig
+
+
+def plot_fold_spread(folds: pd.DataFrame, summary: pd.DataFrame) -> Figure:
+    """Return every configuration (best at the top) with each fold's validation accuracy (dots)
+    and the CV mean (bar): where the dots of two configurations overlap, the folds cannot tell
+    them apart.
+
+    folds: ``cv_results.fold_results``; summary: ``cv_results.summarize`` of it.
+    """
+    if summary.empty:
+        raise ValueError("summary is empty: there is no configuration to draw")
+    space = _search_space()
+    order = summary.sort_values("accuracy_mean", ascending=True, kind="stable")
+    from . import cv_results
+
+    names = cv_results.hyperparameter_names(summary)
+    fig = Figure(figsize=(6.5, 0.28 * len(order) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    for i, (_, row) in enumerate(order.iterrows()):
+        acc = folds.loc[folds["config"] == row["config"], "val_accuracy"]
+        ax.scatter(acc, np.full(len(acc), i), s=14, color=TRAIN_COLOR, alpha=0.8)
+        ax.plot([row["accuracy_mean"]] * 2, [i - 0.35, i + 0.35], color=VAL_COLOR, lw=2)
+    ax.set_yticks(range(len(order)), [space.describe_config({n: r[n] for n in names}) for _, r in order.iterrows()],
+                  fontsize=7)
+    ax.set_xlabel("validation accuracy (dots: folds; bar: CV mean)")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Figures of 03_resnet_compare: class-by-class matrices, layer curves, CKA grids, probes
+
+
+def _matrix_fmt(vmin: float, vmax: float) -> str:
+    """Two decimals, or three where the colour range is narrow enough that two would not tell cells apart."""
+    return ".2f" if vmax - vmin >= 0.2 else ".3f"
+
+
+def plot_class_matrices(
+    matrices: Sequence,
+    titles: Sequence[str],
+    classes: Sequence[str],
+    *,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = "viridis",
+    cbar_label: str = "mean Pearson r over pairs of distinct images",
+    suptitle: str | None = None,
+) -> Figure:
+    """Return one row of class-by-class matrices (C, C) on one colour scale, each cell labelled.
+
+    The study's Fig. 2 is two of them (the CNN's and ResNet-18's). ``vmin``/``vmax``: the shared
+    scale; None takes the range of all the matrices (pass another figure's range to compare).
+    """
+    ms = [np.asarray(m, dtype=float) for m in matrices]
+    if not ms or len(ms) != len(titles):
+        raise ValueError(f"give one title per matrix: {len(ms)} matrices, {len(titles)} titles")
+    vmin = min(float(m.min()) for m in ms) if vmin is None else vmin
+    vmax = max(float(m.max()) for m in ms) if vmax is None else vmax
+    fig = Figure(figsize=(7 * len(ms), 6.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(ms)))
+    for i, (ax, m, title) in enumerate(zip(axes, ms, titles)):
+        last = i == len(ms) - 1
+        annotated_matrix(ax, m, classes, classes, vmin=vmin, vmax=vmax, cmap=cmap, fmt=_matrix_fmt(vmin, vmax),
+                         cbar=last, cbar_label=cbar_label if last else None, title=title, fontsize=6.5)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def plot_matrix_definitions(
+    study_matrices: Sequence, class_mean_matrices: Sequence, titles: Sequence[str], classes: Sequence[str],
+    suptitle: str | None = None,
+) -> Figure:
+    """Return a 2 x N grid: top, the study's matrix of each network; bottom, its correlation of class means.
+
+    Both (C, C) kinds on one diverging scale from -1 to 1, so the reader sees how far apart the
+    two definitions are (see ``correlation.class_correlation_matrix`` and ``class_mean_correlation``).
+    """
+    if not (len(study_matrices) == len(class_mean_matrices) == len(titles)) or not titles:
+        raise ValueError("give as many study matrices, class-mean matrices and titles (at least one)")
+    n = len(titles)
+    fig = Figure(figsize=(6.5 * n, 12), layout="constrained")
+    axes = np.asarray(fig.subplots(2, n)).reshape(2, n)
+    for col, title in enumerate(titles):
+        for row, (m, what) in enumerate(((study_matrices[col], "mean of pairwise image correlations (the study's)"),
+                                         (class_mean_matrices[col], "correlation of class means (RSA toolboxes)"))):
+            last = col == n - 1
+            annotated_matrix(axes[row, col], m, classes, classes, vmin=-1, vmax=1, cmap="RdBu_r", fmt=".2f",
+                             cbar=last, cbar_label="Pearson r" if last else None, title=f"{title}\n{what}", fontsize=6.5)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def plot_layer_curves(rows: Sequence[dict], panels: dict, baseline: str = "pixels", suptitle: str | None = None) -> Figure:
+    """Return one panel per network: within-class, between-class correlation and their difference by layer.
+
+    rows: ``correlation.layer_rows`` (each with ``model``, ``layer``, ``within``, ``between``,
+    ``difference``), in input-to-output order; panels: {model in rows: panel title}. Each
+    panel starts with the ``baseline`` model's rows (the raw pixels), then the network's.
+    """
+    if not panels:
+        raise ValueError("panels is empty: name at least one model of the rows to draw")
+    missing = [m for m in panels if not any(r["model"] == m for r in rows)]
+    if missing:
+        raise ValueError(f"no rows for model(s) {missing}; rows hold {sorted({r['model'] for r in rows})}")
+    fig = Figure(figsize=(6.5 * len(panels), 4.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    for ax, (model, title) in zip(axes, panels.items()):
+        shown = [r for r in rows if r["model"] == baseline] + [r for r in rows if r["model"] == model]
+        names = [r["layer"] for r in shown]
+        for quantity, style in (("within", "o-"), ("between", "s--"), ("difference", "^-")):
+            ax.plot(names, [r[quantity] for r in shown], style, label=quantity)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("layer (input to output)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean Pearson r")
+    axes[0].legend()
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def plot_cka_grids(
+    grids: dict, row_labels: Sequence[str], col_labels: Sequence[str], *, xlabel: str, ylabel: str,
+    suptitle: str | None = None,
+) -> Figure:
+    """Return one annotated heat map per CKA grid (R, C) on the scale 0..1, e.g. plain and debiased.
+
+    grids: {panel title: (R, C)}; rows and columns are the layers of the two networks.
+    """
+    if not grids:
+        raise ValueError("grids is empty: give at least one {title: (R, C) grid}")
+    fig = Figure(figsize=(6.5 * len(grids), 5.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(grids)))
+    for i, (ax, (title, grid)) in enumerate(zip(axes, grids.items())):
+        last = i == len(grids) - 1
+        annotated_matrix(ax, grid, col_labels, row_labels, vmin=0, vmax=1, cmap="magma", fmt=".2f",
+                         cbar=last, cbar_label="CKA" if last else None, title=title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def plot_probe_accuracies(
+    accuracies: dict, *, reference: float | None = None, reference_label: str = "", xlabel: str = "test accuracy",
+    suptitle: str | None = None,
+) -> Figure:
+    """Return horizontal bars of probe accuracies {label: fraction}, labelled in percent, first on top.
+
+    ``reference``: an accuracy drawn as a dashed line (e.g. the network's own classifier).
+    """
+    if not accuracies:
+        raise ValueError("accuracies is empty: give at least one {label: accuracy}")
+    labels, values = list(accuracies), [float(v) for v in accuracies.values()]
+    colours = ["0.6", "tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
+    fig = Figure(figsize=(10, 0.7 * len(labels) + 1.8), layout="constrained")
+    ax = fig.subplots()
+    ax.barh(labels, values, color=[colours[i % len(colours)] for i in range(len(labels))])
+    if reference is not None:
+        ax.axvline(reference, color="black", ls="--", lw=1, label=reference_label or None)
+        if reference_label:
+            ax.legend(loc="lower right")
+    for i, value in enumerate(values):
+        ax.text(value, i, f" {100 * value:.1f}%", va="center")
+    ax.set_xlim(0, 1.08)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,110 +3,196 @@
 ``smoke`` proves the pipeline works in seconds (tests); ``quick`` is the whole report on a
 2-core laptop CPU within 15 minutes; ``full`` is the study's protocol at full size (GPU).
 ``auto`` picks ``full`` where CUDA is available and ``quick`` elsewhere.
+
+A :class:`Profile` holds one sub-profile per notebook (``profile.train.epochs``,
+``profile.sweep.k``, ``profile.compare.per_class``). What each setting means is the ``help`` of
+its field's metadata (:func:`setting`), which the report prints beside the value: see
+:func:`meanings`. ``None`` is the only "not set" (for a subset: the whole split); every other
+value, zero included, is checked.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
+
+
+def setting(help: str) -> dataclasses.Field:
+    """Return a required dataclass field whose meaning, ``help``, is kept in its metadata."""
+    return field(metadata={"help": help})
+
+
+def _check(obj, name: str, ok: bool, why: str) -> None:
+    if not ok:
+        kind = type(obj).__name__
+        raise ValueError(f"{kind}.{name}={getattr(obj, name)!r}: {why}")
+
+
+def _count_or_none(obj, name: str) -> None:
+    value = getattr(obj, name)
+    ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+    _check(obj, name, ok, "must be a whole number >= 1, or None for the whole split")
+
+
+def _count(obj, name: str, low: int = 1) -> None:
+    value = getattr(obj, name)
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    _check(obj, name, ok, f"must be a whole number >= {low}")
+
+
+@dataclass(frozen=True)
+class TrainProfile:
+    """01_train: the study's CNN trained with the study's recipe."""
+
+    subset: int | None = setting("training images (stratified); None: all 60,000")
+    val_fraction: float = setting("part of them held out for the validation curves, in (0, 1)")
+    epochs: int = setting("training epochs")
+    test_subset: int | None = setting("test images evaluated (stratified); None: all 10,000")
+
+    def __post_init__(self):
+        _count_or_none(self, "subset")
+        _check(self, "val_fraction", 0 < self.val_fraction < 1, "must be in (0, 1)")
+        _count(self, "epochs")
+        _count_or_none(self, "test_subset")
+
+
+@dataclass(frozen=True)
+class SweepProfile:
+    """02_sweep: hyperparameters by stratified k-fold cross-validation on the training split."""
+
+    space: str = setting("oat (the study's Tables 2-4) | grid | random | tpe")
+    n_configs: int | None = setting("configurations tried by random / tpe; None for oat and grid")
+    factors: tuple[str, ...] = setting("factors varied (of lr, batch_size, dropout); the rest: the study's")
+    k: int = setting("folds of the cross-validation (>= 2)")
+    subset: int | None = setting("training images cross-validated (stratified); None: all 60,000")
+    epochs: int = setting("epochs per (configuration, fold)")
+    workers: int = setting("worker processes sharing the sweep on this machine")
+    final_subset: int | None = setting("images the chosen configuration is retrained on; None: all")
+    final_epochs: int = setting("epochs of that final model")
+    test_subset: int | None = setting("test images it is evaluated on, once; None: all 10,000")
+
+    def __post_init__(self):
+        _count_or_none(self, "n_configs")
+        _check(self, "factors", len(self.factors) >= 1, "name at least one factor")
+        _count(self, "k", low=2)
+        _count_or_none(self, "subset")
+        _count(self, "epochs")
+        _count(self, "workers")
+        _count_or_none(self, "final_subset")
+        _count(self, "final_epochs")
+        _count_or_none(self, "test_subset")
+
+
+@dataclass(frozen=True)
+class CompareProfile:
+    """03_resnet_compare: the CNN against ResNet-18 through class-by-class correlation matrices."""
+
+    per_class: int = setting("test images per class for the matrices and CKA (the study: 100)")
+    n_boot: int = setting("bootstrap resamples of those images, for confidence intervals")
+    probe_train: int = setting("training images (stratified) the linear probes are fitted on")
+    probe_test: int | None = setting("test images (stratified) the probes are scored on; None: all")
+    fmnist_resnet: bool = setting("also train a ResNet-18 on Fashion-MNIST (28x28 stem) and compare it")
+    fmnist_resnet_subset: int | None = setting("its training images (stratified); None: all 60,000")
+    fmnist_resnet_epochs: int = setting("its training epochs")
+
+    def __post_init__(self):
+        _count(self, "per_class")
+        _count(self, "n_boot")
+        _count(self, "probe_train")
+        _count_or_none(self, "probe_test")
+        _count_or_none(self, "fmnist_resnet_subset")
+        _count(self, "fmnist_resnet_epochs")
 
 
 @dataclass(frozen=True)
 class ImproveProfile:
-    """Sizes of 04_improvements (the ablation over seeds); each field's ``help`` says what it means."""
+    """04_improvements: the ablation over seeds (improve.ablation_rows), every row on one budget."""
 
-    rows: tuple[str, ...] | None = field(metadata={"help": "ablation rows run (names in improve.ablation_rows); None = every row"})
-    seeds: int = field(metadata={"help": "seeds per row (0, 1, ...); the differences are paired by seed (>= 2 to test them)"})
-    subset: int | None = field(metadata={"help": "training-split images used (stratified), validation included; None = all 60,000"})
-    val_fraction: float = field(metadata={"help": "part of those images held out to choose the ensemble weight, (0, 1)"})
-    epochs: int = field(metadata={"help": "training epochs of every row (the same budget for all)"})
-    test_subset: int | None = field(metadata={"help": "test images each final model is scored on, once (stratified); None = all 10,000"})
+    rows: tuple[str, ...] | None = setting("rows run (names in improve.ablation_rows); None: every row")
+    seeds: int = setting("seeds per row, 0, 1, ...; differences are paired by seed")
+    subset: int | None = setting("training-split images used, validation included; None: all 60,000")
+    val_fraction: float = setting("part of them held out to choose the ensemble weight, in (0, 1)")
+    epochs: int = setting("training epochs of every row (one budget for all)")
+    test_subset: int | None = setting("test images each final model is scored on, once; None: all 10,000")
 
     def __post_init__(self):
-        if self.rows is not None and (not isinstance(self.rows, tuple) or not self.rows):
-            raise ValueError(f"ImproveProfile.rows={self.rows!r}: must be a non-empty tuple of row names, or None for every row")
-        for name in ("subset", "test_subset"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"ImproveProfile.{name}={value!r}: must be a whole number >= 1, or None for the whole split")
-        if not isinstance(self.seeds, int) or self.seeds < 1:
-            raise ValueError(f"ImproveProfile.seeds={self.seeds!r}: must be an integer >= 1")
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"ImproveProfile.epochs={self.epochs!r}: must be an integer >= 1")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"ImproveProfile.val_fraction={self.val_fraction!r}: must be in (0, 1)")
-
-    def to_dict(self) -> dict:
-        """Return the settings as a plain dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        """Return {field: what it means}."""
-        return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
+        _check(self, "rows", self.rows is None or (isinstance(self.rows, tuple) and len(self.rows) >= 1),
+               "must be a non-empty tuple of row names, or None for every row")
+        _count(self, "seeds")
+        _count_or_none(self, "subset")
+        _check(self, "val_fraction", 0 < self.val_fraction < 1, "must be in (0, 1)")
+        _count(self, "epochs")
+        _count_or_none(self, "test_subset")
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Sizes for one report run. ``None`` for a subset means the whole split."""
+    """Sizes for one report run: one sub-profile per notebook."""
 
-    name: str
-    # 01_train: the study's model and recipe
-    train_subset: int | None  # training images (stratified); None = all 60,000
-    train_val_fraction: float  # part of those images held out for the validation curves, (0, 1)
-    train_epochs: int  # training epochs
-    train_test_subset: int | None  # test images evaluated (stratified); None = all 10,000
-    # 02_sweep: hyperparameters by stratified k-fold cross-validation on the training set
-    sweep_space: str  # oat (the study's Tables 2-4) | grid (4 x 3 x 5) | random | tpe, over the study's values
-    sweep_n_configs: int | None  # configurations tried by random / tpe; None for oat and grid
-    sweep_factors: tuple[str, ...]  # the study's factors varied (lr, batch_size, dropout); the others stay at the study's values
-    sweep_k: int  # folds (>= 2)
-    sweep_subset: int | None  # training images cross-validated (stratified); None = all 60,000
-    sweep_epochs: int  # epochs per (configuration, fold)
-    sweep_workers: int  # worker processes sharing the study on this machine
-    sweep_final_subset: int | None  # training images the chosen configuration is retrained on; None = all
-    sweep_final_epochs: int  # epochs of that final model
-    sweep_test_subset: int | None  # test images the final model is evaluated on, once; None = all 10,000
-    # 03_resnet_compare: the CNN against ResNet-18 through class-by-class correlation matrices
-    compare_per_class: int  # test images per class for the matrices and CKA (the study: 100)
-    compare_n_boot: int  # bootstrap resamples of those images, for confidence intervals
-    compare_probe_train: int  # training images (stratified) the linear probes are fitted on
-    compare_probe_test: int | None  # test images (stratified) the probes are scored on; None = all 10,000
-    compare_fmnist_resnet: bool  # also train a ResNet-18 on Fashion-MNIST (28x28 stem) and compare it
-    compare_fmnist_resnet_subset: int | None  # its training images (stratified); None = all 60,000
-    compare_fmnist_resnet_epochs: int  # its training epochs
-    improve: ImproveProfile  # 04_improvements: the ablation over seeds (see ImproveProfile)
+    name: str = setting("smoke | quick | full")
+    train: TrainProfile = setting("01_train")
+    sweep: SweepProfile = setting("02_sweep")
+    compare: CompareProfile = setting("03_resnet_compare")
+    improve: ImproveProfile = setting("04_improvements")
 
     def to_dict(self) -> dict:
-        """Return the settings as a plain dict (printed into the report)."""
+        """Return the settings as nested plain dicts (written into every results.json)."""
         return dataclasses.asdict(self)
 
 
-# 04_improvements. quick: the study's recipe against the modern one at the same budget (so few
-# steps that momentum at the modern learning rate destabilises SeedCNN), plus the two rows that
-# moved validation accuracy most in a one-seed run of twelve rows on 2,700 images for 4 epochs:
-# the modern recipe without Nesterov momentum (+21 points) and the study's with Adam (+32).
-IMPROVE = {
-    "smoke": ImproveProfile(rows=("study", "modern", "study+nesterov", "resnet18", "ensemble"), seeds=2, subset=300,
-                            val_fraction=0.2, epochs=1, test_subset=200),
-    "quick": ImproveProfile(rows=("study", "modern", "modern-nesterov", "study+adam"), seeds=3, subset=2_500,
-                            val_fraction=0.1, epochs=4, test_subset=1_000),
-    "full": ImproveProfile(rows=None, seeds=3, subset=None, val_fraction=0.1, epochs=30, test_subset=None),
-}
+def meanings(cls: type = Profile, prefix: str = "") -> dict[str, str]:
+    """Return {dotted setting path: its meaning} for every leaf setting of ``cls``.
+
+    ``meanings()["train.epochs"] == "training epochs"``. Sub-profiles are walked, not listed.
+    """
+    types = typing.get_type_hints(cls)  # resolves the string annotations of ``from __future__``
+    out = {}
+    for f in dataclasses.fields(cls):
+        path = prefix + f.name
+        if dataclasses.is_dataclass(types[f.name]):
+            out.update(meanings(types[f.name], path + "."))
+        else:
+            out[path] = f.metadata.get("help", "")
+    return out
+
+
+_ALL_FACTORS = ("lr", "batch_size", "dropout")
 
 PROFILES = {
-    "smoke": Profile(name="smoke", train_subset=1_000, train_val_fraction=0.2, train_epochs=1, train_test_subset=1_000,
-        sweep_space="oat", sweep_n_configs=None, sweep_factors=("lr", "batch_size", "dropout"), sweep_k=2, sweep_subset=200, sweep_epochs=1, sweep_workers=1, sweep_final_subset=400, sweep_final_epochs=1, sweep_test_subset=1_000,
-        compare_per_class=10, compare_n_boot=50, compare_probe_train=200, compare_probe_test=100, compare_fmnist_resnet=False, compare_fmnist_resnet_subset=1_000, compare_fmnist_resnet_epochs=1,
-        improve=IMPROVE["smoke"]),
-    "quick": Profile(name="quick", train_subset=15_000, train_val_fraction=0.1, train_epochs=4, train_test_subset=None,
-        sweep_space="oat", sweep_n_configs=None, sweep_factors=("lr",), sweep_k=3, sweep_subset=2_400, sweep_epochs=5, sweep_workers=1, sweep_final_subset=4_000, sweep_final_epochs=3, sweep_test_subset=None,
-        compare_per_class=100, compare_n_boot=300, compare_probe_train=2_000, compare_probe_test=1_000, compare_fmnist_resnet=False, compare_fmnist_resnet_subset=10_000, compare_fmnist_resnet_epochs=2,
-        improve=IMPROVE["quick"]),
-    "full": Profile(name="full", train_subset=None, train_val_fraction=0.1, train_epochs=10, train_test_subset=None,
-        sweep_space="grid", sweep_n_configs=None, sweep_factors=("lr", "batch_size", "dropout"), sweep_k=5, sweep_subset=None, sweep_epochs=5, sweep_workers=4, sweep_final_subset=None, sweep_final_epochs=10, sweep_test_subset=None,
-        compare_per_class=100, compare_n_boot=2_000, compare_probe_train=10_000, compare_probe_test=None, compare_fmnist_resnet=True, compare_fmnist_resnet_subset=None, compare_fmnist_resnet_epochs=10,
-        improve=IMPROVE["full"]),
+    "smoke": Profile(
+        name="smoke",
+        train=TrainProfile(subset=1_000, val_fraction=0.2, epochs=1, test_subset=1_000),
+        sweep=SweepProfile(space="oat", n_configs=None, factors=_ALL_FACTORS, k=2, subset=200, epochs=1,
+                           workers=1, final_subset=400, final_epochs=1, test_subset=1_000),
+        compare=CompareProfile(per_class=10, n_boot=50, probe_train=200, probe_test=100,
+                               fmnist_resnet=False, fmnist_resnet_subset=1_000, fmnist_resnet_epochs=1),
+        improve=ImproveProfile(rows=("study", "modern", "study+nesterov", "resnet18", "ensemble"), seeds=2,
+                               subset=300, val_fraction=0.2, epochs=1, test_subset=200),
+    ),
+    "quick": Profile(
+        name="quick",
+        train=TrainProfile(subset=15_000, val_fraction=0.1, epochs=4, test_subset=None),
+        sweep=SweepProfile(space="oat", n_configs=None, factors=("lr",), k=3, subset=2_400, epochs=5,
+                           workers=1, final_subset=4_000, final_epochs=3, test_subset=None),
+        compare=CompareProfile(per_class=100, n_boot=300, probe_train=2_000, probe_test=1_000,
+                               fmnist_resnet=False, fmnist_resnet_subset=10_000, fmnist_resnet_epochs=2),
+        # The study's recipe against the modern one on one budget (so few steps that momentum at the
+        # modern learning rate unsettles SeedCNN), and the two rows that moved validation accuracy
+        # most in a one-seed run of twelve rows on 2,700 images for 4 epochs: the modern recipe
+        # without Nesterov momentum (+21 points) and the study's with Adam (+32).
+        improve=ImproveProfile(rows=("study", "modern", "modern-nesterov", "study+adam"), seeds=3,
+                               subset=2_500, val_fraction=0.1, epochs=4, test_subset=1_000),
+    ),
+    "full": Profile(
+        name="full",
+        train=TrainProfile(subset=None, val_fraction=0.1, epochs=10, test_subset=None),
+        sweep=SweepProfile(space="grid", n_configs=None, factors=_ALL_FACTORS, k=5, subset=None, epochs=5,
+                           workers=4, final_subset=None, final_epochs=10, test_subset=None),
+        compare=CompareProfile(per_class=100, n_boot=2_000, probe_train=10_000, probe_test=None,
+                               fmnist_resnet=True, fmnist_resnet_subset=None, fmnist_resnet_epochs=10),
+        improve=ImproveProfile(rows=None, seeds=3, subset=None, val_fraction=0.1, epochs=30, test_subset=None),
+    ),
 }
 
 

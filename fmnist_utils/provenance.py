@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import platform
 import subprocess
 from importlib import metadata
@@ -55,6 +56,7 @@ def environment(device: str | torch.device = "auto") -> dict:
         "device": str(dev),
         "device_name": devices.describe(dev),
         "precision_auto": devices.resolve_precision("auto", dev),
+        "precision_reason": devices.precision_reason(dev),
         "cpu_threads": torch.get_num_threads(),
         "git_revision": git_revision(),
         "packages": package_versions(),
@@ -62,18 +64,47 @@ def environment(device: str | torch.device = "auto") -> dict:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) atomically: a kill never leaves half a file. Return the path."""
+    """Write ``text`` (UTF-8) atomically: a kill never leaves half a file. Return the path.
+
+    The text goes to ``<name>.tmp`` beside ``path`` and is renamed over it; when anything fails
+    (a full disk, ``path`` being a folder, an interrupt) the temporary file is removed again.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
 def write_json(path: str | Path, obj) -> Path:
-    """Write ``obj`` as indented JSON atomically (a kill never leaves half a file); return the path."""
-    return write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    """Write ``obj`` as strict, indented JSON atomically (a kill never leaves half a file); return the path.
+
+    Strict: a NaN or infinity anywhere raises ValueError naming its key (``history[2].train_loss``)
+    instead of writing the ``NaN`` token, which is not JSON. Where a value is missing, write None
+    (see :func:`missing_as_none`); nothing is converted silently. Paths, devices, numpy and torch
+    scalars and arrays are written as their plain values.
+    """
+    return write_text(path, json.dumps(_plain(obj, Path(path).name), indent=2, allow_nan=False) + "\n")
+
+
+def missing_as_none(obj):
+    """Return a copy of ``obj`` (dicts, lists, floats) with every NaN replaced by None.
+
+    For records where NaN means "no value" (e.g. pandas' ``to_dict("records")`` of a column with
+    gaps): call it explicitly there, so that a NaN anywhere else still stops :func:`write_json`.
+    """
+    if isinstance(obj, dict):
+        return {k: missing_as_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [missing_as_none(v) for v in obj]
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
 
 
 def read_json(path: str | Path):
@@ -81,11 +112,25 @@ def read_json(path: str | Path):
     return json.loads(Path(path).read_text())
 
 
-def _jsonable(o):
-    if isinstance(o, (Path, torch.device)):
-        return str(o)
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if hasattr(o, "item"):
-        return o.item()
-    raise TypeError(f"cannot write {type(o).__name__} as JSON")
+def _plain(obj, where: str):
+    """Return ``obj`` as plain JSON types; raise ValueError naming the key of a non-finite float."""
+    if isinstance(obj, dict):
+        return {k: _plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise ValueError(
+                f"{where} is {obj}, which JSON cannot hold: a diverged or empty computation upstream? "
+                "Write None where a value is missing (provenance.missing_as_none), or fix what produced it."
+            )
+        return obj
+    if isinstance(obj, (Path, torch.device)):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+        return _plain(obj.tolist(), where)
+    if hasattr(obj, "item"):
+        return _plain(obj.item(), where)
+    raise TypeError(f"{where}: cannot write {type(obj).__name__} as JSON")

@@ -1,11 +1,18 @@
 """Assemble the report: the run folder's results + Jinja templates -> one HTML page -> PDF.
 
 The page is ``templates/report.html.j2``; each notebook's part of it is the fragment
-``templates/sections/<stem>.html.j2``, rendered with ``r`` (that notebook's ``results.json``),
-``results`` (every notebook's results by stem) and the helpers :func:`pct`, :func:`num`,
-:func:`secs`, ``figure(filename, caption)`` and ``table(rows, columns, caption)``. A notebook
-without a fragment still gets a section: its scalar results as a table and its figures. Every
-number on the page comes from the results files; the templates hold prose and structure only.
+``templates/sections/<stem>.html.j2`` (found by the notebook's stem: ``01_sweep``, ``02_train``,
+...), rendered with ``r`` (that notebook's ``results.json``), ``results`` (every notebook's
+results by stem), ``stem`` and the helpers :func:`pct`, :func:`num`, :func:`points`,
+:func:`p_value`, :func:`secs`, ``na`` (:func:`not_available`), ``verdict(stem, key)``,
+:func:`verdict_numbers`, :func:`relabel`, ``study`` (the study's reported figures, from
+:mod:`fmnist_utils.study`), ``figure(filename, caption)`` and ``table(rows, columns, caption)``.
+A section's ``{% block title %}`` is its heading and its entry in the contents. A notebook
+without a fragment still gets a section: its verdicts, its scalar results and its figures.
+
+Every number on the page comes from the results files (:func:`typed_numbers` checks the
+templates), and every conclusion is a verdict record: a tested function decided it and wrote it
+into ``results["verdicts"][key]``; ``templates/verdicts.html.j2`` only words it.
 
 Figures are embedded as base64 PNG, the CSS is inline, so ``report.html`` is one self-contained
 file; the executed notebooks are rendered beside it (``notebooks/<stem>.html``) by nbconvert.
@@ -16,19 +23,19 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import inspect
 import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+from decimal import Decimal
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from markupsafe import Markup, escape
 
-from . import profiles, provenance
+from . import profiles, provenance, study
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PAGE_TEMPLATE = "report.html.j2"
@@ -48,33 +55,177 @@ class PdfUnavailable(RuntimeError):
 # Formatting helpers (the only way numbers reach the page)
 
 
-def pct(x: float | None, digits: int = 2) -> str:
-    """Return a fraction as a percentage: ``pct(0.9081)`` -> ``"90.81%"``; None -> ``"n/a"``."""
-    if x is None:
-        return "n/a"
+def _missing(x) -> bool:
+    return x is None or x != x  # x != x: NaN, of any float type
+
+
+def not_available(reason: str | None = None) -> str:
+    """Return ``"n/a"``, or ``"n/a (reason)"`` when the reason is known."""
+    return f"n/a ({reason})" if reason else "n/a"
+
+
+def pct(x: float | None, digits: int = 2, reason: str | None = None) -> str:
+    """Return a fraction as a percentage: ``pct(0.9081)`` -> ``"90.81%"``; None or NaN ->
+    ``"n/a"``, or ``"n/a (reason)"`` with ``reason`` (e.g. ``"only one fold finished"``).
+    """
+    if _missing(x):
+        return not_available(reason)
     return f"{100 * float(x):.{digits}f}%"
 
 
-def num(x, digits: int = 3) -> str:
-    """Return a number for prose: ints with thousands separators, floats with ``digits``
-    decimals and trailing zeros dropped (``0.91349`` -> ``"0.913"``, ``0.05`` -> ``"0.05"``),
-    values too small for that many decimals in ``digits`` significant figures; None -> ``"n/a"``.
+def num(x, digits: int = 3, reason: str | None = None) -> str:
+    """Return a number for prose: ints with thousands separators; floats below one in ``digits``
+    significant figures (``0.00237`` -> ``"0.00237"``, ``0.91349`` -> ``"0.913"``, ``0.05`` ->
+    ``"0.05"``), larger ones with ``digits`` decimals, trailing zeros dropped (``1234.5`` ->
+    ``"1,234.5"``); None or NaN -> ``"n/a"``, or ``"n/a (reason)"`` with ``reason``.
     """
-    if x is None:
-        return "n/a"
+    if _missing(x):
+        return not_available(reason)
     if isinstance(x, bool):
         return "yes" if x else "no"
     if isinstance(x, int):
         return f"{x:,}"
     x = float(x)
-    if x != x:  # NaN
-        return "n/a"
     if x == 0:
         return "0"
-    if abs(x) < 10 ** -digits:
-        return f"{x:.{digits}g}"
-    text = f"{x:,.{digits}f}"
+    if abs(x) < 1:
+        # Significant figures, written out positionally (Decimal does not switch to 1e-05 notation).
+        text = format(Decimal(f"{x:.{digits}g}"), "f")
+    else:
+        text = f"{x:,.{digits}f}"
     return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def points(x: float | None, reason: str | None = None) -> str:
+    """Return a difference of two fractions in percentage points: ``points(0.0123)`` -> ``"1.23"``."""
+    return not_available(reason) if _missing(x) else num(100 * float(x))
+
+
+def p_value(p: float | None) -> str:
+    """Return a p-value for prose: ``"p = 0.0032"`` (two significant figures), ``"p < 0.0001"``."""
+    if _missing(p):
+        return "p n/a"
+    if p < P_FLOOR:
+        return f"p < {num(P_FLOOR)}"
+    return f"p = {num(float(p), 2)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Verdict records: every conclusion the page words is one, made by a tested function
+# (fmnist_utils.stats) and written into the notebook's results["verdicts"][key]; the templates
+# choose a sentence by its verdict word and print its numbers with verdict_numbers.
+
+VERDICT_FIELDS = ("key", "claim", "statistic", "value", "low", "high", "level", "p", "test", "n", "verdict", "reason")
+REQUIRED_VERDICT_FIELDS = ("claim", "statistic", "verdict")
+NOT_AVAILABLE = "n/a"
+DEFAULT_LEVEL = 0.95
+# Smaller p-values are printed as "p < 0.0001": beyond that the digits say nothing a reader uses.
+P_FLOOR = 1e-4
+
+
+def check_verdict(record, where: str) -> dict:
+    """Return a verdict record with every field of the schema (absent optional ones None, the
+    level 0.95); raise :class:`ReportError` naming ``where`` when it is not a record.
+    """
+    if not isinstance(record, dict):
+        raise ReportError(f"{where} is a {type(record).__name__}, not a verdict record (a dict from fmnist_utils.stats)")
+    missing = [f for f in REQUIRED_VERDICT_FIELDS if not isinstance(record.get(f), str) or not record.get(f)]
+    if missing:
+        raise ReportError(f"{where} lacks {', '.join(missing)}: a verdict record names its claim, statistic and "
+                          f"verdict word (got keys {sorted(record)})")
+    for field in ("value", "low", "high", "p"):
+        value = record.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ReportError(f"{where}: {field} is {value!r}; it must be a number or None")
+    out = {field: None for field in VERDICT_FIELDS}
+    out.update(record)
+    if out["level"] is None:
+        out["level"] = DEFAULT_LEVEL
+    return out
+
+
+def value_unit(statistic: str) -> str:
+    """Return how a statistic's value is printed: ``"points"`` (percentage points) for a difference
+    of accuracies, ``"percent"`` for an accuracy, else ``"plain"`` (:func:`num`).
+    """
+    words = statistic.lower()
+    if "accuracy" in words:
+        return "points" if any(w in words for w in ("difference", "drop", "gap", "minus", "change")) else "percent"
+    return "plain"
+
+
+def verdict_numbers(record: dict, unit: str | None = None) -> str:
+    """Return a verdict record's numbers as a phrase:
+    ``"0.0024 (95% interval 0.002 to 0.0029; p = 0.003, Mantel permutation test)"``;
+    ``"n/a (only one fold finished)"`` for an n/a verdict.
+
+    unit: ``"points"``, ``"percent"`` or ``"plain"``; None infers it from the statistic's name
+    (:func:`value_unit`). Parts that are None (no interval, no p-value) are left out.
+    """
+    record = check_verdict(record, f"verdict {record.get('key') if isinstance(record, dict) else record!r}")
+    if record["verdict"] == NOT_AVAILABLE:
+        return not_available(record["reason"])
+    unit = unit or value_unit(record["statistic"])
+    formats = {"points": points, "percent": pct, "plain": num}
+    if unit not in formats:
+        raise ValueError(f"unit={unit!r}; choose one of {sorted(formats)}")
+    fmt = formats[unit]
+    inside = []
+    if record["low"] is not None and record["high"] is not None:
+        inside.append(f"{pct(record['level'], 0)} interval {fmt(record['low'])} to {fmt(record['high'])}")
+    test = ([p_value(record["p"])] if record["p"] is not None else []) + ([record["test"]] if record["test"] else [])
+    if test:
+        inside.append(", ".join(test))
+    if record["value"] is None:
+        return "; ".join(inside) or not_available(record["reason"])
+    head = fmt(record["value"]) + (" percentage points" if unit == "points" else "")
+    return head + (f" ({'; '.join(inside)})" if inside else "")
+
+
+def make_verdict(results: dict[str, dict]) -> Callable[[str, str], dict]:
+    """Return the ``verdict(stem, key)`` helper: the checked record ``results[stem]["verdicts"][key]``."""
+
+    def verdict(stem: str, key: str) -> dict:
+        where = f"{stem}/results.json verdicts[{key!r}]"
+        if stem not in results:
+            raise ReportError(f"a template words {where}, but {stem} is not part of this run")
+        records = results[stem].get("verdicts")
+        if not isinstance(records, dict) or key not in records:
+            raise ReportError(f"{where} is missing: the notebook {stem} must write results['verdicts'][{key!r}], "
+                              f"the record of the fmnist_utils.stats function that tests it")
+        return check_verdict(records[key], where)
+
+    return verdict
+
+
+def verdict_rows(results: dict) -> list[dict]:
+    """Return a notebook's verdict records as table rows ``{"claim", "verdict", "estimate"}``."""
+    records = results.get("verdicts") or {}
+    rows = []
+    for key, record in records.items():
+        record = check_verdict(record, f"verdicts[{key!r}]")
+        rows.append({"claim": record["claim"], "verdict": record["verdict"].replace("_", " "),
+                     "estimate": f"{record['statistic']}: {verdict_numbers(record)}"})
+    return rows
+
+
+def relabel(value, bare: str, title: str):
+    """Return ``value`` (a text, or a verdict record's claim, statistic and test) with every
+    ``bare`` name that is not already part of ``title`` replaced by ``title``:
+    ``relabel("CNN minus ResNet-18", "ResNet-18", "ResNet-18: RANDOM INIT (...)")``. A record
+    written by code that names a network plainly is worded with the label the report gives it.
+    """
+    if isinstance(value, dict):
+        return {k: relabel(v, bare, title) if k in ("claim", "statistic", "test") and isinstance(v, str) else v
+                for k, v in value.items()}
+    if not bare or bare == title:
+        return value
+    return title.join(part.replace(bare, title) for part in value.split(title))
+
+
+def study_figures() -> dict:
+    """Return the study's reported figures (:mod:`fmnist_utils.study`) by lower-case name, for the templates."""
+    return {name.lower(): value for name, value in vars(study).items() if name.isupper()}
 
 
 def secs(x: float | None) -> str:
@@ -107,6 +258,9 @@ def _cell(value) -> Markup:
 # Already formatted numbers (pct, num, secs output) are right-aligned like numbers.
 _NUMERIC_TEXT = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:%| s| min \d+ s| h \d+ min)?")
 
+
+# Ranked tables (the sweep's configurations) show this many rows at most.
+TOP_ROWS = 20
 
 # Settings tables longer than this are set in two column pairs.
 KEY_VALUE_ONE_COLUMN = 12
@@ -213,22 +367,17 @@ def notebook_title(notebook: str | Path) -> str:
 
 
 def profile_notes() -> dict[str, str]:
-    """Return {Profile field: the comment beside it in profiles.py} (what each setting means)."""
-    notes = {}
-    for line in inspect.getsource(profiles.Profile).splitlines():
-        match = re.match(r"\s+(\w+)\s*:[^#=]+#\s*(.+)$", line)
-        if match:
-            notes[match.group(1)] = match.group(2).strip()
-    return notes
+    """Return {dotted Profile setting: what it means}, from the fields' metadata (see profiles.setting)."""
+    return profiles.meanings()
 
 
 def scalar_metrics(results: dict) -> list[dict]:
     """Return the results' numbers worth a table row: top-level numbers and numbers one level
-    down (``test.accuracy``), as ``[{"result", "value"}]``; the profile and environment are left out.
+    down (``test.accuracy``), as ``[{"result", "value"}]``; the profile, parameters and environment are left out.
     """
     rows = []
     for key, value in results.items():
-        if key in ("profile", "environment"):
+        if key in ("profile", "environment", "parameters"):
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             rows.append({"result": key, "value": value})
@@ -241,34 +390,105 @@ def scalar_metrics(results: dict) -> list[dict]:
     return rows
 
 
-# What a result looks like when typed by hand: a decimal, a percentage or a duration.
-RESULT_LITERALS = (
-    ("decimal", re.compile(r"\d*\.\d+")),
-    ("percentage", re.compile(r"\d\s*(?:%|&#37;|&percnt;|percent\b)")),
-    ("duration", re.compile(r"\b\d+\s*(?:ms|s|sec|secs|seconds?|min|mins|minutes?|h|hours?)\b")),
-)
-_NOT_PROSE = re.compile(
-    r"<style\b.*?</style>|<script\b.*?</script>|<!--.*?-->|\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}|<[^>]*>",
+class TypedNumber(NamedTuple):
+    """A number typed into a template: where it is (``expression``: a numeric constant in
+    ``{{ }}``/``{% %}``; ``string``: inside a string constant such as a caption; ``prose``: in the
+    text), the number as typed, and its line.
+    """
+
+    kind: str
+    text: str
+    line: int
+
+
+# The numbers a template may type: zero, one, two, a hundred (per cent) and the confidence level.
+ALLOWED_NUMBERS = frozenset({0, 1, 2, 100, 0.95, 95})
+_NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?|\.\d+")
+# Parts of a text that are not read as prose: style and script blocks, HTML comments, tags with
+# their attributes, entities; references to the study's figures and tables ("Fig. 2", "Tables 2-4").
+_NOT_TEXT = re.compile(
+    r"<style\b.*?</style>|<script\b.*?</script>|<!--.*?-->|<[^>]*>|&#?\w+;"
+    r"|\b(?:Figs?\.|Figures?|Tables?)\s+\d+(?:\s*[–-]\s*\d+)?",
     re.DOTALL | re.IGNORECASE,
 )
 
 
-def prose_literals(template_text: str) -> list[tuple[str, str]]:
-    """Return the result-like numbers typed into a template's prose, as (kind, text) pairs.
+def _blank(match: re.Match) -> str:
+    return re.sub(r"[^\n]", " ", match.group(0))  # same length, same lines
 
-    Jinja expressions, tags and comments, HTML tags with their attributes, and ``<style>`` /
-    ``<script>`` blocks are removed first: what is left is the text a reader sees, where every
-    accuracy, loss or time must come from ``{{ ... }}``.
+
+def numbers_in_text(text: str) -> list[tuple[str, int]]:
+    """Return the numbers a reader would see in ``text`` outside :data:`ALLOWED_NUMBERS`, as
+    (number, offset). Digits that are part of a name are not numbers: joined to a letter or an
+    underscore (``28x28``, ``01_sweep``, ``fc2``) or after a letter and a hyphen (``ResNet-18``).
     """
-    prose = _NOT_PROSE.sub(" ", template_text)
-    return [(kind, m.group(0)) for kind, pattern in RESULT_LITERALS for m in pattern.finditer(prose)]
+    text = _NOT_TEXT.sub(_blank, text)
+    found = []
+    for m in _NUMBER.finditer(text):
+        before, after = text[max(0, m.start() - 2):m.start()], text[m.end():m.end() + 1]
+        if re.search(r"[\w.]$", before) or re.fullmatch(r"[A-Za-z]-", before) or re.match(r"[A-Za-z_]", after):
+            continue
+        if float(m.group(0).replace(",", "")) not in ALLOWED_NUMBERS:
+            found.append((m.group(0), m.start()))
+    return found
+
+
+def typed_numbers(template_text: str, name: str = "template") -> list[TypedNumber]:
+    """Return the numbers typed into a Jinja template, outside :data:`ALLOWED_NUMBERS`: every
+    numeric constant in an expression, a ``{% set %}``, a macro's defaults or a call's arguments;
+    every number inside a string constant (captions passed as strings); every number in the text.
+
+    The template is parsed by Jinja's own parser, so what counts as an expression, a string or text
+    is exactly what Jinja renders. The text is read as one page (tags may span expressions): the
+    text pieces are joined with a separator where an expression stood, then tags and styles removed.
+    """
+    import bisect
+
+    import jinja2
+    from jinja2 import nodes
+
+    try:
+        tree = jinja2.Environment().parse(template_text, name=name)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ReportError(f"{name}: cannot be parsed: {exc}") from exc
+    found, pieces, starts, lines = [], [], [], []
+    offset = 0
+    for node in tree.find_all((nodes.Const, nodes.TemplateData)):
+        if isinstance(node, nodes.TemplateData):
+            starts.append(offset)
+            lines.append(node.lineno)
+            pieces.append(node.data)
+            offset += len(node.data) + 1
+        elif isinstance(node.value, str):
+            found += [TypedNumber("string", text, node.lineno) for text, _ in numbers_in_text(node.value)]
+        elif isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            if node.value not in ALLOWED_NUMBERS:
+                found.append(TypedNumber("expression", repr(node.value), node.lineno))
+    prose = "\0".join(pieces)  # "\0": where an expression or tag stood; it joins no number
+    for text, at in numbers_in_text(prose):
+        i = bisect.bisect_right(starts, at) - 1
+        found.append(TypedNumber("prose", text, lines[i] + prose.count("\n", starts[i], at)))
+    return sorted(found, key=lambda t: t.line)
+
+
+def _flatten(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def profile_rows(profile: dict) -> list[dict]:
-    """Return the profile as table rows ``{"setting", "value", "meaning"}`` (meaning from profiles.py)."""
+    """Return the profile (nested dicts, as ``Profile.to_dict()``) as table rows
+    ``{"setting", "value", "meaning"}``, one per leaf setting (``train.epochs``).
+    """
     notes = profile_notes()
-    # None is spelt out: the meanings say what None stands for ("None = all 60,000").
-    return [{"setting": k, "value": "None" if v is None else v, "meaning": notes.get(k, "")} for k, v in profile.items()]
+    # None is spelt out: the meanings say what None stands for ("None: all 60,000").
+    return [{"setting": k, "value": "None" if v is None else v, "meaning": notes.get(k, "")}
+            for k, v in _flatten(profile).items()]
 
 
 def figure_files(folder: Path) -> list[str]:
@@ -296,6 +516,22 @@ def _jinja():
     )
 
 
+def section_title(env, name: str, context: dict) -> Markup:
+    """Return the ``title`` block of a section template, rendered alone: the heading the section
+    gives itself, so the contents list names what the section names (the fallback label included).
+    """
+    import jinja2
+
+    template = env.get_template(name)
+    if "title" not in template.blocks:
+        raise ReportError(f"templates/{name} has no {{% block title %}}: wrap its <h2> text in one, "
+                          "so the contents list can show it")
+    try:
+        return Markup("".join(template.blocks["title"](template.new_context(context))).strip())
+    except jinja2.TemplateError as exc:
+        raise ReportError(f"templates/{name}, block title: {type(exc).__name__}: {exc}") from exc
+
+
 def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] | None = None,
            generated_utc: str | None = None) -> str:
     """Return the report page for the notebooks in ``stamps`` (from :func:`pipeline.run_notebooks`)
@@ -307,13 +543,17 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
     run = Path(run)
     env = _jinja()
     numbering = _Numbering()
-    helpers = {"pct": pct, "num": num, "secs": secs, "table": make_table(numbering)}
     results = {}
     for stamp in stamps:
         path = run / stamp["notebook"] / "results.json"
         if not path.is_file():
             raise ReportError(f"{path} is missing: run the notebook {stamp['notebook']} first")
         results[stamp["notebook"]] = provenance.read_json(path)
+    helpers = {
+        "pct": pct, "num": num, "secs": secs, "points": points, "p_value": p_value, "na": not_available,
+        "table": make_table(numbering), "verdict": make_verdict(results), "verdict_numbers": verdict_numbers,
+        "relabel": relabel, "study": study_figures(), "top_rows": TOP_ROWS,
+    }
 
     sections = []
     for stamp in stamps:
@@ -321,22 +561,28 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
         figure = make_figure(run / stem, stem, numbering)
         name = f"sections/{stem}.html.j2"
         has_template = (TEMPLATES / name).is_file()
+        section_context = {"r": results[stem], "results": results, "figure": figure, "stem": stem, **helpers}
 
-        def render_section(stem=stem, figure=figure, name=name) -> Markup:
+        def render_section(name=name, section_context=section_context) -> Markup:
             # Rendered when the page reaches it, so figures and tables are numbered in page order.
             try:
-                html = env.get_template(name).render(r=results[stem], results=results, figure=figure, stem=stem, **helpers)
+                html = env.get_template(name).render(**section_context)
             except jinja2.TemplateError as exc:
                 raise ReportError(f"templates/{name}: {type(exc).__name__}: {exc}") from exc
             return Markup(html)
 
+        if has_template:
+            title = section_title(env, name, section_context)
+        else:
+            title = notebook_title(stamp["source"]) if Path(stamp["source"]).is_file() else stem
         sections.append({
             "stem": stem,
-            "title": notebook_title(stamp["source"]) if Path(stamp["source"]).is_file() else stem,
+            "title": title,
             "render": render_section if has_template else None,
             "figure": figure,
             "figures": figure_files(run / stem),
             "metrics": scalar_metrics(results[stem]),
+            "verdicts": verdict_rows(results[stem]),
             "r": results[stem],
         })
 
@@ -449,24 +695,26 @@ def write_pdf(html: str | Path, pdf: str | Path, install: bool = True, timeout: 
     if chromium is None:
         raise PdfUnavailable(_missing_message(html))
     tmp = pdf.with_name(pdf.name + ".tmp.pdf")
-    with tempfile.TemporaryDirectory(prefix="fmnist-chromium-") as profile_dir:
-        cmd = [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--no-pdf-header-footer", "--print-to-pdf-no-header",  # the flag's newer and older names
-            f"--user-data-dir={profile_dir}",  # a private profile: no lock clash with a running browser
-            f"--print-to-pdf={tmp}", html.as_uri(),
-        ]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise PdfUnavailable(f"report.pdf was NOT written: {chromium} could not print it ({exc}).\n"
-                                 f"  The HTML report is complete: {html}") from exc
-    if done.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
+    try:  # whatever stops the print (a timeout, Ctrl-C, a full disk), no half PDF is left behind
+        with tempfile.TemporaryDirectory(prefix="fmnist-chromium-") as profile_dir:
+            cmd = [
+                chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--no-pdf-header-footer", "--print-to-pdf-no-header",  # the flag's newer and older names
+                f"--user-data-dir={profile_dir}",  # a private profile: no lock clash with a running browser
+                f"--print-to-pdf={tmp}", html.as_uri(),
+            ]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise PdfUnavailable(f"report.pdf was NOT written: {chromium} could not print it ({exc}).\n"
+                                     f"  The HTML report is complete: {html}") from exc
+        if done.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
+            raise PdfUnavailable(
+                f"report.pdf was NOT written: {chromium} exited with {done.returncode}:\n"
+                f"{done.stderr.strip()[-1500:]}\n  The HTML report is complete: {html}"
+            )
+        tmp.replace(pdf)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise PdfUnavailable(
-            f"report.pdf was NOT written: {chromium} exited with {done.returncode}:\n"
-            f"{done.stderr.strip()[-1500:]}\n  The HTML report is complete: {html}"
-        )
-    tmp.replace(pdf)
     log(f"wrote {pdf} ({pdf.stat().st_size / 1e6:.1f} MB)")
     return pdf

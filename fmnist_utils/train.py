@@ -10,8 +10,9 @@ history, and progress display is a layer on top.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
-import sys
+import numbers
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from . import device as devices
 from .augment import augment_batch
 from .data import iterate_batches, scale
 from .models import MODELS
+from .progress import bar as progress_bar
 
 
 class TrainingDiverged(RuntimeError):
@@ -50,7 +52,7 @@ class TrainConfig:
     l1: L1 coefficient on weights (0 = off). optimizer: one of :data:`OPTIMIZERS`.
     momentum / nesterov: SGD and RMSprop momentum. kernel_size: conv kernel (odd).
     model: a key of :data:`fmnist_utils.models.MODELS`.
-    seed: initialisation, shuffling and dropout. precision: auto | fp32 | bf16.
+    seed: initialisation, shuffling and dropout. precision: auto | fp32 | bf16 | fp16.
     device: auto | cpu | cuda | cuda:N | mps. eval_batch_size: images per evaluation step.
 
     Beyond the study (all off by default; :data:`PRESETS` turns them on together):
@@ -93,6 +95,14 @@ class TrainConfig:
         def bad(field: str, why: str):
             raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r}: {why}")
 
+        # Every float setting first: a NaN passes every "<" test below (all comparisons are
+        # False), and an inf weight decay trains to NaN without a word.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type in ("float", float) and (
+                isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            ):
+                bad(field.name, "must be a finite number")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             bad("lr", "the learning rate must be a finite number > 0")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -115,6 +125,13 @@ class TrainConfig:
             bad("nesterov", "Nesterov needs optimizer='sgd' and momentum > 0")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             bad("kernel_size", "must be a positive odd integer")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**63:
+            bad("seed", "must be an integer between 0 and 2**63 - 1 (torch and numpy take no negative seeds)")
+        if str(self.device) != "auto":
+            try:
+                devices.parse_device(self.device)
+            except ValueError as exc:
+                bad("device", str(exc))
         if self.precision not in devices.PRECISIONS:
             bad("precision", f"must be one of {devices.PRECISIONS}")
         if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
@@ -184,6 +201,10 @@ PRESETS: dict[str, dict] = {
         lr=0.1, batch_size=256, epochs=30, dropout=0.3, weight_decay=5e-4, momentum=0.9, nesterov=True,
         schedule="onecycle", label_smoothing=0.1, decay_norm_bias=False, aug_crop_pad=2, aug_flip=True,
         aug_erase=0.25, ema_decay=0.999, tta_flip=True,
+    ),
+    # The ResNet-18 with a 28x28 stem that 03_resnet_compare trains on Fashion-MNIST.
+    "resnet": dict(
+        model="resnet18", dropout=0.0, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle",
     ),
 }
 
@@ -257,6 +278,64 @@ def check_split(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what} split is empty")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read, or was written for another config or other data."""
+
+
+def divergence_hint(config: TrainConfig) -> str:
+    """Return, in words, the likely cause of a non-finite loss under ``config`` and what to try."""
+    study = TrainConfig()
+    causes, remedies = [], []
+    if config.lr > 10 * study.lr:
+        causes.append(f"the learning rate lr={config.lr:g} is {config.lr / study.lr:,.0f}x the study's {study.lr:g}")
+        remedies.append("lower lr (e.g. 10x at a time)")
+    # With SGD or AdamW each step scales the weights by (1 - lr * weight_decay): at 1 or more
+    # the decay overshoots zero and the weights oscillate with growing size.
+    if config.lr * config.weight_decay >= 1:
+        causes.append(f"the weight decay is too strong for this learning rate (lr * weight_decay = "
+                      f"{config.lr * config.weight_decay:g}, must stay well below 1)")
+        remedies.append("lower weight_decay")
+    if config.l1 > 0 and config.lr * config.l1 >= 1e-2:
+        causes.append(f"the L1 penalty l1={config.l1:g} is large for lr={config.lr:g}")
+        remedies.append("lower l1")
+    if not causes:
+        causes.append(f"the learning rate lr={config.lr:g} (or weight_decay={config.weight_decay:g}) "
+                      f"is too large for this model ({config.model}) and batch size ({config.batch_size})")
+        remedies.append("lower lr (e.g. 10x), then weight_decay")
+    return "likely cause: " + "; ".join(causes) + ". Try: " + ", ".join(remedies)
+
+
+# Steps between two looks at the step losses for a NaN or inf, by device type. On the CPU every
+# step: reading a scalar costs ~20 us there, against ~10 ms or more for a step (no queue to wait
+# for). On an accelerator each look waits for the queued work (a host sync), so it looks every
+# 32 steps and at the epoch's end; the per-step losses stay on the device, so the first bad step
+# is still named exactly, and at most 31 wasted steps run after it.
+DIVERGENCE_CHECK_STEPS = {"cpu": 1, "cuda": 32, "mps": 32}
+
+
+def _check_finite(losses: torch.Tensor, first_step: int, epoch: int, config: TrainConfig) -> None:
+    """Raise TrainingDiverged at the first non-finite value of ``losses`` (steps from ``first_step``, 0-based)."""
+    finite = torch.isfinite(losses)
+    if bool(finite.all()):
+        return
+    bad = int((~finite).nonzero()[0, 0])
+    raise TrainingDiverged(epoch, first_step + bad + 1, float(losses[bad]), hint=divergence_hint(config))
+
+
+def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
+    """Return the SHA-256 (hex) of a split: shapes, dtypes and contents of images ``x`` and labels ``y``.
+
+    Stored in checkpoints so that a run is never continued on other data. About 30 ms for the
+    60,000 training images (SHA-256 runs at ~2 GB/s with the CPU's SHA extensions).
+    """
+    digest = hashlib.sha256()
+    for t in (x, y):
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(memoryview(t.numpy()).cast("B"))
+    return digest.hexdigest()
+
+
 def _prepare(model: nn.Module, dev: torch.device) -> nn.Module:
     # channels_last lets oneDNN and cuDNN pick their fastest convolution kernels.
     return model.to(dev, memory_format=torch.channels_last)
@@ -277,17 +356,29 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     ema: torch.optim.swa_utils.AveragedModel | None = None,
     on_step: Callable[[int], None] | None = None,
+    epoch: int = 1,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict:
     """Run one epoch over on-device (x uint8 (N,1,28,28), y (N,)) and return
     ``{"train_loss", "train_accuracy"}`` (mean cross-entropy in nats on the augmented batches,
     without label smoothing; fraction correct).
 
     ``model`` may be a ``torch.compile``-d module; ``generator`` (CPU) drives shuffling and
-    augmentation, so a seed fixes both.
+    augmentation, so a seed fixes both. Raises :class:`TrainingDiverged` (naming ``epoch`` and
+    the first bad step) at the first non-finite loss, noticed within
+    :data:`DIVERGENCE_CHECK_STEPS` steps (every step on the CPU). ``scaler``
+    (fp16) scales the loss and skips steps whose gradients overflowed.
     """
     dev = x.device
     model.train()
-    loss_sum = torch.zeros((), device=dev)
+    steps = math.ceil(len(x) / config.batch_size)
+    # Each step's mean loss stays on the device: no host sync per step, and the divergence check
+    # can name the exact step. The last batch may be smaller, hence the weights.
+    losses = torch.empty(steps, device=dev)
+    weights = torch.full((steps,), float(config.batch_size), device=dev)
+    weights[-1] = len(x) - config.batch_size * (steps - 1)
+    check_every = DIVERGENCE_CHECK_STEPS.get(dev.type, 32)
+    checked = 0
     correct = torch.zeros((), device=dev, dtype=torch.int64)
     augmenting = config.aug_crop_pad or config.aug_flip or config.aug_erase > 0
     for step, idx in enumerate(iterate_batches(len(x), config.batch_size, generator, dev)):
@@ -300,19 +391,26 @@ def train_one_epoch(
         loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
         objective = loss + config.l1 * l1_penalty(model) if config.l1 > 0 else loss
         optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(objective).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            objective.backward()
+            optimizer.step()
         if scheduler is not None:
             scheduler.step()
         if ema is not None:
             ema.update_parameters(model)
-        # Accumulating on the device avoids a host sync every step.
         plain = F.cross_entropy(logits.detach(), yb) if config.label_smoothing else loss.detach()
-        loss_sum += plain * len(idx)
+        losses[step] = plain
         correct += (logits.detach().argmax(1) == yb).sum()
+        if (step + 1) % check_every == 0 or step + 1 == steps:
+            _check_finite(losses[checked : step + 1], checked, epoch, config)
+            checked = step + 1
         if on_step is not None:
             on_step(step)
-    return {"train_loss": loss_sum.item() / len(x), "train_accuracy": correct.item() / len(x)}
+    return {"train_loss": (losses * weights).sum().item() / len(x), "train_accuracy": correct.item() / len(x)}
 
 
 @torch.inference_mode()
@@ -361,14 +459,6 @@ def evaluate(
     }
 
 
-def _progress_bar(enabled: bool | None, total: int):
-    from tqdm.auto import tqdm
-
-    if enabled is None:  # a bar only where someone watches a terminal
-        enabled = sys.stderr.isatty()
-    return tqdm(total=total, disable=not enabled, unit="step", leave=False, dynamic_ncols=True)
-
-
 def capture(model: nn.Module, device: torch.device) -> tuple[nn.Module, str]:
     """Return (the model compiled for ``device``, how) or (``model``, reason) where capture fails.
 
@@ -397,16 +487,26 @@ def fit(
 
     The history has one dict per epoch: ``epoch``, ``train_loss``, ``train_accuracy``,
     ``val_loss`` / ``val_accuracy`` (when ``val`` is given), ``seconds`` (wall time of the
-    epoch's training and evaluation), ``lr`` (at the epoch's end). ``progress``: True/False, or
-    None for a bar only on a terminal. ``checkpoint``: a file written after every epoch; when it
+    epoch's training and evaluation), ``lr`` (at the epoch's end). ``progress``: False for none,
+    True or None for :mod:`fmnist_utils.progress`'s bar (a widget in JupyterLab, a text bar on a
+    terminal, one line per epoch elsewhere). ``checkpoint``: a file written after every epoch; when it
     exists and was made with the same config (``epochs`` may be larger), training resumes after
     its last finished epoch. With ``ema_decay`` the model ends holding the averaged weights.
     With ``compile`` the first epoch's row also has ``compile_seconds`` (the first step, which
     includes compilation) and ``capture`` (how the step ran).
+
+    Raises :class:`TrainingDiverged` at the first non-finite loss (or non-finite weights at an
+    epoch's end), naming the epoch, the step and the likely cause; the checkpoint keeps the last
+    finished epoch. Raises :class:`CheckpointError` when ``checkpoint`` is damaged, or was
+    written with another config or on other data (training or validation split).
     """
     check_split(x, y, "training")
     if val is not None:
         check_split(*val, "validation")
+    # What the checkpoint was trained on: resuming it on other data would mix two experiments.
+    trained_on = None
+    if checkpoint is not None:
+        trained_on = {"train": data_fingerprint(x, y), "val": data_fingerprint(*val) if val is not None else None}
     dev = devices.resolve_device(config.device)
     precision = devices.resolve_precision(config.precision, dev)
     model = _prepare(model, dev)
@@ -419,11 +519,13 @@ def fit(
     ema = None
     if config.ema_decay > 0:
         ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    # fp16 needs loss scaling; a resumed run starts a fresh scale, which re-calibrates in a few steps.
+    scaler = torch.amp.GradScaler(dev.type) if devices.needs_grad_scaler(precision) else None
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # dropout masks
     history: list[dict] = []
     if checkpoint is not None and Path(checkpoint).is_file():
-        history = _resume(Path(checkpoint), model, optimizer, scheduler, ema, generator, config)
+        history = _resume(Path(checkpoint), model, optimizer, scheduler, ema, generator, config, trained_on)
     step_model, how = capture(model, dev) if config.compile else (model, "eager")
     first_step: list[float] = []
 
@@ -432,15 +534,17 @@ def fit(
         if config.compile and not first_step:
             first_step.append(time.perf_counter() - start)
 
-    bar = _progress_bar(progress, steps_per_epoch * max(0, config.epochs - len(history)))
+    bar = progress_bar(steps_per_epoch * max(0, config.epochs - len(history)), unit="step", enabled=progress)
     try:
         for epoch in range(len(history) + 1, config.epochs + 1):
-            bar.set_description(f"epoch {epoch}/{config.epochs}")
+            bar.set_description(f"epoch {epoch}/{config.epochs}", refresh=False)
             start = time.perf_counter()
             row = {"epoch": epoch}
             row.update(
-                train_one_epoch(step_model, optimizer, x, y, config, generator, precision, scheduler, ema, on_step)
+                train_one_epoch(step_model, optimizer, x, y, config, generator, precision, scheduler, ema, on_step,
+                                epoch=epoch, scaler=scaler)
             )
+            _check_parameters(model, epoch, steps_per_epoch, config)
             if val is not None:
                 scored = ema.module if ema is not None else model
                 metrics = evaluate(scored, *val, config.eval_batch_size, precision, config.tta_flip)
@@ -452,13 +556,14 @@ def fit(
             if config.compile and epoch == len(history) + 1 and first_step:
                 row.update(compile_seconds=first_step[0], capture=how)
             history.append(row)
-            bar.set_postfix(
-                loss=f"{row['train_loss']:.3f}",
-                acc=f"{row['train_accuracy']:.3f}",
+            # One refresh per epoch: the line `make report` prints (see fmnist_utils.progress).
+            bar.set_postfix({
+                "loss": f"{row['train_loss']:.3f}",
+                "acc": f"{row['train_accuracy']:.3f}",
                 **({"val_acc": f"{row['val_accuracy']:.3f}"} if val is not None else {}),
-            )
+            })
             if checkpoint is not None:
-                _save(Path(checkpoint), model, optimizer, scheduler, ema, generator, config, history)
+                _save(Path(checkpoint), model, optimizer, scheduler, ema, generator, config, history, trained_on)
     finally:
         bar.close()
     if ema is not None:
@@ -466,11 +571,27 @@ def fit(
     return history
 
 
-def _save(path: Path, model, optimizer, scheduler, ema, generator, config: TrainConfig, history: list[dict]) -> None:
+def _check_parameters(model: nn.Module, epoch: int, step: int, config: TrainConfig) -> None:
+    """Raise TrainingDiverged when a weight is non-finite after ``epoch`` (one host sync an epoch).
+
+    The losses are checked as they come; the last step's update is only seen here.
+    """
+    finite = torch.stack([torch.isfinite(p.detach()).all() for p in model.parameters()]).all()
+    if not bool(finite):
+        raise TrainingDiverged(epoch, step, float("nan"),
+                               hint="the weights became non-finite in the last update; " + divergence_hint(config))
+
+
+_CHECKPOINT_KEYS = ("config", "model", "optimizer", "scheduler", "generator", "torch_rng", "history")
+
+
+def _save(path: Path, model, optimizer, scheduler, ema, generator, config: TrainConfig, history: list[dict],
+          trained_on: dict | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     state = {
         "config": config.to_dict(),
+        "data": trained_on,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -479,22 +600,55 @@ def _save(path: Path, model, optimizer, scheduler, ema, generator, config: Train
         "torch_rng": torch.get_rng_state(),
         "history": history,
     }
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a kill mid-write never leaves a half checkpoint
+    try:
+        torch.save(state, tmp)
+        tmp.replace(path)  # atomic: a kill mid-write never leaves a half checkpoint
+    except BaseException:  # a full disk or an interrupt: no 30 MB of debris beside the checkpoint
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def _resume(path: Path, model, optimizer, scheduler, ema, generator, config: TrainConfig) -> list[dict]:
-    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+def _load_state(path: Path, map_location) -> dict:
+    """Return the dict :func:`_save` wrote to ``path``; raise CheckpointError naming the file when it is damaged."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except OSError:
+        raise  # unreadable (permissions...): the CLI's error handler names the file and what to do
+    except Exception as exc:  # torch raises many types for a truncated archive or a damaged pickle
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"{path}: cannot be read as a training checkpoint ({type(exc).__name__}: {detail}); it is truncated "
+            "or corrupt (was the disk full, or the copy cut short?). Delete it: training then starts from epoch 1."
+        ) from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a checkpoint written by fmnist_utils.train.fit (it lacks {', '.join(missing)}); "
+                              "delete it or choose another checkpoint path")
+    return state
+
+
+def _resume(path: Path, model, optimizer, scheduler, ema, generator, config: TrainConfig,
+            trained_on: dict | None = None) -> list[dict]:
+    state = _load_state(path, next(model.parameters()).device)
     # A longer run may continue a shorter one; any other difference would mix two experiments.
     # (A schedule's length depends on epochs, so it must match when a schedule is used.)
     ignore = {"epochs"} if config.schedule == "constant" else set()
     theirs = {k: v for k, v in state["config"].items() if k not in ignore}
     ours = {k: v for k, v in config.to_dict().items() if k not in ignore}
     if theirs != ours:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} was written by a run with another config; delete it or choose another "
             f"checkpoint path.\n  its config: {state['config']}\n  this run:   {config.to_dict()}"
         )
+    if trained_on is not None and state.get("data") != trained_on:
+        if state.get("data") is None:
+            what = "has no record of its training data (written by an older version of the kit)"
+        elif state["data"].get("train") == trained_on["train"]:
+            what = "was written with another validation split"
+        else:
+            what = "was trained on other data (the images, the labels or their order differ)"
+        raise CheckpointError(f"{path} {what}; continuing it here would mix two experiments. "
+                              "Delete it to train from epoch 1, or choose another checkpoint path.")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -510,7 +664,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> tuple[nn.Module, Tr
 
     With EMA the model holds the averaged weights, as :func:`fit` leaves it.
     """
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    state = _load_state(Path(path), map_location)
     config = TrainConfig(**state["config"])
     model = build_model(config)
     if state.get("ema") is not None:
@@ -519,3 +673,23 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> tuple[nn.Module, Tr
     else:
         model.load_state_dict(state["model"])
     return model, config, list(state["history"])
+
+
+def fit_many(
+    configs,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_indices,
+    val_indices=None,
+    *,
+    progress: bool | None = None,
+    on_diverged: str = "raise",
+    return_models: bool = False,
+    stack_size: int | None = None,
+):
+    """Train one unit per config, M at a time on one device; return their histories, each what
+    :func:`fit` returns for that unit (see :func:`fmnist_utils.stacked.fit_many`)."""
+    from .stacked import fit_many as stacked_fit_many  # stacked imports this module
+
+    return stacked_fit_many(configs, x, y, train_indices, val_indices, progress=progress, on_diverged=on_diverged,
+                            return_models=return_models, stack_size=stack_size)

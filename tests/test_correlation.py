@@ -377,3 +377,56 @@ def test_inputs_are_not_modified():
     corr.within_between(m)
     corr.compare_matrices(m, m.T)
     np.testing.assert_array_equal(m, m_before)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables of a comparison (moved from notebook 03)
+
+
+def test_top_pairs_matches_sorted_loop():
+    m = np.random.default_rng(22).normal(size=(6, 6))
+    m = m + m.T
+    names = list("abcdef")
+    pairs = sorted(((m[i, j], i, j) for i in range(6) for j in range(i + 1, 6)), key=lambda t: -t[0])[:4]
+    expected = [{"a": names[i], "b": names[j], "r": v} for v, i, j in pairs]
+    assert corr.top_pairs(m, names, k=4) == expected
+    assert len(corr.top_pairs(m, names, k=100)) == 15
+    with pytest.raises(ValueError, match="class names"):
+        corr.top_pairs(m, names[:5])
+
+
+def test_layer_rows_match_loop():
+    x, y = random_case(36, 10, 3, seed=23)
+    x[0] = 0.0
+    reps = {("pixels", "pixels"): x, ("CNN", "fc2"): np.tanh(x @ np.random.default_rng(0).normal(size=(10, 4)))}
+    study = {k: corr.class_correlation_matrix(v, y, 3) for k, v in reps.items()}
+    means = {k: corr.class_mean_correlation(v, y, 3) for k, v in reps.items()}
+    rows = corr.layer_rows(reps, study, means)
+    assert [(r["model"], r["layer"]) for r in rows] == list(reps)
+    for row, (key, feats) in zip(rows, reps.items()):
+        m, mm = study[key], means[key]
+        off = [(i, j) for i in range(3) for j in range(3) if i != j]
+        assert row["within"] == pytest.approx(np.mean([m[i, i] for i in range(3)]))
+        assert row["between"] == pytest.approx(np.mean([m[i, j] for i, j in off]))
+        assert row["difference"] == pytest.approx(row["within"] - row["between"])
+        assert row["class_mean_between"] == pytest.approx(np.mean([mm[i, j] for i, j in off]))
+        assert row["features"] == feats.shape[1]
+        assert row["constant_vectors"] == sum(np.all(v == v[0]) for v in feats)
+    with pytest.raises(ValueError, match="no matrix"):
+        corr.layer_rows(reps, {}, means)
+
+
+def test_cka_grid_and_best_pair_match_loops():
+    rng = np.random.default_rng(24)
+    rows = [rng.normal(size=(20, d)) for d in (3, 5, 8)]
+    cols = [rows[1] @ rng.normal(size=(5, 6)), rng.normal(size=(20, 4))]
+    for debiased in (False, True):
+        grid = corr.cka_grid([corr.centred_gram(r) for r in rows], [corr.centred_gram(c) for c in cols], debiased=debiased)
+        expected = [[corr.linear_cka(r, c, debiased=debiased) for c in cols] for r in rows]
+        np.testing.assert_allclose(grid, expected, rtol=1e-12)
+    best = corr.best_pair(grid, ["pixels", "r1", "r2"], ["c0", "c1"])
+    assert best == {"row": "r1", "col": "c0", "value": pytest.approx(grid[1, 0])}
+    skipped = corr.best_pair(grid, ["pixels", "r1", "r2"], ["c0", "c1"], skip_rows=2, skip_cols=1)
+    assert skipped == {"row": "r2", "col": "c1", "value": pytest.approx(grid[2, 1])}
+    with pytest.raises(ValueError, match="nothing left"):
+        corr.best_pair(grid, ["a", "b", "c"], ["x", "y"], skip_cols=2)

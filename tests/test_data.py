@@ -200,12 +200,15 @@ def test_real_data(fmnist):
     assert torch.bincount(fmnist.y_train).tolist() == [6_000] * 10
     assert torch.bincount(fmnist.y_test).tolist() == [1_000] * 10
     assert fmnist.classes[0] == "T-shirt/top" and fmnist.classes[9] == "Ankle boot"
-    # Decompressed sizes as upstream publishes them: the content, not the .gz bytes, is checked.
+    # Decompressed sizes as upstream publishes them (16-byte image or 8-byte label header, one
+    # byte a value): the content, not the .gz bytes, is checked.
+    expected = {"train_images": 16 + 60_000 * 28 * 28, "train_labels": 8 + 60_000,
+                "test_images": 16 + 10_000 * 28 * 28, "test_labels": 8 + 10_000}
     files = data.find_files(fmnist.source)
     for key, path in files.items():
         raw = path.read_bytes()
         size = len(gzip.decompress(raw)) if path.suffix == ".gz" else len(raw)
-        assert size == data.EXPECTED_BYTES[key]
+        assert size == expected[key]
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,6 +233,37 @@ def test_stratified_subset(fmnist):
 def test_stratified_subset_rejects_bad_size():
     with pytest.raises(ValueError, match="between 1 and the 10 examples"):
         data.stratified_subset(np.arange(10) % 2, 11)
+
+
+def test_subset_indices_none_is_everything_and_zero_is_refused():
+    labels = np.arange(40) % 4
+    np.testing.assert_array_equal(data.subset_indices(labels, None), np.arange(40))
+    np.testing.assert_array_equal(data.subset_indices(labels, 8, seed=2), data.stratified_subset(labels, 8, seed=2))
+    with pytest.raises(ValueError, match="n=0 must be between 1"):
+        data.subset_indices(labels, 0)
+
+
+def test_train_val_split_is_disjoint_stratified_and_seeded():
+    labels = np.repeat(np.arange(10), [53, 61, 47, 50, 58, 49, 66, 52, 50, 54])
+    train_idx, val_idx = data.train_val_split(labels, 0.2, seed=1, subset=300)
+    assert len(train_idx) + len(val_idx) == 300 and len(val_idx) == 60
+    assert not set(train_idx) & set(val_idx)
+    assert np.all(np.diff(train_idx) > 0) and np.all(np.diff(val_idx) > 0)
+    # The same subset is drawn as on its own, and each class is split in proportion.
+    pool = data.subset_indices(labels, 300, seed=1)
+    np.testing.assert_array_equal(np.union1d(train_idx, val_idx), pool)
+    expected = np.bincount(labels[pool], minlength=10) * 0.2
+    assert np.all(np.abs(np.bincount(labels[val_idx], minlength=10) - expected) < 1)
+    again = data.train_val_split(labels, 0.2, seed=1, subset=300)
+    np.testing.assert_array_equal(again[1], val_idx)
+    assert not np.array_equal(data.train_val_split(labels, 0.2, seed=2, subset=300)[1], val_idx)
+    whole_train, whole_val = data.train_val_split(labels, 0.1)
+    assert len(whole_train) + len(whole_val) == len(labels)
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="must be in \\(0, 1\\)"):
+            data.train_val_split(labels, bad)
+    with pytest.raises(ValueError, match="both need at least one"):
+        data.train_val_split(labels, 0.01, subset=20)
 
 
 @pytest.mark.parametrize("k", [2, 3, 5])

@@ -156,6 +156,8 @@ def test_probe_accuracy_is_the_fraction_of_correct_argmax():
     w, b = features._fit_logistic(xs, torch.from_numpy(y), 3, 1e-3, 200, torch.device("cpu"))
     expected = ((xts @ w + b).argmax(1).numpy() == yt).mean()
     assert result["test_accuracy"] == pytest.approx(expected)
+    np.testing.assert_array_equal(result["test_predictions"], (xts @ w + b).argmax(1).numpy())
+    assert result["test_accuracy"] == pytest.approx((result["test_predictions"] == yt).mean())
     assert 0.4 < result["test_accuracy"] < 1.0 and result["val_accuracy"] == {}
 
 
@@ -187,6 +189,14 @@ def test_probe_bad_input():
 def test_probe_works_on_extracted_features(net, images):
     # extract runs without autograd; its tensors must still be usable for fitting.
     feats = features.extract_layer(net, images, "fc2")
+    assert not feats.requires_grad
     labels = torch.arange(len(images)) % 3
-    result = features.linear_probe(feats, labels, feats, labels, n_classes=3, l2=1e-3, max_iter=20)
-    assert 0.0 <= result["test_accuracy"] <= 1.0
+    result = features.linear_probe(feats, labels, feats, labels, n_classes=3, l2=1e-4, max_iter=100)
+    # 23 images in 2,048 dimensions: any labelling is linearly separable, so a working fit
+    # classifies its own training images perfectly.
+    assert result["train_accuracy"] == 1.0 == result["test_accuracy"]
+    assert (result["n_train"], result["n_features"]) == (23, 2048)
+    # The same fit on a plain numpy copy of the features gives the same answer.
+    plain = features.linear_probe(feats.clone().numpy(), labels.numpy(), feats.clone().numpy(), labels.numpy(),
+                                  n_classes=3, l2=1e-4, max_iter=100)
+    assert plain["test_accuracy"] == result["test_accuracy"]

@@ -294,7 +294,8 @@ def test_seeds_of_a_row_are_the_single_runs(fmnist):
     histories, trained = improve.fit_seeds(configs, fmnist.x_train, fmnist.y_train, np.arange(96))
     alone = train.build_model(configs[1])
     history = train.fit(alone, x, y, configs[1], progress=False)
-    assert histories[1][-1]["train_loss"] == pytest.approx(history[-1]["train_loss"], rel=1e-5)
+    # fit_many trains what fit trains (stacked or not: per-epoch losses agree to float rounding).
+    assert histories[1][-1]["train_loss"] == pytest.approx(history[-1]["train_loss"], rel=1e-3)
     assert histories[0][-1]["train_loss"] != pytest.approx(histories[1][-1]["train_loss"])
 
 
@@ -314,7 +315,7 @@ def test_notebook_runs_at_smoke_size_and_its_section_renders(tmp_path):
     assert [t["row"] for t in r["table"]] == list(smoke.rows)
     assert set(r["verdicts"]) == {f"row:{t['row']}" for t in r["table"] if t["reference"] is not None}
     assert all(len(row["seeds"]) == smoke.seeds for row in r["rows"])
-    assert r["profile"]["improve"] == json.loads(json.dumps(smoke.to_dict())) and r["protocol"]["test_images"] == smoke.test_subset
+    assert r["profile"]["improve"] == json.loads(json.dumps(dataclasses.asdict(smoke))) and r["protocol"]["test_images"] == smoke.test_subset
     assert (run / "04_improvements" / r["figures"]["accuracy_vs_time"]).is_file()
     ensemble_row = next(row for row in r["rows"] if row["name"] == "ensemble")
     assert all(0 <= s["weight_modern"] <= 1 for s in ensemble_row["seeds"])
@@ -350,9 +351,34 @@ def test_accuracy_vs_time_figure_puts_each_row_at_its_time_and_accuracy():
 
 def test_improve_profile_checks_its_sizes_and_explains_every_field():
     good = profiles.get("smoke").improve
-    assert set(profiles.ImproveProfile.help()) == set(good.to_dict()) and all(profiles.ImproveProfile.help().values())
+    meanings = profiles.meanings()
+    assert all(meanings[f"improve.{f.name}"] for f in dataclasses.fields(good))
     for bad in ({"seeds": 0}, {"epochs": 0}, {"val_fraction": 1.0}, {"subset": 0}, {"test_subset": 2.5}, {"rows": ()}):
         with pytest.raises(ValueError, match=f"ImproveProfile.{next(iter(bad))}"):
             dataclasses.replace(good, **bad)
-    assert profiles.get("full").improve.rows is None and profiles.get("full").improve.subset is None
-    assert profiles.get("full").improve.seeds == 3
+    full = profiles.get("full").improve
+    assert full.rows is None and full.subset is None and full.seeds == 3
+
+
+def test_image_passes_count_what_the_rows_read(fmnist):
+    from fmnist_utils import estimate
+
+    rows = select_rows(["study", "modern", "resnet18", "ensemble"])
+    passes = improve.image_passes(rows, seeds=3, subset=1_000, val_fraction=0.2, epochs=2, test_subset=300)
+    split = improve.make_split(fmnist.x_train, fmnist.y_train, fmnist.x_test, fmnist.y_test, 1_000, 0.2, 300)
+    n_train, n_read = len(split.train_indices), len(split.val_indices) + len(split.y_test)
+    assert passes == {
+        "cnn_train": 2 * 3 * n_train * 2,  # study and modern, three seeds, two epochs
+        "cnn_eval": 3 * n_read * (1 + 2),  # the modern recipe reads every image twice (flip-TTA)
+        "resnet_train": 3 * n_train * 2,
+        "resnet_eval": 3 * n_read * 2,
+    }
+    assert set(passes) <= set(estimate.KINDS)
+
+
+def test_shared_settings_are_the_fields_every_row_has_in_common():
+    configs = [r.config(epochs=3) for r in select_rows(["study", "modern", "study+nesterov"])]
+    shared = improve.shared_settings(configs)
+    assert shared["epochs"] == 3 and shared["model"] == "seedcnn"
+    assert "lr" not in shared and "momentum" not in shared
+    assert all(getattr(c, k) == v for c in configs for k, v in shared.items())

@@ -33,11 +33,31 @@ def test_named_blocks_and_shapes():
 
 
 def test_dropout_is_applied_in_training_only():
+    torch.manual_seed(0)
     model = SeedCNN(dropout=0.5)
     assert model.fc1.dropout.p == 0.5 and model.fc2.dropout.p == 0.5
-    x = torch.rand(4, 1, 28, 28)
+    without = SeedCNN(dropout=0.0)
+    without.load_state_dict(model.state_dict())  # the same weights, no dropout
+    x = torch.rand(8, 1, 28, 28)
+    # Training mode: two passes drop different units, while without dropout they agree (the
+    # BatchNorm batch statistics are the same for the same batch).
+    model.train()
+    without.train()
+    assert not torch.allclose(model(x), model(x))
+    torch.testing.assert_close(without(x), without(x))
+    # In fc1, about half of the active units are zeroed and the rest scaled by 1 / (1 - p) = 2.
+    h = torch.randn(16, 1024)
+    active = torch.relu(model.fc1.linear(h))
+    dropped = model.fc1(h)
+    on = active > 0
+    kept = dropped[on] != 0
+    assert 0.45 < 1 - kept.float().mean().item() < 0.55
+    torch.testing.assert_close(dropped[on][kept], 2 * active[on][kept])
+    # Evaluation mode: deterministic and exactly the network without dropout.
     model.eval()
+    without.eval()
     torch.testing.assert_close(model(x), model(x))
+    torch.testing.assert_close(model(x), without(x))
 
 
 def test_larger_kernels_keep_the_geometry():

@@ -4,8 +4,8 @@ Most tests run tiny notebooks (a second each) through the real runner and paperm
 test runs the kit's own notebooks with the smoke profile, HTML and PDF included.
 """
 
-import html as htmllib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from fmnist_utils import pipeline, report
+import report_fixtures as F
+from fmnist_utils import models, pipeline, report, study
 from fmnist_utils.__main__ import main
 
 ROOT = Path(__file__).resolve().parent.parent
-PARAMETERS = 'profile = "auto"  # auto | smoke | quick | full\nrun_dir = ""  # run folder; empty: runs/<profile>/'
+PARAMETERS = 'profile = "auto"  # auto | smoke | quick | full\nrun_dir = None  # run folder; None: runs/<profile>/'
 
 
 def write_notebook(path: Path, *code: str, title: str | None = None, parameters: str = PARAMETERS) -> Path:
@@ -36,6 +37,7 @@ def results_cell(stem: str, score: float, extra: str = "") -> str:
     """A cell writing results.json and one figure, as the contract asks, in well under a second."""
     return f"""
 import json
+import os
 from matplotlib.figure import Figure
 from fmnist_utils import paths, profiles
 out = paths.run_folder(profiles.resolve_name(profile), run_dir) / {stem!r}
@@ -50,9 +52,7 @@ fig.savefig(out / "curve.png", dpi=40)
 """
 
 
-def text_of(html: str) -> str:
-    """The page as a reader sees it: tags dropped, entities decoded, whitespace collapsed."""
-    return re.sub(r"\s+", " ", htmllib.unescape(re.sub(r"<[^>]+>", " ", html.replace("<wbr>", ""))))
+text_of = F.text_of
 
 
 def build(tmp_path, notebooks, **kw):
@@ -65,15 +65,42 @@ def build(tmp_path, notebooks, **kw):
 
 def test_number_formatting_matches_plain_format_strings():
     rng = np.random.default_rng(0)
-    for x in rng.random(20):
+    for x in np.concatenate([rng.random(20), rng.random(20) / 1000]):
         assert report.pct(x) == f"{100 * x:.2f}%"
         assert report.pct(x, 1) == f"{100 * x:.1f}%"
-        assert float(report.num(x)) == pytest.approx(round(x, 3), abs=1e-12)
-    assert report.num(9_636_746) == "9,636,746"
+        assert float(report.num(x)) == pytest.approx(float(f"{x:.3g}"), rel=1e-12)  # three significant figures
+        assert "e" not in report.num(x)
+    for x in 1 + 100 * rng.random(10):
+        assert float(report.num(x).replace(",", "")) == pytest.approx(round(x, 3), abs=1e-12)
+    assert report.num(0.00237) == "0.00237" and report.num(0.0024) == "0.0024" and report.num(2.37e-5) == "0.0000237"
+    assert report.num(9_636_746) == "9,636,746" and report.num(1234.5) == "1,234.5"
     assert report.num(0.05) == "0.05" and report.num(0.9135) in ("0.913", "0.914") and report.num(1e-4) == "0.0001"
-    assert report.num(None) == report.pct(None) == "n/a"
+    assert report.num(-0.00237) == "-0.00237" and report.points(0.0123) == "1.23"
+    assert report.num(None) == report.pct(None) == report.num(float("nan")) == report.pct(np.float32("nan")) == "n/a"
+    assert report.pct(float("nan"), reason="only one fold finished") == "n/a (only one fold finished)"
+    assert report.num(None, reason="only one fold finished") == "n/a (only one fold finished)"
+    assert report.p_value(0.00312) == "p = 0.0031" and report.p_value(0.5) == "p = 0.5" and report.p_value(1e-9) == "p < 0.0001"
     assert report.num(True) == "yes"
     assert report.secs(12.34) == "12.3 s" and report.secs(185) == "3 min 05 s" and report.secs(3725) == "1 h 02 min"
+
+
+def test_verdict_numbers_phrase_every_part_of_the_record():
+    record = F.verdict("separation", "higher", "difference in within-minus-between correlation", 0.0024, 0.002, 0.0029,
+                       0.003, "Mantel permutation test")
+    assert report.verdict_numbers(record) == "0.0024 (95% interval 0.002 to 0.0029; p = 0.003, Mantel permutation test)"
+    accuracy = F.verdict("x", "higher", "difference in accuracy", 0.0123, 0.004, 0.0207, None, "paired bootstrap")
+    assert report.verdict_numbers(accuracy) == "1.23 percentage points (95% interval 0.4 to 2.07; paired bootstrap)"
+    assert report.verdict_numbers(accuracy, unit="plain").startswith("0.0123 (95% interval 0.004 to 0.0207")
+    level = F.verdict("x", "above_chance", "test accuracy", 0.8, 0.75, 0.85, 1e-7, "exact binomial test")
+    assert report.verdict_numbers({**level, "level": 0.9}) == "80.00% (90% interval 75.00% to 85.00%; p < 0.0001, exact binomial test)"
+    assert report.verdict_numbers(F.verdict("x", "tie", "Spearman rho", 0.5, None, None, None, "")) == "0.5"
+    missing = F.verdict("x", "n/a", reason="only one fold finished")
+    assert report.verdict_numbers(missing) == "n/a (only one fold finished)"
+    assert report.verdict_numbers({**missing, "reason": None}) == "n/a"
+    with pytest.raises(report.ReportError, match="lacks verdict"):
+        report.verdict_numbers({"claim": "c", "statistic": "s"})
+    with pytest.raises(report.ReportError, match="p is '0.01'"):
+        report.verdict_numbers({**record, "p": "0.01"})
 
 
 def test_table_escapes_text_numbers_captions_and_aligns_numbers():
@@ -97,24 +124,67 @@ def test_table_escapes_text_numbers_captions_and_aligns_numbers():
 # No result typed into a template
 
 
-def test_prose_literal_detector_finds_typed_results_and_ignores_expressions():
-    bad = "<p>It reached 90.8% after 12.3 s, loss 0.913, in 3 min and 45 seconds.</p>"
-    kinds = [k for k, _ in report.prose_literals(bad)]
-    assert kinds.count("decimal") == 3 and "percentage" in kinds and kinds.count("duration") >= 2
+@pytest.mark.parametrize("template, kind, number", [
+    ("<p>{{ pct(0.908) }} of the images</p>", "expression", "0.908"),
+    ('{{ figure("curves.png", "Accuracy after 10 epochs") }}', "string", "10"),
+    ('{{ table(rows, caption="The top 20 of " ~ n) }}', "string", "20"),
+    ("{% set x = 3 %}{{ x }}", "expression", "3"),
+    ("{% macro f(digits=4) %}{{ num(y, digits) }}{% endmacro %}", "expression", "4"),
+    ("{{ rows[:20] }}", "expression", "20"),
+    ("{% if r.loss > 0.5 %}high{% endif %}", "expression", "0.5"),
+    ("<p>trained for\n  12 epochs</p>", "prose", "12"),
+    ("<p>It reached 90.8% in 12.3 s</p>", "prose", "90.8"),
+    ("<p>It took 3 min on 1,000 images</p>", "prose", "1,000"),
+    ("<p>{{ a }} 45 seconds</p>", "prose", "45"),
+])
+def test_typed_number_check_flags_each_literal_form(template, kind, number):
+    found = report.typed_numbers(template)
+    assert (kind, number) in [(t.kind, t.text) for t in found], found
+
+
+def test_typed_number_check_allows_names_references_markup_and_the_whitelist():
     good = (
-        "<style>img { max-width: 100%; margin: 0.5rem }</style><h2 id='s2'>ResNet-18, five folds</h2>"
-        "<p>It reached {{ pct(r.test.accuracy) }} in {{ secs(r.seconds) }}{% if r.loss > 0.5 %} (high){% endif %}"
-        "{# 90.8% is the study's #}<!-- 0.913 --></p>"
+        "<style>img { max-width: 100%; margin: 0.5rem }</style><h2 id='s2'>ResNet-18, SHA-256, 28x28, fc2, L2</h2>\n"
+        "<p class=\"c\" style=\"width: 40rem\">It reached {{ pct(r.test.accuracy, 1) }} in {{ secs(r.seconds) }} "
+        "(the study's Fig. 2 and Tables 2–4, notebook 01_sweep){% if r.loss > r.best %} (high){% endif %}"
+        "{# 90.8% is the study's #}<!-- 0.913 --> 0, 1, 2, 100%, 95% and 0.95 &#37;</p>"
+        "{{ num(100 * x, 2) }}{{ rows[-1] }}{{ figure(r.figures.a, 'the 3x3 stem of ResNet-18') }}"
     )
-    assert report.prose_literals(good) == []
+    assert report.typed_numbers(good) == []
+    lines = report.typed_numbers("<p>one</p>\n<p>two\n{{ x }} 7 images</p>\n{% set y = 8 %}")
+    assert [(t.kind, t.text, t.line) for t in lines] == [("prose", "7", 3), ("expression", "8", 4)]
 
 
-def test_no_template_types_a_result_into_its_prose():
+def test_no_template_types_a_number():
     templates = sorted((ROOT / "fmnist_utils" / "templates").rglob("*.j2"))
-    assert templates, "no templates found"
-    offenders = {str(t.relative_to(ROOT)): report.prose_literals(t.read_text()) for t in templates}
+    assert len(templates) >= 5, templates
+    offenders = {str(t.relative_to(ROOT)): report.typed_numbers(t.read_text(), t.name) for t in templates}
     offenders = {k: v for k, v in offenders.items() if v}
-    assert not offenders, f"result-like numbers typed into templates (take them from results): {offenders}"
+    assert not offenders, f"numbers typed into templates (take them from results or fmnist_utils.study): {offenders}"
+
+
+# Attributes that hold statistics: a template that orders them (<, >, <=, >=) is making a decision.
+STATISTICS = {"low", "high", "value", "p", "se", "accuracy", "accuracy_mean", "accuracy_std", "test_accuracy",
+              "val_accuracy", "train_accuracy", "difference", "loss", "val_loss", "range", "gap", "drop"}
+
+
+def test_no_template_decides_by_comparing_statistics():
+    import jinja2
+    from jinja2 import nodes
+
+    decisions = []
+    for path in sorted((ROOT / "fmnist_utils" / "templates").rglob("*.j2")):
+        for compare in jinja2.Environment().parse(path.read_text()).find_all(nodes.Compare):
+            if not any(op.op in ("lt", "gt", "lteq", "gteq") for op in compare.ops):
+                continue
+            # A variable named p is the sweep's protocol; as an attribute (v.p) it is a p-value.
+            names = {n.attr for n in compare.find_all(nodes.Getattr)} | {n.name for n in compare.find_all(nodes.Name)} - {"p"}
+            if names & STATISTICS:
+                decisions.append(f"{path.name}:{compare.lineno} compares {sorted(names & STATISTICS)}")
+    assert not decisions, f"templates word verdict records, they do not decide: {decisions}"
+    # The check sees a decision rule of the kind the templates used to hold.
+    rule = jinja2.Environment().parse("{% if drop > 2 * se %}overfits{% endif %}")
+    assert any(set(n.name for n in c.find_all(nodes.Name)) & STATISTICS for c in rule.find_all(nodes.Compare))
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,6 +288,36 @@ def test_missing_chromium_says_what_to_install(tmp_path, monkeypatch):
 # Failures
 
 
+def test_runner_streams_the_lines_a_notebook_prints_as_it_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("FMNIST_PROGRESS", raising=False)
+    nbs = tmp_path / "nbs"
+    talk = """
+import os
+from fmnist_utils import progress
+print("mode", progress.mode(), os.environ.get("FMNIST_PROGRESS"))
+bar = progress.bar(4, desc="step", unit="step")
+for i in range(4):
+    bar.update()
+    if i % 2:
+        bar.set_postfix({"i": i})  # a line only when the caller refreshes, not on every update
+bar.close()
+print("half a", end="")
+print(" line")
+"""
+    write_notebook(nbs / "01_talk.ipynb", talk, results_cell("01_talk", 0.5))
+    lines = []
+    pipeline.run_notebooks("smoke", tmp_path / "run", nbs, log=lines.append)
+    said = [line.removeprefix("01_talk | ") for line in lines if line.startswith("01_talk | ")]
+    assert said[0] == "mode lines lines"  # the kernel was told to print lines
+    assert re.fullmatch(r"step: +50% 2/4 \[\d\d:\d\d<\d\d:\d\d, .*, i=1\]", said[1]), said
+    assert re.fullmatch(r"step: +100% 4/4 \[\d\d:\d\d<00:00, .*, i=3\]", said[2]), said
+    assert said[3] == "half a line"
+    assert "FMNIST_PROGRESS" not in os.environ  # only the kernel's environment had it
+    quiet = []
+    pipeline.run_notebooks("smoke", tmp_path / "run", nbs, force=True, progress=False, log=quiet.append)
+    assert not [line for line in quiet if line.startswith("01_talk | ")]
+
+
 def test_failing_notebook_stops_the_pipeline_names_notebook_and_cell(tmp_path, capsys):
     nbs = tmp_path / "nbs"
     write_notebook(nbs / "01_ok.ipynb", results_cell("01_ok", 0.5))
@@ -282,70 +382,166 @@ def test_notebook_that_writes_no_results_is_a_failure(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------
-# The 01_train section says what its numbers say
+# The sections word the verdict records; they decide nothing
 
 
-def _fake_train_results(history, test_accuracy=0.8, se=0.01):
-    classes = [f"class {i}" for i in range(3)]
-    cm = [[8, 2, 0], [1, 9, 0], [0, 3, 7]]
-    per_class = {c: cm[i][i] / sum(cm[i]) for i, c in enumerate(classes)}
-    config = {"optimizer": "sgd", "momentum": 0.0, "lr": 0.05, "batch_size": 128, "dropout": 0.5,
-              "weight_decay": 0.001, "epochs": len(history), "seed": 0, "precision": "auto"}
-    return {
-        "notebook": "01_train", "profile": {"name": "quick"}, "seconds": 12.5, "config_source": "study",
-        "config": config, "n_parameters": 1234567,
-        "environment": {"device_name": "a test CPU", "precision_auto": "fp32", "git_revision": "abc",
-                        "packages": {"torch": "2"}, "python": "3", "platform": "x", "cpu_threads": 2},
-        "data": {"source": "/data", "train_images": 900, "val_images": 100, "test_images": 30,
-                 "train_split_size": 60000, "test_split_size": 10000},
-        "history": history, "best_val_epoch": min(history, key=lambda r: r["val_loss"]),
-        "val_accuracy_standard_error": se,
-        "training_seconds": 10.25, "test": {"accuracy": test_accuracy, "loss": 0.6125},
-        "classes": classes, "per_class_accuracy": per_class, "confusion_matrix": cm,
-        "top_confusions": [{"true": "class 2", "predicted": "class 1", "count": 3, "fraction_of_true": 0.3}],
-        "reference": {"test_accuracy": 0.908, "epochs": 10}, "checkpoint": "checkpoint.pt",
-        "figures": {k: f"{k}.png" for k in ("learning_curves", "confusion_matrix", "per_class_accuracy", "misclassified")},
-    }
+def _train_text(tmp_path, **kw):
+    return text_of(F.render(tmp_path, {"02_train": F.train_results(**kw)}))
 
 
-def _render_train(tmp_path, results):
-    out = tmp_path / "run" / "01_train"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results))
-    png = (ROOT / "tests" / "test_plots.py")  # any bytes do for embedding; the page only base64-encodes them
-    for name in results["figures"].values():
-        (out / name).write_bytes(png.read_bytes())
-    stamps = [{"notebook": "01_train", "source": str(tmp_path / "none.ipynb"), "executed_notebook": "x.ipynb",
-               "seconds": 20.5, "finished_utc": "2026-01-01T00:00:00+00:00", "executed": True}]
-    return text_of(report.render(tmp_path / "run", stamps))
-
-
-def test_train_section_wording_follows_the_curves(tmp_path):
-    def row(epoch, val_loss, train_acc, val_acc):
-        return {"epoch": epoch, "train_loss": 1 / epoch, "train_accuracy": train_acc, "val_loss": val_loss, "val_accuracy": val_acc}
-
-    # Validation accuracy falls by far more than its standard error: overfitting.
-    overfit = [row(1, 0.6, 0.7, 0.72), row(2, 0.5, 0.8, 0.85), row(3, 0.55, 0.9, 0.79)]
-    text = _render_train(tmp_path, _fake_train_results(overfit, se=0.01))
+@pytest.mark.parametrize("word, expected", [
+    ("overfits", "Past epoch 2 the network fits the training images better without generalising better, the usual sign "
+                 "of overfitting: the drop in validation accuracy is 6 percentage points (95% interval 3.1 to 8.9; "
+                 "p = 0.0002, one-sided binomial test)."),
+    ("no_overfitting", "The validation curves show no overfitting: the network generalises no worse at its last epoch than "
+                       "at its best: the drop in validation accuracy is 6 percentage points (95% interval 3.1 to 8.9; "
+                       "p = 0.0002, one-sided binomial test)."),
+    ("n/a", "Whether the network overfits: n/a (only one epoch)."),
+    ("wobbles", "the claim tested by overfitting: wobbles; the drop in validation accuracy is 6 percentage points"),
+])
+def test_train_section_words_the_overfitting_verdict(tmp_path, word, expected):
+    verdicts = F.train_results()["verdicts"]
+    verdicts["overfitting"] = F.verdict("overfitting", word, "drop in validation accuracy", 0.06, 0.031, 0.089, 0.0002,
+                                        "one-sided binomial test", reason="only one epoch")
+    text = _train_text(tmp_path, verdicts=verdicts)
+    assert expected in text
+    # The curves are described as they are, whatever the verdict.
     assert "Validation loss was lowest after epoch 2 (0.5, accuracy 85.00%) and was 0.55 after the last epoch, 3." in text
-    assert "fell by 6 percentage points over those epochs, more than twice its standard error on 100 images (1 points)" in text
-    assert "the usual sign of overfitting" in text
-    assert "exceeds validation accuracy (79.00%) by 11 percentage points" in text
+    assert "At the last epoch training accuracy was 90.00% and validation accuracy 79.00%" in text
+    assert ("usual sign of overfitting" in text) == (word == "overfits")
+
+
+def test_train_section_leads_with_the_chosen_configuration_beside_the_study_recipe(tmp_path):
+    text = _train_text(tmp_path)
+    assert "Training the CNN with the configuration chosen by cross-validation" in text
+    assert "with the configuration that cross-validation on the training split chose in 01_sweep : SGD, learning rate 0.1" in text
+    assert "the study's recipe (SGD, learning rate 0.05, batch size 128, dropout 0.5 and weight decay 0.001) was trained" in text
+    assert "test, the study's recipe (reference) 30 70.00% 0.713" in text
+    assert ("The chosen configuration classifies more test images correctly than the study's recipe: the difference in "
+            "accuracy is 1.23 percentage points (95% interval 0.4 to 2.07; p = 0.0031, McNemar's exact test).") in text
+    assert (f"it chose its configuration by the accuracy on that same test set, so its {report.pct(study.TEST_ACCURACY, 1)} "
+            "is an optimistic estimate") in text
+    assert ("Its test accuracy is above chance, the accuracy of guessing one of the ten classes: the test accuracy is "
+            "80.00% (95% interval 62.00% to 91.00%; p < 0.0001") in text
     assert "The most frequent mistake is class 2 taken for class 1: 3 images, 30.0% of the class 2 test images" in text
     assert "class 1 is recognised best (90.00%) and class 2 worst (70.00%)" in text
     assert "80.00%" in text and report.num(0.6125) in text and "12.5 s" in text and "1,234,567" in text
-    assert "a smaller budget than the study's, and reaches 80.00%: 10.8 percentage points below it" in text
 
-    # The same curves with a noisy validation estimate: no claim of overfitting.
-    text = _render_train(tmp_path, _fake_train_results(overfit, se=0.05))
-    assert "within twice its standard error on 100 images (5 points)" in text and "overfitting from noise" in text
-    assert "the usual sign of overfitting" not in text
+    # With the study's recipe as the headline there is no reference: the verdict says why.
+    text = _train_text(tmp_path / "study", config_source="study")
+    assert "Training the study's CNN" in text and "(reference)" not in text
+    assert ("Whether the chosen configuration classifies more test images correctly than the study's recipe: "
+            "n/a (the headline CNN is the study's recipe).") in text
 
-    improving = [row(1, 0.6, 0.7, 0.72), row(2, 0.5, 0.75, 0.78)]
-    text = _render_train(tmp_path, _fake_train_results(improving, test_accuracy=0.95))
-    assert "Validation loss was still falling at the last epoch (0.5 after epoch 2)" in text
-    assert "validation accuracy (78.00%) is not below training accuracy (75.00%)" in text
-    assert "reaches 95.00%: as much as the study even so" in text
+
+def test_abstract_leads_with_the_cv_choice_and_says_the_study_tuned_on_its_test_set(tmp_path):
+    page = F.render(tmp_path, {"01_sweep": F.sweep_results(), "02_train": F.train_results()})
+    abstract = text_of(page[page.index('<section id="abstract"'):page.index('<section id="method"')])
+    choice = abstract.index("cross-validated sweep over 3 configurations varying learning rate")
+    assert choice < abstract.index("classifies 80.00% of 30 test images correctly")
+    assert "chose learning rate 0.1, batch size 128 and dropout 0.5 (mean validation accuracy 82.50% over the folds)" in abstract
+    assert ("Cross-validation does not separate it from the study's configuration: the mean paired difference in "
+            "accuracy is 1.25 percentage points (95% interval -2 to 4.5; p = 0.31, corrected resampled t-test") in abstract
+    assert ("The study reports 90.8% after 10 epochs on all 60,000 training images, but it chose its configuration by "
+            "its accuracy on its test set, so its 90.8% is optimistic.") == (
+        f"The study reports {report.pct(study.TEST_ACCURACY, 1)} after {study.TEST_EPOCHS} epochs on all "
+        f"{report.num(study.TRAIN_IMAGES)} training images, but it chose its configuration by its accuracy on its test "
+        f"set, so its {report.pct(study.TEST_ACCURACY, 1)} is optimistic.")
+    assert ("The study reports 90.8% after 10 epochs on all 60,000 training images, but it chose its configuration by "
+            "its accuracy on its test set, so its 90.8% is optimistic.") in abstract
+    sweep = text_of(page[page.index('<section id="01_sweep"'):])
+    assert "The folds do not separate the chosen configuration from the runner-up" in sweep
+    assert "corrected resampled t-test (Nadeau and Bengio)" in sweep
+    assert "it is the headline CNN that 02_train trains" in sweep
+
+
+def test_a_missing_verdict_is_an_error_that_names_it(tmp_path):
+    results = F.train_results()
+    del results["verdicts"]["overfitting"]
+    with pytest.raises(report.ReportError, match=r"02_train/results.json verdicts\['overfitting'\] is missing"):
+        F.render(tmp_path, {"02_train": results})
+
+
+def test_a_notebook_without_a_template_gets_its_verdicts_worded(tmp_path):
+    page = F.render(tmp_path, {"05_extra": F.untemplated_results()})
+    section = text_of(page[page.index('<section id="05_extra"'):])
+    assert ("The modern recipe beats the study's higher mean difference in accuracy over seeds: 2.25 percentage points "
+            "(95% interval 1 to 3.5; p = 0.004, paired t-test over 3 seeds)") in section
+    assert "modern.accuracy_mean" in section and section.count("Figure ") == 1
+
+
+# --------------------------------------------------------------------------------------------
+# The random-init fallback is named wherever the network is
+
+
+WHOLE_REPORT = ("01_sweep", "02_train", "03_resnet_compare", "04_improvements")
+
+
+def _whole_report(tmp_path, pretrained):
+    results = {"01_sweep": F.sweep_results(), "02_train": F.train_results(),
+               "03_resnet_compare": F.compare_results(pretrained), "04_improvements": F.improvements_results()}
+    return F.render(tmp_path, results)
+
+
+def bare_mentions(text: str, title: str) -> list[str]:
+    """Each "ResNet-18" in ``text`` that is neither part of ``title`` nor the ResNet-18 trained on
+    Fashion-MNIST (another network), with its surroundings."""
+    rest = re.sub(re.escape(title) + r"|ResNet-18 (?:trained )?on Fashion-MNIST", " ", text)
+    return [rest[max(0, m.start() - 60):m.end() + 60] for m in re.finditer("ResNet-18", rest)]
+
+
+def _places(page: str) -> dict[str, list[str]]:
+    """The places that name the network: title, contents, headings, table cells, captions, abstract, section."""
+    between = lambda a, b: page[page.index(a):page.index(b, page.index(a))]  # noqa: E731
+    return {
+        "title": re.findall(r"<title>(.*?)</title>", page, re.S),
+        "contents": [between('<nav class="toc"', "</nav>")],
+        "headings": re.findall(r"<h[123]>(.*?)</h[123]>", page, re.S),
+        "table cells": re.findall(r"<td>(.*?)</td>", page, re.S),
+        "captions": re.findall(r"<figcaption>(.*?)</figcaption>", page, re.S) + re.findall(r' alt="(.*?)"', page),
+        "abstract": [between('<section id="abstract"', "</section>")],
+        "comparison": [between('<section id="03_resnet_compare"', "</section>")],
+    }
+
+
+def test_fallback_is_named_in_every_place_that_names_the_network(tmp_path):
+    title = models.model_title(models.RANDOM_INIT_SOURCE)
+    assert bare_mentions("By this measure ResNet-18's classes stand apart", title)  # the check can fail
+    page = _whole_report(tmp_path, pretrained=False)
+    assert not bare_mentions(text_of(page), title)
+    places = _places(page)
+    for place, pieces in places.items():
+        found = [text_of(p) for p in pieces if "ResNet" in p]
+        assert found, f"the {place} should name the network"
+        for piece in found:
+            assert not bare_mentions(piece, title), (place, bare_mentions(piece, title))
+    for place in ("title", "contents", "headings", "abstract"):
+        assert any(title in text_of(p) for p in places[place]), place
+    assert sum(text_of(cell) == title for cell in places["table cells"]) == 2  # the layer table's network column
+    assert any(text_of(cell).startswith(title + ",") for cell in places["table cells"])  # the probe table
+    comparison = text_of(places["comparison"][0])
+    for sentence in (f"By this measure the CNN's classes stand apart more clearly than those of {title}:",
+                     f"The CNN and {title} rank the pairs of classes alike, more than chance would:",
+                     f"The CNN's features give a linear classifier more correct test images than those of {title}:",
+                     f"This sample does not show which of the CNN and {title} stays closer to the raw pixels:",
+                     f"Raw pixels and the frozen features of {title} cannot be told apart"):
+        assert sentence in comparison
+    assert f"difference in within-minus-between correlation, CNN minus {title} is 0.0024" in comparison  # relabelled
+    assert '<p class="warning"><strong>RANDOM INIT (offline fallback: no ImageNet weights).</strong>' in page
+
+
+def test_pretrained_network_is_named_as_such_and_no_fallback_is_mentioned(tmp_path):
+    title = models.model_title(models.CACHE_SOURCE)
+    page = _whole_report(tmp_path, pretrained=True)
+    assert "RANDOM INIT" not in page and "randomly initialised" not in page and 'class="warning"' not in page
+    assert not bare_mentions(text_of(page), title)
+    places = _places(page)
+    for place in ("title", "contents", "headings", "abstract"):
+        assert any(title in text_of(p) for p in places[place]), place
+    assert sum(text_of(cell) == title for cell in places["table cells"]) == 2
+    comparison = text_of(places["comparison"][0])
+    assert f"The CNN and {title} rank the pairs of classes alike" in comparison
+    assert f"Weights of {title}: {models.CACHE_SOURCE}, SHA-256 {'ab' * 32}" in comparison
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,7 +573,7 @@ def test_smoke_report_end_to_end(tmp_path):
     assert page.count("<table") >= 4 and "<script" not in page
 
     # The numbers on the page are those in the results files.
-    r = json.loads((run / "01_train" / "results.json").read_text())
+    r = json.loads((run / "02_train" / "results.json").read_text())
     assert f"classifies {report.pct(r['test']['accuracy'])} of {report.num(r['data']['test_images'])} test images" in text
     assert report.num(r["test"]["loss"]) in text and report.num(r["n_parameters"]) in text
     for name, acc in r["per_class_accuracy"].items():
@@ -387,7 +583,7 @@ def test_smoke_report_end_to_end(tmp_path):
     for stamp in built["stamps"]:
         assert report.secs(stamp["seconds"]) in text
     for name in r["figures"].values():
-        assert (run / "01_train" / name).is_file()
+        assert (run / "02_train" / name).is_file()
     assert page.count('<img src="data:image/png;base64,') >= len(r["figures"])
     for key, value in r["profile"].items():
         assert key in text
@@ -396,7 +592,7 @@ def test_smoke_report_end_to_end(tmp_path):
     pages, pdf = pdf_text(built["pdf"])
     pdf = re.sub(r"\s+", " ", pdf)
     assert pages >= 2
-    assert "Training the study's CNN" in pdf and report.pct(r["test"]["accuracy"]) in pdf
+    assert "Training the CNN with the configuration chosen by cross-validation" in pdf and report.pct(r["test"]["accuracy"]) in pdf
 
     # Built again: every notebook is reused, nothing executed, the report is complete again.
     mtimes = {stem: pipeline.executed_path(run, stem).stat().st_mtime_ns for stem in stems}

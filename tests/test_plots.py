@@ -126,3 +126,98 @@ def test_misclassified_grid_titles_name_true_and_predicted_class():
     assert _png_bytes(plots.plot_misclassified(images[:0], t[:0], p[:0], CLASSES)).startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="7 images but 6"):
         plots.plot_misclassified(images, t[:6], p, CLASSES)
+
+
+def test_annotated_matrix_labels_every_cell_and_leaves_nan_blank():
+    m = np.array([[0.25, np.nan], [0.5, 0.75]])
+    fig = Figure()
+    ax = plots.annotated_matrix(fig.subplots(), m, ["x1", "x2"], ["y1", "y2"], fmt=".2f", title="t")
+    assert sorted(t.get_text() for t in ax.texts) == ["0.25", "0.50", "0.75"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["x1", "x2"] and ax.get_title() == "t"
+    with pytest.raises(ValueError, match="xlabels has 1 names for 2 cells"):
+        plots.annotated_matrix(Figure().subplots(), m, ["x1"], None)
+    with pytest.raises(ValueError, match="2-D"):
+        plots.annotated_matrix(Figure().subplots(), np.zeros(3))
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep's figures, on a fold table made by hand (no training needed)
+
+
+def _sweep_tables(seed=0):
+    """A 2 x 2 x 2 grid with 3 folds each, as cv_results.fold_results returns it, and its summary."""
+    import pandas as pd
+
+    from fmnist_utils import cv_results, search_space
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for lr in (0.05, 0.01):
+        for batch_size in (32, 64):
+            for dropout in (0.1, 0.5):
+                params = {"batch_size": batch_size, "dropout": dropout, "lr": lr}
+                for fold in range(3):
+                    rows.append({**params, "fold": fold, "val_accuracy": rng.uniform(0.6, 0.9),
+                                 "val_loss": rng.uniform(0.3, 1.0), "epochs": 1, "seconds": 1.0,
+                                 "config": search_space.config_key(params)})
+    folds = pd.DataFrame(rows)
+    return folds, cv_results.summarize(folds)
+
+
+def test_sweep_heatmaps_show_each_configurations_cv_mean_in_its_cell():
+    folds, summary = _sweep_tables()
+    fig = plots.plot_sweep_heatmaps(summary)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["dropout 0.1", "dropout 0.5"]
+    rows = [float(t.get_text()) for t in panels[0].get_yticklabels()]
+    assert rows == [0.05, 0.01]  # the learning rate falls downwards
+    for ax, dropout in zip(panels, (0.1, 0.5)):
+        cols = [int(t.get_text()) for t in ax.get_xticklabels()]
+        assert cols == [32, 64]
+        for text in ax.texts:
+            i, j = int(text.get_position()[1]), int(text.get_position()[0])  # seaborn centres at +0.5
+            mean = folds[(folds.lr == rows[i]) & (folds.batch_size == cols[j]) & (folds.dropout == dropout)]
+            assert float(text.get_text()) == pytest.approx(100 * mean.val_accuracy.mean(), abs=0.05)
+        assert len(ax.texts) == 4
+    # A configuration the sweep did not train is a blank cell, not a zero.
+    partial = summary[~((summary.lr == 0.01) & (summary.batch_size == 64))]
+    counts = [len(ax.texts) for ax in plots.plot_sweep_heatmaps(partial).axes if ax.get_title()]
+    assert counts == [3, 3]
+    assert _png_bytes(fig).startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="no column 'momentum'"):
+        plots.plot_sweep_heatmaps(summary, rows="momentum")
+
+
+def test_sweep_factor_panels_draw_the_means_and_every_fold():
+    from fmnist_utils import cv_results, search_space
+
+    folds, summary = _sweep_tables(seed=1)
+    base = {"lr": 0.05, "batch_size": 32, "dropout": 0.5}
+    tables = cv_results.factor_tables(summary, base)
+    fig = plots.plot_sweep_factors(tables, folds)
+    assert len(fig.axes) == len(tables) == 3
+    for ax, (factor, table) in zip(fig.axes, tables.items()):
+        means, *fold_dots = ax.collections[1:]  # [0] is the error bars
+        np.testing.assert_allclose(means.get_offsets()[:, 1], table["accuracy_mean"])
+        dots = np.concatenate([d.get_offsets()[:, 1] for d in fold_dots])
+        expected = np.concatenate([folds.loc[folds.config == c, "val_accuracy"] for c in table["config"]])
+        np.testing.assert_allclose(dots, expected)
+        assert ax.get_xlabel() == search_space.LABELS[factor]
+    assert _png_bytes(fig).startswith(b"\x89PNG")
+
+
+def test_fold_spread_puts_the_best_configuration_on_top_with_all_its_folds():
+    from fmnist_utils import cv_results, search_space
+
+    folds, summary = _sweep_tables(seed=2)
+    fig = plots.plot_fold_spread(folds, summary)
+    ax = fig.axes[0]
+    best = summary.sort_values("accuracy_mean").iloc[-1]
+    names = cv_results.hyperparameter_names(summary)
+    assert ax.get_yticklabels()[-1].get_text() == search_space.describe_config({n: best[n] for n in names})
+    top_bar = ax.get_lines()[-1]
+    assert top_bar.get_xdata()[0] == pytest.approx(best["accuracy_mean"])
+    top_dots = ax.collections[-1].get_offsets()[:, 0]
+    np.testing.assert_allclose(sorted(top_dots), sorted(folds.loc[folds.config == best["config"], "val_accuracy"]))
+    assert len(ax.collections) == len(summary)
+    assert _png_bytes(fig).startswith(b"\x89PNG")

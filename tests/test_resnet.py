@@ -174,6 +174,14 @@ def test_fashion_resnet_shapes_and_keywords():
         models.FashionResNet18(dropout=1.0)
 
 
+def test_resnet_preset_is_the_notebooks_recipe():
+    config = train.preset("resnet", epochs=2, seed=3)
+    assert (config.model, config.dropout, config.optimizer, config.schedule) == ("resnet18", 0.0, "sgd", "onecycle")
+    assert (config.lr, config.momentum, config.nesterov, config.weight_decay) == (0.05, 0.9, True, 5e-4)
+    assert (config.epochs, config.seed, config.batch_size) == (2, 3, 128)
+    assert isinstance(train.build_model(config), models.FashionResNet18)
+
+
 def test_fashion_resnet_trains_with_the_kit(tmp_path):
     config = train.TrainConfig(model="resnet18", dropout=0.0, epochs=1, batch_size=4, lr=0.01, device="cpu", precision="fp32")
     generator = torch.Generator().manual_seed(0)
@@ -221,6 +229,17 @@ def test_notebook_labels_the_offline_fallback(tmp_path, monkeypatch):
     assert results["cnn"]["source"] == "01_train checkpoint"
     for name in ("fig2_matrices", "matrix_definitions", "layer_curves", "cka", "probes"):
         assert (run / "03_resnet_compare" / results["figures"][name]).is_file()
+    # One label everywhere the network is named: verdicts, table rows, CKA layer names.
+    label = results["resnet_title"]
+    assert "RANDOM INIT" in label and results["resnet"]["title"] == label
+    verdicts = results["verdicts"]
+    assert {"matrix_agreement", "separation", "cka_vs_pixels", "probe_cnn_vs_pixels", "probe_cnn_vs_resnet"} <= set(verdicts)
+    for key, verdict in verdicts.items():
+        assert verdict["key"] == key and verdict["verdict"] and verdict["test"]
+        assert verdict["claim"].count("ResNet") == verdict["claim"].count(label)  # never a bare "ResNet-18"
+    assert label in verdicts["matrix_agreement"]["claim"] and 0 < verdicts["matrix_agreement"]["p"] <= 1
+    assert all(label == row["network"] for row in results["layer_curves"] if row["model"] == "ResNet-18")
+    assert all(label in name for name in results["cka"]["cols"][1:])
     stamp = {"notebook": "03_resnet_compare", "source": str(executed), "executed_notebook": str(executed),
              "seconds": results["seconds"], "executed": True, "status": "ok", "finished_utc": ""}
     html = report.render(run, [stamp])
@@ -228,9 +247,11 @@ def test_notebook_labels_the_offline_fallback(tmp_path, monkeypatch):
     assert '<p class="warning"><strong>RANDOM INIT (offline fallback: no ImageNet weights).</strong>' in section
     assert section.count("RANDOM INIT (offline fallback: no ImageNet weights)") >= 5  # figure captions too
 
-    # The same results as a machine with the weights would write them: no warning, the source named.
+    # The same results as a machine with the weights would write them: no warning, the source named,
+    # and the network's one label (in titles, rows and verdicts) the pretrained one.
     digest = "ab" * 32
-    results.update(weights_source=models.CACHE_SOURCE, pretrained=True, resnet_title=models.model_title(models.CACHE_SOURCE))
+    results = json.loads(json.dumps(results).replace(label, models.model_title(models.CACHE_SOURCE)))
+    results.update(weights_source=models.CACHE_SOURCE, pretrained=True)
     results["weights"].update(source=models.CACHE_SOURCE, pretrained=True, sha256=digest)
     (run / "03_resnet_compare" / "results.json").write_text(json.dumps(results))
     section = report.render(run, [stamp]).split('<section id="03_resnet_compare"', 1)[1].split("</section>")[0]

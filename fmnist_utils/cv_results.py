@@ -1,0 +1,143 @@
+"""Tables of a cross-validated sweep: one row per fold, per configuration, per factor; the choice.
+
+Every function here reads the sweep's stored results (:func:`fold_results`) or a table made from
+them; none trains, and none sees the test set. Column names are stable (figures and the report
+read them): folds have ``config``, the hyperparameters, ``fold``, ``val_accuracy``,
+``val_loss``, ...; summaries have the hyperparameters, ``accuracy_mean``, ``accuracy_std``,
+``loss_mean``, ``loss_std``, ``n_folds``, ``n_diverged``, ``epochs``, ``seconds``, ``rank``,
+``config``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+
+from . import sweep
+from .search_space import SearchSpace, config_key
+from .train import TrainConfig
+
+FOLD_COLUMNS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "epochs", "seconds", "n_train", "n_val",
+                "device", "diverged", "trial")
+
+
+def fold_results(storage: str | os.PathLike, study_name: str = "sweep") -> pd.DataFrame:
+    """Return one row per finished (configuration, fold): ``config``, its hyperparameters,
+    ``fold`` (0-based), then :data:`FOLD_COLUMNS` (``val_accuracy`` is chance level and
+    ``diverged`` the reason where training diverged; ``seconds`` is the unit's share of its
+    stack's wall time; ``trial`` the Optuna trial number), in the space's configuration order.
+    """
+    study = sweep.load_study(storage, study_name)
+    settings = study.user_attrs.get(sweep.SETTINGS_ATTR)
+    space = SearchSpace.from_dict(settings["space"]) if settings else None
+    rows = []
+    for (key, fold), details in sweep.recorded_folds(study).items():
+        params = json.loads(key)
+        names = [n for n in (space.names() if space else ()) if n in params] + sorted(
+            n for n in params if not space or n not in space.names())
+        rows.append({"config": key, **{n: params[n] for n in names}, "fold": fold,
+                     **{c: details.get(c) for c in FOLD_COLUMNS}})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    order = {config_key(p): i for i, p in enumerate((space.configs() if space else None) or [])}
+    first = df.groupby("config", sort=False)["trial"].min()
+    df["_order"] = [order.get(c, len(order) + first[c]) for c in df["config"]]
+    return df.sort_values(["_order", "fold"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def hyperparameter_names(table: pd.DataFrame) -> list[str]:
+    """Return the hyperparameter columns of a fold or summary table, in column order (they are
+    the keys of its ``config`` column)."""
+    if table.empty:
+        return []
+    keys = json.loads(table["config"].iloc[0])
+    return [c for c in table.columns if c in keys]
+
+
+def summarize(folds: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per configuration: hyperparameters, ``accuracy_mean`` / ``accuracy_std``
+    and ``loss_mean`` / ``loss_std`` of validation over its folds (std: sample, ddof=1; NaN for
+    one fold; the loss over the folds that did not diverge), ``n_folds``, ``n_diverged``,
+    ``epochs``, ``seconds`` (all folds' training+validation), ``rank`` (1 = highest mean
+    accuracy), ``config``. Row order follows ``folds``.
+    """
+    if folds.empty:
+        raise ValueError("no finished (configuration, fold) units to summarise yet")
+    names = hyperparameter_names(folds)
+    folds = folds.assign(val_loss=pd.to_numeric(folds["val_loss"]),
+                         _diverged=folds["diverged"].notna() if "diverged" in folds else False)
+    g = folds.groupby("config", sort=False)
+    out = pd.DataFrame({
+        **{n: g[n].first() for n in names},
+        "accuracy_mean": g["val_accuracy"].mean(),
+        "accuracy_std": g["val_accuracy"].std(ddof=1),
+        "loss_mean": g["val_loss"].mean(),
+        "loss_std": g["val_loss"].std(ddof=1),
+        "n_folds": g["fold"].count(),
+        "n_diverged": g["_diverged"].sum().astype(int),
+        "epochs": g["epochs"].max(),
+        "seconds": g["seconds"].sum(),
+    })
+    out["rank"] = out["accuracy_mean"].rank(ascending=False, method="min").astype(int)
+    return out.reset_index()[[*names, "accuracy_mean", "accuracy_std", "loss_mean", "loss_std", "n_folds",
+                              "n_diverged", "epochs", "seconds", "rank", "config"]]
+
+
+def ranked(summary: pd.DataFrame, k: int | None = None) -> pd.DataFrame:
+    """Return the configurations with all ``k`` folds done (default: the most folds any has),
+    best first: highest CV mean accuracy, ties to the lower mean loss, then the earlier row.
+    """
+    if summary.empty:
+        raise ValueError("the summary is empty: no configuration to choose from")
+    k = int(summary["n_folds"].max()) if k is None else k
+    complete = summary[summary["n_folds"] == k]
+    if complete.empty:
+        raise ValueError(f"no configuration has all {k} folds finished yet; finish the sweep first")
+    return complete.sort_values(["accuracy_mean", "loss_mean"], ascending=[False, True], kind="stable")
+
+
+def best_hyperparameters(summary: pd.DataFrame, k: int | None = None) -> dict:
+    """Return the hyperparameters of the best configuration (the first of :func:`ranked`)."""
+    return json.loads(ranked(summary, k).iloc[0]["config"])
+
+
+def best_config(summary: pd.DataFrame, base: TrainConfig, k: int | None = None) -> TrainConfig:
+    """Return ``base`` with the hyperparameters of the best configuration by CV mean accuracy."""
+    return base.replace(**best_hyperparameters(summary, k))
+
+
+def factor_tables(summary: pd.DataFrame, base: dict) -> dict[str, pd.DataFrame]:
+    """Return, per factor of ``base`` that varies, the configurations that differ from ``base``
+    in that factor alone: the study's Tables 2-4 layout (value, CV accuracy and loss mean/std,
+    folds, seconds, ``config``, ``is_base``). Works on a one-factor-at-a-time or a grid summary.
+    """
+    names = hyperparameter_names(summary)
+    params = [json.loads(c) for c in summary["config"]]
+    tables = {}
+    for factor in (n for n in names if n in base):
+        keep = [i for i, p in enumerate(params) if all(p[n] == base[n] for n in names if n != factor and n in base)]
+        rows = summary.iloc[keep]
+        if rows[factor].nunique() < 2:
+            continue
+        table = rows[[factor, "accuracy_mean", "accuracy_std", "loss_mean", "loss_std", "n_folds", "seconds",
+                      "config"]].copy()
+        table["is_base"] = [params[i][factor] == base[factor] for i in keep]
+        tables[factor] = table.reset_index(drop=True)
+    return tables
+
+
+def paired_fold_differences(folds: pd.DataFrame, key_a: str, key_b: str, value: str = "val_accuracy") -> pd.Series:
+    """Return ``value`` of configuration ``key_a`` minus that of ``key_b`` on each fold both
+    have finished: a Series indexed by fold (sorted), named ``difference``. The folds are the
+    same images for every configuration, so these are paired differences.
+    """
+    missing = [key for key in (key_a, key_b) if key not in set(folds["config"])]
+    if missing:
+        raise ValueError(f"configuration(s) {missing} have no finished fold in this table; use config_key(params)")
+    a = folds[folds["config"] == key_a].set_index("fold")[value]
+    b = folds[folds["config"] == key_b].set_index("fold")[value]
+    shared = sorted(set(a.index) & set(b.index))
+    return (a.loc[shared] - b.loc[shared]).rename("difference")

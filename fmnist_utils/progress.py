@@ -1,0 +1,80 @@
+"""The kit's one progress display: a tqdm bar, drawn where the person running it looks.
+
+- In JupyterLab (an IPython kernel with ipywidgets): tqdm's widget bar.
+- On a terminal: tqdm's text bar, redrawn in place on stderr.
+- Anywhere else (a log file, CI, a notebook run by ``make report``): one plain line on stdout each
+  time the caller refreshes the bar (``set_postfix`` and ``refresh`` do; ``update`` does not),
+  which is once per epoch in :func:`fmnist_utils.train.fit`. The line is tqdm's meter, so it
+  carries the elapsed time and the ETA. ``make report`` streams these lines from the notebook.
+
+The mode is chosen once per bar by :func:`mode`: ``FMNIST_PROGRESS`` (``lines`` | ``bar`` |
+``off``) wins, else a notebook kernel gets the widget, a terminal the text bar, and the rest lines.
+The report's runner sets ``FMNIST_PROGRESS=lines`` for the kernels it starts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+ENV = "FMNIST_PROGRESS"
+MODES = ("lines", "bar", "off")
+# A line: "epoch 2/4: 50% 212/424 [00:20<00:20, 10.5step/s, loss=0.612, acc=0.781]" (elapsed<ETA).
+LINE_FORMAT = "{desc}{percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
+
+def _in_notebook_kernel() -> bool:
+    return "ipykernel" in sys.modules and "IPython" in sys.modules
+
+
+def mode(enabled: bool | None = None) -> str:
+    """Return how a bar is shown: ``off``, ``bar`` (widget or terminal bar) or ``lines``.
+
+    ``enabled=False`` is always ``off``; otherwise :data:`ENV` decides when set, then the place:
+    a notebook kernel or a terminal get ``bar``, anything else ``lines``.
+    """
+    if enabled is False:
+        return "off"
+    chosen = os.environ.get(ENV)
+    if chosen:
+        if chosen not in MODES:
+            raise ValueError(f"{ENV}={chosen!r}; set it to one of {MODES} or unset it")
+        return chosen
+    if _in_notebook_kernel() or sys.stderr.isatty():
+        return "bar"
+    return "lines"
+
+
+class _LineWriter:
+    """A file for tqdm that turns each redraw (``\\r<meter>``) into one line on stdout."""
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip()
+        if line:
+            print(line, file=sys.stdout, flush=True)
+
+    def flush(self) -> None:
+        pass
+
+
+def bar(total: int | None, *, desc: str | None = None, unit: str = "it", enabled: bool | None = None):
+    """Return a tqdm bar over ``total`` ``unit``\\ s, shown as :func:`mode` decides.
+
+    ``enabled``: True/None show it (None: as :func:`mode` finds best), False hides it.
+    Use it as tqdm: ``update(n)`` as work is done, ``set_postfix(...)`` when a line is worth
+    printing (end of an epoch, a finished unit), ``close()`` at the end.
+    """
+    how = mode(enabled)
+    if how == "bar":
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+    from tqdm.std import tqdm
+
+    if how == "off":
+        return tqdm(total=total, desc=desc, unit=unit, disable=True)
+    # Never redrawn by time (mininterval) and not shown at 0 (delay): only on the caller's refresh.
+    # set_description appends ": " to a description; one given here gets the same, so lines agree.
+    return tqdm(total=total, desc=None if desc is None else f"{desc}: ", unit=unit, file=_LineWriter(),
+                mininterval=math.inf, delay=math.inf, leave=False, bar_format=LINE_FORMAT)

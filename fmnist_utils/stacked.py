@@ -1,0 +1,804 @@
+"""Train M units of one model at once on one device: :func:`fit_many`.
+
+A *unit* is one training run: one (configuration, fold), or one seed. A sweep trains hundreds of
+small ``SeedCNN`` units; one at a time at batch 128 a GPU is bound by kernel launches, not by
+arithmetic. Stacking M units turns every launch into M units' work.
+
+How the units are stacked
+    Each unit's images go into its own input channel, so every convolution runs once as a grouped
+    convolution (``groups=M``: input (B, M*C_in, H, W), weight (M*C_out, C_in, k, k)); BatchNorm
+    runs on the M*C channels, so each unit gets its own batch statistics and running statistics
+    from the ordinary fused kernel; the dense layers are batched matmuls (``baddbmm`` on
+    (M, B, d)). Weights, gradients and momentum buffers are (M, ...) tensors and one SGD update
+    with per-unit (M,) vectors of lr, weight decay, momentum and Nesterov flags updates them all.
+
+Why grouped convolutions rather than ``torch.func.stack_module_state`` + ``vmap``
+    Measured on this kit's 2-core CPU (SeedCNN, M=4 units of batch 128, forward + backward, fp32,
+    machine nearly idle, load 0.7): four separate steps 1.39 s, grouped 1.78 s, vmap 3.35 s. vmap's batching
+    rule for a convolution whose weight is batched lowers it to the same grouped convolution, so at
+    best it matches it, and it leaves the per-unit details to work-arounds: BatchNorm's in-place
+    running-statistics update fails under vmap unless the buffers are batched too
+    (``replace_all_batch_norm_modules_`` simply drops running statistics), a ragged last batch
+    cannot be vmapped, and dropout probabilities differ per unit. Written out, each is a few
+    explicit lines. (In bf16 on this CPU, oneDNN's grouped convolution is much slower still:
+    6.3 s against 0.93 s for four separate steps, which is why :func:`plan_stack_size` measures.)
+
+What each unit keeps, exactly as :func:`fmnist_utils.train.fit` would give it
+    - initial weights: ``train.build_model(config)`` (seeded by ``config.seed``);
+    - data: its own indices, reshuffled every epoch by ``torch.Generator().manual_seed(seed)``
+      exactly as ``fit`` does, so it sees the same batches in the same order;
+    - lr, weight decay, dropout p, momentum, Nesterov: per-unit vectors; momentum buffers per unit;
+    - BatchNorm: batch statistics over its own rows, its own running statistics and step count;
+    - its last partial batch: units may hold different numbers of images, hence different step
+      counts. In a step where some unit has fewer rows than the batch (or none left), padded rows
+      are masked out of its loss and BatchNorm statistics (computed there by a masked BatchNorm)
+      and a unit with no rows is not updated at all;
+    - dropout masks come from a per-unit generator seeded like fit's ``torch.manual_seed(seed)``;
+      on a CPU they are the very masks ``fit`` draws, on CUDA (whose fused dropout kernel draws
+      differently) they are independent masks with the same probability;
+    - fp16 loss scaling: one scale per unit with ``torch.amp.GradScaler``'s rules, so an overflow
+      in one unit skips only that unit's step.
+    The tests check it against separate ``fit`` runs: in fp32 the per-epoch losses agree to
+    rtol 1e-4; in float64 arithmetic the histories, final weights and BatchNorm running
+    statistics agree elementwise to rtol 1e-4. (In fp32 final weights drift apart like those of
+    any two correct implementations: fit itself with and without channels_last ends up 1e-3
+    apart in relative norm after a few steps, as rounding flips a few ReLU and max-pool ties.)
+
+What goes through ``fit`` one by one instead
+    Configurations the stack does not implement (see :func:`stack_unsupported`: models other than
+    SeedCNN, optimizers other than SGD, schedules other than constant, augmentation, EMA, test-time
+    flips, ``compile``) and stacks of one unit. Correctness first: they are trained, not refused.
+
+Divergence
+    Every step checks each unit's loss on the device; the host looks every
+    :data:`CHECK_EVERY` steps and at the end of each epoch (a check is a sync). A diverged unit
+    is reported with its true epoch and step. ``on_diverged="raise"`` raises
+    :class:`~fmnist_utils.train.TrainingDiverged` (``unit`` = its index in ``configs``);
+    ``"record"`` stops that unit (it no longer updates; its rows of the stack are dead weight) and
+    ends its history with ``{"epoch", "step", "diverged": reason}``; the others train on.
+
+Stack size
+    :func:`plan_stack_size` times a few real steps at M = 1, 2, 4, ... on the device and keeps the
+    fastest per unit, bounded by free memory (CUDA: ``torch.cuda.mem_get_info``). On this kit's
+    2-core CPU it picks 1: stacking is slower there, and M = 1 is plain ``fit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import device as devices
+from . import train
+from .data import scale
+from .progress import bar as progress_bar
+
+# TrainConfig fields that may differ between the units of one stack; every other field is shared
+# by a stack (units differing in one are put in different stacks).
+PER_UNIT_FIELDS = ("lr", "weight_decay", "dropout", "momentum", "nesterov", "seed")
+# Fields all configs of one fit_many call must share (ValueError naming the field otherwise).
+SHARED_FIELDS = ("model", "batch_size", "epochs", "precision", "device", "optimizer")
+# Steps between host checks for divergence (each check waits for the device).
+CHECK_EVERY = 50
+# Largest stack plan_stack_size tries.
+MAX_STACK = 64
+# A larger stack is chosen only when it is this much faster per unit (timings are noisy).
+MIN_GAIN = 0.05
+# Share of free device memory a stack may plan to use.
+MEMORY_FRACTION = 0.8
+# torch.amp.GradScaler's defaults, applied per unit.
+_SCALE_INIT, _SCALE_GROWTH, _SCALE_BACKOFF, _SCALE_INTERVAL = 2.0**16, 2.0, 0.5, 2000
+
+
+def stack_unsupported(config: train.TrainConfig) -> str | None:
+    """Return why ``config`` cannot be trained in a stack (it then goes through ``fit``), or None."""
+    reasons = {
+        "model": config.model != "seedcnn",
+        "optimizer": config.optimizer != "sgd",
+        "schedule": config.schedule != "constant",
+        "augmentation": bool(config.aug_crop_pad or config.aug_flip or config.aug_erase > 0),
+        "ema_decay": config.ema_decay > 0,
+        "tta_flip": config.tta_flip,
+        "compile": config.compile,
+    }
+    found = [name for name, bad in reasons.items() if bad]
+    return f"stacking does not implement {', '.join(found)}" if found else None
+
+
+def _stack_key(config: train.TrainConfig) -> tuple:
+    return tuple(sorted((k, v) for k, v in config.to_dict().items() if k not in PER_UNIT_FIELDS))
+
+
+def divergence_hint(config: train.TrainConfig) -> str:
+    """Return the usual causes of a diverged run of ``config``, with its values."""
+    return (f"the learning rate (lr={config.lr:g}) or weight decay (weight_decay={config.weight_decay:g}) "
+            "is probably too large for this model; lower it")
+
+
+# --------------------------------------------------------------------------------------------
+# The stacked network
+
+
+class _SeedCNNStack:
+    """M SeedCNNs as (M, ...) tensors: grouped convolutions, per-unit BatchNorm, batched matmuls.
+
+    ``params`` / ``buffers``: {SeedCNN state-dict name: (M, *shape)}; ``batches``: (M,) BatchNorm
+    step counts (``num_batches_tracked``). Built from M state dicts (one per unit).
+    """
+
+    def __init__(self, states: Sequence[dict], template: nn.Module, dev: torch.device):
+        self.template = template  # one unit's module: names, shapes and BatchNorm settings
+        self.M = len(states)
+        names = [n for n, _ in template.named_parameters()]
+        self.params = {n: torch.stack([s[n] for s in states]).to(dev).requires_grad_() for n in names}
+        norms = [n for n, m in template.named_modules() if isinstance(m, nn.BatchNorm2d)]
+        self.norm = {n: (template.get_submodule(n).momentum, template.get_submodule(n).eps) for n in norms}
+        self.buffers = {f"{n}.{b}": torch.stack([s[f"{n}.{b}"] for s in states]).to(dev)
+                        for n in norms for b in ("running_mean", "running_var")}
+        counts = [int(s[f"{norms[0]}.num_batches_tracked"]) for s in states] if norms else [0] * self.M
+        self.batches = torch.tensor(counts, dtype=torch.int64, device=dev)
+        self.momentum: dict[str, torch.Tensor] = {}  # SGD momentum buffers, made at the first step that needs them
+
+    def unit_state(self, i: int) -> dict:
+        """Return unit ``i``'s state dict, as its SeedCNN's ``state_dict()`` would hold it."""
+        state = {n: p[i].detach().clone() for n, p in self.params.items()}
+        state.update({n: b[i].clone() for n, b in self.buffers.items()})
+        state.update({f"{n}.num_batches_tracked": self.batches[i].clone() for n in self.norm})
+        return state
+
+    # forward ------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None, active: torch.Tensor | None,
+                drop: list[torch.Tensor | None], training: bool) -> torch.Tensor:
+        """Return logits (M, B, 10) for images x (B, M, 28, 28), unit m's images in channel m.
+
+        ``valid`` (B, M) bool: the rows that are unit m's real images (None: all are, and the
+        fused BatchNorm kernel runs); ``active`` (M,) bool: units whose running statistics update;
+        ``drop``: the fc1 and fc2 dropout masks, (M, B, 2048) already scaled by 1/(1-p), or None.
+        """
+        h = self._conv(x, "block1", valid, active, training, norm=True, pool=True)  # (B, M*96, 13, 13)
+        h = self._conv(h, "block2", valid, active, training, norm=True, pool=True)  # (B, M*256, 6, 6)
+        h = self._conv(h, "block3", valid, active, training)  # (B, M*384, 6, 6)
+        h = self._conv(h, "block4", valid, active, training)  # (B, M*384, 6, 6)
+        h = self._conv(h, "block5", valid, active, training, pool=True)  # (B, M*256, 2, 2)
+        h = h.reshape(len(h), self.M, -1).transpose(0, 1)  # (M, B, 1024), each unit's flatten order
+        h = self._dense(h, "fc1.linear", drop[0])  # (M, B, 2048)
+        h = self._dense(h, "fc2.linear", drop[1])  # (M, B, 2048)
+        return self._linear(h, "head")  # (M, B, 10)
+
+    def _conv(self, h, block, valid, active, training, norm=False, pool=False):
+        w = self.params[f"{block}.conv.weight"]  # (M, C_out, C_in, k, k)
+        weight = w.reshape(-1, *w.shape[2:])  # (M*C_out, C_in, k, k): group m is unit m
+        h = F.conv2d(h, weight, self.params[f"{block}.conv.bias"].reshape(-1), padding=w.shape[-1] // 2, groups=self.M)
+        if norm:
+            h = self._batch_norm(h, f"{block}.norm", valid, active, training)
+        h = torch.relu(h)
+        return F.max_pool2d(h, kernel_size=3, stride=2) if pool else h
+
+    def _batch_norm(self, h, name, valid, active, training):
+        momentum, eps = self.norm[name]
+        weight, bias = self.params[f"{name}.weight"], self.params[f"{name}.bias"]  # (M, C)
+        mean, var = self.buffers[f"{name}.running_mean"], self.buffers[f"{name}.running_var"]  # (M, C)
+        if not training or valid is None:
+            # Channels are unit-major, so the fused kernel computes per-unit statistics and updates
+            # each unit's running statistics in place through the flat views.
+            return F.batch_norm(h, mean.view(-1), var.view(-1), weight.reshape(-1), bias.reshape(-1),
+                                training=training, momentum=momentum, eps=eps)
+        return _masked_batch_norm(h, valid, weight, bias, mean, var, active, momentum, eps)
+
+    def _linear(self, h, name):
+        w, b = self.params[f"{name}.weight"], self.params[f"{name}.bias"]  # (M, d_out, d_in), (M, d_out)
+        return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))  # (M, B, d_out)
+
+    def _dense(self, h, name, mask):
+        h = torch.relu(self._linear(h, name))
+        return h * mask if mask is not None else h
+
+    # update -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sgd_step(self, lr, weight_decay, momentum, nesterov, active, decay_1d: bool) -> None:
+        """Apply torch.optim.SGD's update to the units where ``active`` (all (M,) vectors;
+        ``momentum`` None when every unit's is 0, ``nesterov`` None when no unit uses it).
+        Gradients are used up (modified in place).
+
+        Per unit: g = grad + wd * p; buf = momentum * buf + g (buf starts at 0, so the first
+        step gives buf = g as torch does); p -= lr * (g + momentum * buf) with Nesterov, else
+        p -= lr * buf; with momentum 0, p -= lr * g. An inactive unit's coefficients are 0 (its
+        buffer's decay 1), so it is left exactly as it was. Every operation is one in-place
+        multiply-add over all units (memory traffic, not launches, bounds this on a GPU).
+        ``decay_1d`` False exempts biases and norm weights from weight decay (``decay_norm_bias``).
+        """
+        on = active.to(lr.dtype)
+        decay, rate = weight_decay * on, -lr * on
+        if momentum is not None:
+            keep = torch.where(active, momentum, torch.ones_like(momentum))  # buffer decay
+            if nesterov is not None:
+                rate_g = rate * nesterov.to(lr.dtype)  # Nesterov's gradient term, 0 for heavy ball
+                rate_buf = rate * torch.where(nesterov, momentum, torch.ones_like(momentum))
+            else:
+                rate_buf = rate
+        for name, p in self.params.items():
+            if p.grad is None:
+                continue
+            shape = (self.M,) + (1,) * (p.ndim - 1)
+            grad = p.grad
+            if decay_1d or p.ndim > 2:
+                grad.addcmul_(p, decay.view(shape))
+            if momentum is None:
+                p.addcmul_(grad, rate.view(shape))
+                continue
+            buf = self.momentum.setdefault(name, torch.zeros_like(p))
+            buf.mul_(keep.view(shape)).addcmul_(grad, on.view(shape))
+            if nesterov is not None:
+                p.addcmul_(grad, rate_g.view(shape))
+            p.addcmul_(buf, rate_buf.view(shape))
+
+
+def _masked_batch_norm(h, valid, weight, bias, running_mean, running_var, active, momentum, eps):
+    """BatchNorm of h (B, M*C, H, W) in training mode, unit m's statistics over its valid rows only.
+
+    ``valid`` (B, M) bool; weight, bias, running_mean, running_var (M, C); ``active`` (M,) bool:
+    units whose running statistics update (as in BatchNorm: momentum-weighted, unbiased variance).
+    Rows that are not valid get normalised too (with their unit's statistics) but count nowhere.
+    """
+    b, mc, hh, ww = h.shape
+    m = valid.shape[1]
+    # Statistics in at least fp32, as the fused kernel computes them under autocast.
+    x = h.to(torch.promote_types(h.dtype, torch.float32)).reshape(b, m, mc // m, hh, ww)  # (B, M, C, H, W)
+    w = valid.reshape(b, m, 1, 1, 1).to(x.dtype)
+    count = (valid.sum(0) * hh * ww).to(x.dtype)  # (M,) values per channel
+    denominator = count.clamp(min=1).view(m, 1)
+    mean = (x * w).sum((0, 3, 4)) / denominator  # (M, C)
+    centred = x - mean[None, :, :, None, None]
+    var = (centred.square() * w).sum((0, 3, 4)) / denominator  # (M, C), biased, as normalisation uses
+    out = centred * torch.rsqrt(var + eps)[None, :, :, None, None]
+    out = out * weight[None, :, :, None, None] + bias[None, :, :, None, None]
+    with torch.no_grad():
+        update = (active & (count > 1)).view(m, 1)
+        unbiased = var * (count / (count - 1).clamp(min=1)).view(m, 1)
+        running_mean.copy_(torch.where(update, (1 - momentum) * running_mean + momentum * mean, running_mean))
+        running_var.copy_(torch.where(update, (1 - momentum) * running_var + momentum * unbiased, running_var))
+    return out.reshape(b, mc, hh, ww).to(h.dtype)
+
+
+def dropout_masks(generators: Sequence[torch.Generator], p: Sequence[float], rows: Sequence[int], batch: int,
+                  features: int, dtype: torch.dtype, dev: torch.device) -> torch.Tensor | None:
+    """Return dropout masks (M, batch, features): unit m's first ``rows[m]`` rows drawn from its own
+    generator with keep probability 1 - p[m] and scaled by 1/(1 - p[m]) (as ``F.dropout`` draws
+    them on a CPU), its other rows 1; None when every p is 0 (nothing is drawn, as in ``F.dropout``).
+    """
+    if not any(p):
+        return None
+    masks = torch.ones(len(p), batch, features, dtype=dtype, device=dev)
+    for m, (gen, pm, n) in enumerate(zip(generators, p, rows)):
+        if pm > 0 and n > 0:
+            noise = torch.empty(n, features, dtype=dtype, device=dev).bernoulli_(1 - pm, generator=gen)
+            masks[m, :n] = noise.div_(1 - pm)
+    return masks
+
+
+class _UnitScaler:
+    """torch.amp.GradScaler's loss scaling with one scale per unit (fp16 only)."""
+
+    def __init__(self, m: int, dev: torch.device):
+        self.scale = torch.full((m,), _SCALE_INIT, device=dev)
+        self.tracker = torch.zeros(m, dtype=torch.int64, device=dev)
+
+    def unscale(self, params: dict) -> torch.Tensor:
+        """Divide every gradient by its unit's scale; return (M,) True where one is not finite."""
+        found = torch.zeros_like(self.tracker, dtype=torch.bool)
+        inverse = self.scale.double().reciprocal().float()
+        for p in params.values():
+            if p.grad is None:
+                continue
+            p.grad.mul_(inverse.view((-1,) + (1,) * (p.ndim - 1)))
+            found |= ~torch.isfinite(p.grad).flatten(1).all(1)
+        return found
+
+    def update(self, found: torch.Tensor, active: torch.Tensor) -> None:
+        grown = self.tracker + 1
+        grow = ~found & (grown == _SCALE_INTERVAL)
+        new_scale = torch.where(found, self.scale * _SCALE_BACKOFF, torch.where(grow, self.scale * _SCALE_GROWTH, self.scale))
+        new_tracker = torch.where(found | grow, torch.zeros_like(grown), grown)
+        self.scale = torch.where(active, new_scale, self.scale)
+        self.tracker = torch.where(active, new_tracker, self.tracker)
+
+
+# --------------------------------------------------------------------------------------------
+# Training a stack
+
+
+class _Stack:
+    """The state of one stack's training: network, per-unit hyperparameters and generators."""
+
+    def __init__(self, configs: Sequence[train.TrainConfig], states: Sequence[dict], template: nn.Module,
+                 dev: torch.device, precision: str):
+        c0 = configs[0]
+        self.configs, self.dev, self.precision, self.M = list(configs), dev, precision, len(configs)
+        self.net = _SeedCNNStack(states, template, dev)
+
+        dtype = next(iter(self.net.params.values())).dtype  # hyperparameters in the weights' precision
+
+        def vector(field, dtype=dtype):
+            return torch.tensor([getattr(c, field) for c in configs], dtype=dtype, device=dev)
+
+        self.lr, self.wd, self.mom = vector("lr"), vector("weight_decay"), vector("momentum")
+        self.mom = self.mom if any(c.momentum > 0 for c in configs) else None
+        self.nesterov = vector("nesterov", torch.bool) if any(c.nesterov for c in configs) else None
+        self.p = [c.dropout for c in configs]
+        self.batch, self.l1, self.smoothing, self.decay_1d = c0.batch_size, c0.l1, c0.label_smoothing, c0.decay_norm_bias
+        # fit seeds the global generator with the unit's seed for dropout; each unit gets its own.
+        self.drop_generators = [torch.Generator(device=dev).manual_seed(c.seed) for c in configs]
+        self.scaler = _UnitScaler(self.M, dev) if devices.needs_grad_scaler(precision) else None
+        # Dropout masks in the dtype the dense layers compute in, as F.dropout draws them.
+        self.mask_dtype = devices.AUTOCAST_DTYPES.get(precision, dtype)
+        self._masks: dict[tuple, torch.Tensor] = {}
+
+    def _device_mask(self, flags: tuple[bool, ...]) -> torch.Tensor:
+        if flags not in self._masks:  # a handful of distinct masks per run: made once each
+            self._masks[flags] = torch.tensor(flags, dtype=torch.bool, device=self.dev)
+        return self._masks[flags]
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, rows: Sequence[int], live: Sequence[bool]):
+        """Train one step: xb uint8 (M, B, 1, 28, 28), yb (M, B), ``rows[m]`` of unit m's B rows
+        real (the rest padding), ``live[m]`` False for a unit that stopped (diverged).
+
+        Returns device tensors (M,): summed plain cross-entropy and correct count over the real
+        rows, and the objective (mean loss, + L1) that the divergence check reads.
+        """
+        m, b = self.M, self.batch
+        active_flags = tuple(bool(lv and r > 0) for lv, r in zip(live, rows))
+        active = self._device_mask(active_flags)
+        full = all(r == b for r, lv in zip(rows, live) if lv)
+        rows_t = torch.tensor(rows, device=self.dev) if not full else None
+        valid = None if full else torch.arange(b, device=self.dev)[:, None] < rows_t[None, :]  # (B, M)
+        x = scale(xb).squeeze(2).transpose(0, 1).contiguous(memory_format=torch.channels_last)  # (B, M, 28, 28)
+        drop = [dropout_masks(self.drop_generators, self.p, [r if a else 0 for r, a in zip(rows, active_flags)],
+                              b, self.net.params[f"{layer}.linear.weight"].shape[1], self.mask_dtype, self.dev)
+                for layer in ("fc1", "fc2")]
+        with devices.autocast(self.dev, self.precision):
+            logits = self.net.forward(x, valid, active, drop, training=True)
+        logits = logits.float()  # (M, B, 10)
+        flat_logits, flat_y = logits.reshape(m * b, -1), yb.reshape(-1)
+        ce = F.cross_entropy(flat_logits, flat_y, reduction="none", label_smoothing=self.smoothing).view(m, b)
+        if full:
+            loss = ce.mean(1)  # (M,)
+        else:
+            loss = torch.where(valid.T, ce, 0.0).sum(1) / rows_t.clamp(min=1)
+        objective = loss + self.l1 * self._l1() if self.l1 > 0 else loss
+        total = (objective * self.scaler.scale).sum() if self.scaler is not None else objective.sum()
+        for p in self.net.params.values():
+            p.grad = None
+        total.backward()
+        if self.scaler is not None:
+            found = self.scaler.unscale(self.net.params)
+            self.scaler.update(found, active)
+            active = active & ~found
+            for p in self.net.params.values():  # a skipped unit's inf gradients must not reach 0 * inf
+                if p.grad is not None:
+                    p.grad.masked_fill_(found.view((-1,) + (1,) * (p.ndim - 1)), 0.0)
+        self.net.sgd_step(self.lr, self.wd, self.mom, self.nesterov, active, self.decay_1d)
+        self.net.batches += self._device_mask(active_flags).long()
+        with torch.no_grad():
+            plain = F.cross_entropy(flat_logits, flat_y, reduction="none").view(m, b) if self.smoothing else ce
+            right = logits.argmax(-1) == yb  # (M, B)
+            if not full:
+                plain, right = torch.where(valid.T, plain, 0.0), right & valid.T
+        return plain.detach().sum(1), right.sum(1), objective.detach()
+
+    def _l1(self) -> torch.Tensor:
+        # Weight matrices and kernels only (per unit ndim > 1), as train.l1_penalty.
+        return sum(p.abs().flatten(1).sum(1) for p in self.net.params.values() if p.ndim > 2)
+
+    @torch.inference_mode()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, indices: Sequence[torch.Tensor], batch_size: int) -> list[dict]:
+        """Return each unit's ``{"accuracy", "loss"}`` on its own indices into (x, y), as train.evaluate."""
+        longest = max(len(i) for i in indices)
+        padded = torch.stack([torch.cat([i, i[:1].expand(longest - len(i))]) for i in indices]).to(self.dev)  # (M, N)
+        chunk = max(1, batch_size // self.M)
+        outs = []
+        for start in range(0, longest, chunk):
+            idx = padded[:, start:start + chunk]  # (M, n)
+            xb = scale(x[idx]).squeeze(2).transpose(0, 1).contiguous(memory_format=torch.channels_last)
+            with devices.autocast(self.dev, self.precision):
+                outs.append(self.net.forward(xb, None, None, [None, None], training=False).float())
+        logits = torch.cat(outs, dim=1).cpu()  # (M, N, 10)
+        results = []
+        for m, i in enumerate(indices):
+            unit_logits, labels = logits[m, : len(i)], y[i].cpu()
+            results.append({"accuracy": (unit_logits.argmax(1) == labels).float().mean().item(),
+                            "loss": F.cross_entropy(unit_logits, labels).item()})
+        return results
+
+
+def _epoch_orders(generators, indices, length: int, dev) -> torch.Tensor:
+    """Return (M, length) indices into x: each unit's indices in this epoch's seeded order (as
+    ``iterate_batches`` permutes them in fit), padded with its first index."""
+    rows = []
+    for gen, idx in zip(generators, indices):
+        order = idx[torch.randperm(len(idx), generator=gen)]
+        rows.append(torch.cat([order, order[:1].expand(length - len(order))]))
+    return torch.stack(rows).to(dev)
+
+
+def _train_stack(configs, units, x, y, train_idx, val_idx, dev, precision, progress, on_diverged, return_models):
+    """Train one stack (all configs stackable, sharing their stack key); return (histories, models)."""
+    c0 = configs[0]
+    models = [train.build_model(c) for c in configs]  # each seeded: fit's initial weights
+    stack = _Stack(configs, [m.state_dict() for m in models], models[0], dev, precision)
+    if not return_models:
+        models = [None] * len(configs)
+    data_generators = [torch.Generator().manual_seed(c.seed) for c in configs]  # as fit's generator
+    sizes = [len(i) for i in train_idx]
+    b, m = c0.batch_size, len(configs)
+    steps = max(math.ceil(n / b) for n in sizes)
+    live = [True] * m
+    histories: list[list[dict]] = [[] for _ in configs]
+    bar = progress_bar(steps * c0.epochs, unit="step", enabled=progress)
+    try:
+        for epoch in range(1, c0.epochs + 1):
+            bar.set_description(f"{m} stacked units, epoch {epoch}/{c0.epochs}", refresh=False)
+            start = time.perf_counter()
+            orders = _epoch_orders(data_generators, train_idx, steps * b, dev)  # (M, steps*B)
+            loss_sum = torch.zeros(m, device=dev)
+            correct = torch.zeros(m, dtype=torch.int64, device=dev)
+            bad_step = torch.full((m,), -1, dtype=torch.int64, device=dev)
+            bad_loss = torch.zeros(m, device=dev)
+            for s in range(steps):
+                rows = [min(b, max(0, n - s * b)) for n in sizes]
+                idx = orders[:, s * b:(s + 1) * b]  # (M, B)
+                step_loss, step_correct, objective = stack.step(x[idx], y[idx], rows, live)
+                loss_sum += step_loss
+                correct += step_correct
+                newly = ~torch.isfinite(objective) & (bad_step < 0) & stack._device_mask(tuple(live))
+                bad_step = torch.where(newly, s, bad_step)
+                bad_loss = torch.where(newly, objective, bad_loss)
+                bar.update()
+                if (s + 1) % CHECK_EVERY == 0 or s == steps - 1:
+                    _check_divergence(bad_step, bad_loss, live, epoch, configs, units, histories, on_diverged)
+            if not any(live):
+                break
+            if val_idx is not None:
+                scored = stack.evaluate(x, y, val_idx, c0.eval_batch_size)
+            train_loss, train_correct = loss_sum.tolist(), correct.tolist()
+            seconds = (time.perf_counter() - start) / m  # the stack's wall time, shared by its units
+            for i in range(m):
+                if not live[i]:
+                    continue
+                row = {"epoch": epoch, "train_loss": train_loss[i] / sizes[i], "train_accuracy": train_correct[i] / sizes[i]}
+                if val_idx is not None:
+                    row.update(val_loss=scored[i]["loss"], val_accuracy=scored[i]["accuracy"])
+                row.update(seconds=seconds, lr=configs[i].lr)
+                histories[i].append(row)
+            bar.set_postfix(live=f"{sum(live)}/{m}")
+    finally:
+        bar.close()
+    out_models = []
+    for i, model in enumerate(models):
+        if model is None or not live[i]:
+            out_models.append(None)
+            continue
+        model.load_state_dict(stack.net.unit_state(i))
+        model = train._prepare(model, dev)
+        out_models.append(model.eval() if val_idx is not None else model.train())
+    return histories, out_models
+
+
+def _check_divergence(bad_step, bad_loss, live, epoch, configs, units, histories, on_diverged) -> None:
+    steps, losses = bad_step.tolist(), bad_loss.tolist()  # one sync
+    for i, (s, loss) in enumerate(zip(steps, losses)):
+        if s < 0 or not live[i]:
+            continue
+        error = train.TrainingDiverged(epoch, s + 1, loss, unit=units[i], hint=divergence_hint(configs[i]))
+        if on_diverged == "raise":
+            raise error
+        live[i] = False
+        histories[i].append({"epoch": epoch, "step": s + 1, "diverged": str(error)})
+
+
+# --------------------------------------------------------------------------------------------
+# The public entry point
+
+
+def _as_indices(indices, n: int, what: str) -> torch.Tensor:
+    idx = torch.as_tensor(np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices))
+    if idx.ndim != 1 or len(idx) == 0 or idx.is_floating_point() or idx.dtype == torch.bool:
+        raise ValueError(f"{what} must be a non-empty 1-D array of integer indices, got shape {tuple(idx.shape)} "
+                         f"{idx.dtype}")
+    idx = idx.long()
+    if idx.min() < 0 or idx.max() >= n:
+        raise ValueError(f"{what} holds indices outside [0, {n}): min {int(idx.min())}, max {int(idx.max())}")
+    return idx
+
+
+def _check_shared(configs: Sequence[train.TrainConfig]) -> None:
+    for field in SHARED_FIELDS:
+        values = sorted({repr(getattr(c, field)) for c in configs})
+        if len(values) > 1:
+            raise ValueError(f"fit_many: all configs must share {field!r}, got {', '.join(values)}; "
+                             f"call fit_many once per {field}")
+
+
+def _balanced_chunks(units: list[int], size: int) -> list[list[int]]:
+    """Split ``units`` into the fewest stacks of at most ``size``, as equal as possible."""
+    n_stacks = math.ceil(len(units) / size)
+    return [list(part) for part in np.array_split(units, n_stacks)]
+
+
+def fit_many(
+    configs: Sequence[train.TrainConfig],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_indices: Sequence,
+    val_indices: Sequence | None = None,
+    *,
+    progress: bool | None = None,
+    on_diverged: str = "raise",
+    return_models: bool = False,
+    stack_size: int | None = None,
+) -> list[list[dict]] | tuple[list[list[dict]], list[nn.Module | None]]:
+    """Train one unit per config, stacked where possible; return their histories (in order).
+
+    Unit i trains on ``x[train_indices[i]]`` (x uint8 (N, 1, 28, 28), y (N,)) and is validated
+    after every epoch on ``x[val_indices[i]]``; its history is what
+    ``fit(build_model(configs[i]), x[train_indices[i]], y[train_indices[i]], configs[i],
+    val=(x[val_indices[i]], y[val_indices[i]]))`` returns, to float rounding (``seconds`` is the
+    stack's epoch time divided by its units). Configs must share :data:`SHARED_FIELDS`
+    (ValueError naming the field); :data:`PER_UNIT_FIELDS` and the indices may differ; units that
+    differ in any other field train in separate stacks. ``on_diverged``: "raise" raises
+    :class:`~fmnist_utils.train.TrainingDiverged` with ``unit=i``; "record" stops that unit and
+    ends its history with a row ``{"epoch", "step", "diverged": reason}`` (a unit trained
+    through ``fit`` keeps only that row). ``return_models``: also return each unit's model as
+    ``fit`` leaves it (None for a diverged unit). ``stack_size``: units per stack; None plans it
+    with :func:`plan_stack_size`; 1 trains every unit with ``fit``. ``progress`` as in ``fit``.
+    """
+    configs = list(configs)
+    if not configs:
+        raise ValueError("fit_many needs at least one config")
+    if on_diverged not in ("raise", "record"):
+        raise ValueError(f"on_diverged must be 'raise' or 'record', got {on_diverged!r}")
+    if stack_size is not None and (not isinstance(stack_size, int) or stack_size < 1):
+        raise ValueError(f"stack_size must be an integer >= 1 or None (planned), got {stack_size!r}")
+    train.check_split(x, y, "training")
+    if len(train_indices) != len(configs) or (val_indices is not None and len(val_indices) != len(configs)):
+        raise ValueError(f"fit_many: {len(configs)} configs need as many train_indices (got {len(train_indices)})"
+                         + (f" and val_indices (got {len(val_indices)})" if val_indices is not None else ""))
+    _check_shared(configs)
+    train_idx = [_as_indices(i, len(x), f"train_indices[{u}]") for u, i in enumerate(train_indices)]
+    val_idx = None if val_indices is None else [_as_indices(i, len(x), f"val_indices[{u}]")
+                                                for u, i in enumerate(val_indices)]
+    dev = devices.resolve_device(configs[0].device)
+    precision = devices.resolve_precision(configs[0].precision, dev)
+
+    groups: dict[tuple, list[int]] = {}
+    alone: list[int] = []
+    for u, c in enumerate(configs):
+        if stack_unsupported(c) is None:
+            groups.setdefault(_stack_key(c), []).append(u)
+        else:
+            alone.append(u)
+    stacks: list[list[int]] = []
+    if any(len(g) > 1 for g in groups.values()) and stack_size != 1:
+        size = stack_size or plan_stack_size(configs[0], dev).size
+        for g in groups.values():
+            stacks += _balanced_chunks(g, size)
+    else:
+        stacks = [[u] for g in groups.values() for u in g]
+    alone += [s[0] for s in stacks if len(s) == 1]
+    stacks = [s for s in stacks if len(s) > 1]
+
+    histories: list[list[dict] | None] = [None] * len(configs)
+    models: list[nn.Module | None] = [None] * len(configs)
+    if stacks:
+        xd, yd = x.to(dev), y.to(dev)
+        for units in stacks:
+            hs, ms = _train_stack([configs[u] for u in units], units, xd, yd, [train_idx[u] for u in units],
+                                  None if val_idx is None else [val_idx[u] for u in units], dev, precision,
+                                  progress, on_diverged, return_models)
+            for u, h, mod in zip(units, hs, ms):
+                histories[u], models[u] = h, mod
+    for u in sorted(alone):
+        histories[u], models[u] = _fit_one(configs[u], u, x, y, train_idx[u],
+                                           None if val_idx is None else val_idx[u], progress, on_diverged)
+    return (histories, models) if return_models else histories
+
+
+def _fit_one(config, unit, x, y, tr, va, progress, on_diverged):
+    model = train.build_model(config)
+    val = None if va is None else (x[va], y[va])
+    try:
+        return train.fit(model, x[tr], y[tr], config, val=val, progress=progress), model
+    except train.TrainingDiverged as exc:
+        error = train.TrainingDiverged(exc.epoch, exc.step, exc.loss, unit=unit, hint=exc.hint)
+        if on_diverged == "raise":
+            raise error from exc
+        return [{"epoch": exc.epoch, "step": exc.step, "diverged": str(error)}], None
+
+
+# --------------------------------------------------------------------------------------------
+# How many units per stack
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """The stack size chosen for one (model, batch size, precision, device) and what it rests on.
+
+    size: units per stack. seconds_per_unit_step: {stack size tried: measured seconds per unit
+    per training step (CPU seconds of this process on a CPU, wall seconds on a GPU)}. bytes_per_unit: device memory one unit needs (measured on CUDA, estimated
+    elsewhere). free_bytes: free device memory when planned. max_by_memory: the largest stack that
+    fits. reason: one line saying why.
+    """
+
+    size: int
+    seconds_per_unit_step: dict
+    bytes_per_unit: int
+    free_bytes: int
+    max_by_memory: int
+    reason: str
+    device: str
+    precision: str
+    batch_size: int
+
+    def to_dict(self) -> dict:
+        """Return the plan as a plain dict (for results and benchmark JSON)."""
+        return dataclasses.asdict(self)
+
+
+def choose_stack_size(seconds_per_unit_step: dict[int, float], max_by_memory: int, min_gain: float = MIN_GAIN) -> int:
+    """Return the stack size to use given measured seconds per unit per step at each size tried.
+
+    A larger stack replaces a smaller one only when it is faster per unit by more than
+    ``min_gain`` (a fraction), so timing noise never picks stacking; the result never exceeds
+    ``max_by_memory`` (and is at least 1).
+    """
+    if not seconds_per_unit_step:
+        raise ValueError("choose_stack_size needs at least one measurement")
+    best = min(seconds_per_unit_step)
+    for size in sorted(seconds_per_unit_step):
+        if size <= max_by_memory and seconds_per_unit_step[size] < seconds_per_unit_step[best] * (1 - min_gain):
+            best = size
+    return max(1, min(best, max_by_memory))
+
+
+_PLANS: dict[tuple, StackPlan] = {}
+
+
+def plan_stack_size(config: train.TrainConfig, device: str | torch.device | None = None, *, steps: int = 3,
+                    max_size: int = MAX_STACK, refresh: bool = False) -> StackPlan:
+    """Return the :class:`StackPlan` for ``config``'s model, batch size and precision on ``device``.
+
+    Times ``steps`` real training steps (after one warm-up step; the fastest counts, which is
+    robust to other jobs on the machine) of one unit through ``fit``'s step, then of stacks of
+    2, 4, 8, ... units, doubling while a stack is faster per unit (by
+    :data:`MIN_GAIN`) and fits in :data:`MEMORY_FRACTION` of free memory, up to ``max_size``;
+    then :func:`choose_stack_size`. Plans are cached per process (``refresh`` measures again).
+    Configs :func:`stack_unsupported` rejects get size 1 without measuring.
+    """
+    dev = devices.resolve_device(device if device is not None else config.device)
+    precision = devices.resolve_precision(config.precision, dev)
+    key = (config.model, config.kernel_size, config.batch_size, precision, str(dev))
+    if key in _PLANS and not refresh:
+        return _PLANS[key]
+    free = _free_bytes(dev)
+    why_not = stack_unsupported(config)
+    if why_not is not None:
+        return StackPlan(1, {}, 0, free, 1, why_not, str(dev), precision, config.batch_size)
+    probe = config.replace(device=str(dev), precision=precision, epochs=1)
+    single, measured = _time_single(probe, dev, steps)
+    per_unit = measured or _estimated_bytes_per_unit(probe)
+    timings = {1: single}
+    size = 2
+    while size <= max_size and size * per_unit <= MEMORY_FRACTION * free:
+        seconds, peak = _time_stack(probe, dev, size, steps)
+        timings[size] = seconds
+        if peak is not None:
+            per_unit = max(per_unit, peak // size)
+        if seconds >= timings[size // 2] * (1 - MIN_GAIN):
+            break
+        size *= 2
+    max_by_memory = max(1, int(MEMORY_FRACTION * free // per_unit))
+    chosen = choose_stack_size(timings, max_by_memory)
+    words = ", ".join(f"M={k}: {v * 1000:.1f} ms" for k, v in timings.items())
+    reason = (f"stack of {chosen}: the fastest per unit ({words} per unit-step; {precision}, batch "
+              f"{config.batch_size}), memory allows {max_by_memory}")
+    plan = StackPlan(chosen, timings, int(per_unit), int(free), max_by_memory, reason, str(dev), precision,
+                     config.batch_size)
+    _PLANS[key] = plan
+    return plan
+
+
+def _free_bytes(dev: torch.device) -> int:
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30  # a platform without sysconf: assume a laptop's 8 GiB
+
+
+def _estimated_bytes_per_unit(config: train.TrainConfig) -> int:
+    """Return a rough memory need of one SeedCNN unit: weights, gradients, momentum and an autocast
+    copy (4 copies of the parameters) plus activations kept for the backward pass (about 2 MB
+    per image in fp32 at 28x28)."""
+    from .models import SEED_CNN_PARAMETERS
+
+    return 4 * 4 * SEED_CNN_PARAMETERS + config.batch_size * 2_000_000
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _random_images(n: int, dev: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return x.to(dev), y.to(dev)
+
+
+def _fastest_step(step, steps: int, dev: torch.device) -> float:
+    """Return the shortest of ``steps`` timed calls of ``step(i)`` after one warm-up call.
+
+    On a GPU, wall time. On a CPU, this process's CPU time (all its threads), which other jobs
+    on a shared machine disturb far less than wall time; the minimum is the step's cost when
+    nothing else competes. Either way the sizes compared are timed alike.
+    """
+    clock = time.perf_counter if dev.type == "cuda" else time.process_time
+    step(0)  # warm-up: kernel selection, allocation
+    times = []
+    for i in range(1, steps + 1):
+        _sync(dev)
+        start = clock()
+        step(i)
+        _sync(dev)
+        times.append(clock() - start)
+    return min(times)
+
+
+def _time_single(config: train.TrainConfig, dev: torch.device, steps: int) -> tuple[float, int]:
+    """Return (seconds per step of fit's own training step, peak bytes or 0 off CUDA)."""
+    b = config.batch_size
+    x, y = _random_images(b * (steps + 1), dev)
+    model = train._prepare(train.build_model(config), dev)
+    optimizer = train.build_optimizer(model, config)
+    generator = torch.Generator().manual_seed(0)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+
+    def step(i):  # one batch is one epoch of train_one_epoch: exactly fit's step
+        train.train_one_epoch(model, optimizer, x[i * b:(i + 1) * b], y[i * b:(i + 1) * b], config, generator,
+                              config.precision)
+
+    seconds = _fastest_step(step, steps, dev)
+    peak = torch.cuda.max_memory_allocated(dev) - base if dev.type == "cuda" else 0
+    return seconds, int(peak)
+
+
+def _time_stack(config: train.TrainConfig, dev: torch.device, size: int, steps: int) -> tuple[float, int | None]:
+    """Return (seconds per unit per step of a stack of ``size``, peak bytes on CUDA or None)."""
+    model = train.build_model(config)
+    state = model.state_dict()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    stack = _Stack([config] * size, [state] * size, model, dev, config.precision)
+    b = config.batch_size
+    x, y = _random_images(size * b, dev)
+    xb, yb = x.view(size, b, 1, 28, 28), y.view(size, b)
+    rows, live = [b] * size, [True] * size
+    seconds = _fastest_step(lambda i: stack.step(xb, yb, rows, live), steps, dev) / size
+    peak = torch.cuda.max_memory_allocated(dev) - base if dev.type == "cuda" else None
+    return seconds, peak

@@ -1,0 +1,599 @@
+"""Tested inference: the tests behind every conclusion the report words, and its verdict records.
+
+:mod:`~fmnist_utils.correlation` computes descriptive quantities (matrices, CKA, bootstrap
+resamples); this module decides what they show. Every test states its null hypothesis; every
+decision is made here, by a function returning a *verdict record* that a notebook writes into
+its ``results.json`` under ``results["verdicts"][key]`` and a template only words::
+
+    {"key", "claim", "statistic", "value", "low", "high", "level", "p", "test", "n",
+     "verdict", "reason"}
+
+``value`` is the estimate, ``low``/``high`` its interval at ``level``, ``p`` the p-value (None
+where the test gives none), ``n`` the sample size the test counts (images, folds, classes),
+``verdict`` a word from the function's fixed vocabulary and ``reason`` why it is ``"n/a"``.
+A difference "within noise" is a ``"tie"``. Numbers that cannot be computed are None, never NaN.
+
+The tests, and why these:
+
+* :func:`mantel_test`: do two class-by-class matrices rank the class pairs alike? The 45 pairs
+  of ten classes share classes, so they are not independent observations; permuting the class
+  labels of one matrix (rows and columns together) is the exact reference distribution.
+  A bootstrap interval of Spearman's rho over images is not a test of agreement: it is
+  conditional on the classes and excludes zero for two unrelated networks far more than 5% of
+  the time (``tests/test_stats.py`` shows it).
+* :func:`paired_bootstrap_difference`: two networks measured on the *same* image resamples
+  (``correlation.resample_weights``): the interval of the per-resample difference, not whether
+  two separate intervals overlap.
+* :func:`mcnemar_exact`: two classifiers scored on the same test images.
+* :func:`corrected_resampled_ttest`: two configurations cross-validated on the same folds; the
+  folds share training images, so the plain paired t-test is too confident (Nadeau & Bengio 2003).
+* :func:`binomial_vs_chance` and :func:`overfitting_test`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+from . import correlation
+
+# Significance level of every test, and confidence level of every interval.
+ALPHA = 0.05
+LEVEL = 0.95
+# Permutations of the Mantel test; with 10,000 the Monte Carlo p-value of an observed p near
+# ALPHA is known to about +-0.002 (binomial standard error).
+N_PERM = 10_000
+# Enumerate every permutation instead of sampling when there are at most this many
+# (8! = 40,320): the p-value is then exact.
+MAX_EXACT_PERMUTATIONS = 40_320
+# Two Spearman values closer than this count as equal (a permutation that maps the matrix onto
+# itself must count as ">= observed" despite float rounding).
+TIE_TOL = 1e-12
+
+RECORD_KEYS = ("key", "claim", "statistic", "value", "low", "high", "level", "p", "test", "n", "verdict", "reason")
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+
+
+def _symmetric(matrix, name: str) -> np.ndarray:
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"{name} must be a square (C, C) matrix, got shape {m.shape}")
+    if not np.isfinite(m).all():
+        raise ValueError(f"{name} contains NaN or infinite entries")
+    if not np.allclose(m, m.T, rtol=1e-10, atol=1e-12):
+        raise ValueError(f"{name} is not symmetric; a class-by-class matrix of the study's kind must be")
+    return m
+
+
+def _correct(values, name: str) -> np.ndarray:
+    """Return a bool (N,) array of per-image correctness, refusing anything but 0/1 values."""
+    c = np.asarray(values)
+    if c.ndim != 1 or len(c) == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array (n_images,) of True/False, got shape {c.shape}")
+    if c.dtype != bool:
+        if not np.isin(c, (0, 1)).all():
+            raise ValueError(f"{name} must hold True/False (or 0/1) per image; found other values")
+        c = c.astype(bool)
+    return c
+
+
+# --------------------------------------------------------------------------------------------
+# Mantel permutation test
+
+
+def _upper_ranks(m: np.ndarray) -> np.ndarray:
+    """Return (C, C) symmetric: the average rank of each off-diagonal entry among the upper triangle."""
+    rows, cols = np.triu_indices(len(m), k=1)
+    ranks = np.zeros_like(m)
+    ranks[rows, cols] = sps.rankdata(m[rows, cols])
+    return ranks + ranks.T
+
+
+def _permutations(n_classes: int, n_perm: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """Return ((P, C) class orders, exact): all C! orders when there are few, else n_perm random ones."""
+    if math.factorial(n_classes) <= min(n_perm, MAX_EXACT_PERMUTATIONS):
+        return np.array(list(itertools.permutations(range(n_classes)))), True
+    return rng.permuted(np.tile(np.arange(n_classes), (n_perm, 1)), axis=1), False
+
+
+def mantel_test(a, b, n_perm: int = N_PERM, seed: int = 0, alternative: str = "greater") -> dict:
+    """Return the Spearman correlation of two class-by-class matrices and its permutation p-value.
+
+    a, b: symmetric (C, C) matrices over the same C classes (C >= 3); only the C (C - 1) / 2
+    entries above the diagonal are compared (:func:`correlation.compare_matrices`).
+
+    Null hypothesis: the class labels of ``b`` are exchangeable with respect to ``a`` (the two
+    matrices are unrelated, e.g. two networks with independent class prototypes). Under it
+    every relabelling of b's classes, applied to its rows and columns together, is as likely
+    as the observed one. The p-value counts the relabellings whose rho is at least the observed
+    one (``alternative="greater"``: agreement) or at least as far from zero (``"two-sided"``),
+    the observed order included: (1 + #{>=}) / (1 + n_perm) for ``n_perm`` random relabellings,
+    or the exact fraction over all C! relabellings when C! <= min(n_perm, 40,320).
+
+    Keys: ``statistic`` (rho), ``p``, ``n_perm`` (relabellings used), ``exact`` (all C!
+    enumerated), ``n_classes``, ``n_pairs``, ``alternative``.
+    """
+    a, b = _symmetric(a, "a"), _symmetric(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must describe the same classes, got shapes {a.shape} and {b.shape}")
+    if not isinstance(n_perm, (int, np.integer)) or n_perm < 1:
+        raise ValueError(f"n_perm must be a positive integer, got {n_perm!r}")
+    if alternative not in ("greater", "two-sided"):
+        raise ValueError(f"alternative must be 'greater' or 'two-sided', got {alternative!r}")
+    observed = correlation.compare_matrices(a, b)  # also refuses C < 3 and constant off-diagonals
+    c = len(a)
+    rows, cols = np.triu_indices(c, k=1)
+    # Spearman's rho is the Pearson correlation of ranks. A relabelling only moves b's entries
+    # (and so its ranks) among the upper-triangle places: rank once, then index.
+    ra = _upper_ranks(a)[rows, cols]
+    ra = ra - ra.mean()
+    rb = _upper_ranks(b)
+    scale = np.sqrt((ra**2).sum() * ((rb[rows, cols] - rb[rows, cols].mean()) ** 2).sum())
+    orders, exact = _permutations(c, n_perm, np.random.default_rng(seed))
+    rho = np.empty(len(orders))
+    for start in range(0, len(orders), 4096):  # bounds the (P, n_pairs) block
+        p = orders[start : start + 4096]
+        permuted = rb[p[:, rows], p[:, cols]]  # (P, n_pairs)
+        rho[start : start + len(p)] = (permuted - permuted.mean(axis=1, keepdims=True)) @ ra / scale
+    if alternative == "greater":
+        hits = int(np.sum(rho >= observed - TIE_TOL))
+    else:
+        hits = int(np.sum(np.abs(rho) >= abs(observed) - TIE_TOL))
+    p_value = hits / len(orders) if exact else (1 + hits) / (1 + len(orders))
+    return {"statistic": observed, "p": float(p_value), "n_perm": len(orders), "exact": exact,
+            "n_classes": c, "n_pairs": len(rows), "alternative": alternative}
+
+
+# --------------------------------------------------------------------------------------------
+# Paired bootstrap
+
+
+def paired_bootstrap_difference(value_a: float, value_b: float, samples_a, samples_b, level: float = LEVEL) -> dict:
+    """Return the difference a - b of a statistic of two networks and its paired bootstrap interval.
+
+    value_a, value_b: the statistic on the whole sample; samples_a, samples_b: (B,) the same
+    statistic on B resamples, entry b of both computed on the *same* resample (the same
+    ``correlation.resample_weights`` row), e.g. within-between from
+    ``correlation.bootstrap_within_between``, ``correlation.bootstrap_cka`` or
+    ``correlation.bootstrap_spearman``. The interval is the percentile interval of the B
+    differences (pairing cancels what the two share: which images were drawn).
+
+    Null hypothesis (of ``p``): the statistic is the same for both networks. ``p`` is the
+    two-sided percentile-bootstrap p-value, twice the smaller share of resample differences on
+    either side of zero, counted as (1 + count) / (1 + B) so that B resamples never claim a
+    p below 2 / (B + 1) (capped at 1); the interval at level about 1 - p just reaches zero.
+    Keys: ``difference``, ``low``, ``high``, ``p``, ``level``, ``n_boot``.
+    """
+    _check_level(level)
+    a, b = np.asarray(samples_a, dtype=np.float64), np.asarray(samples_b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
+        raise ValueError(
+            f"samples_a and samples_b must be (n_boot,) arrays of the same resamples, n_boot >= 2; "
+            f"got shapes {a.shape} and {b.shape}"
+        )
+    if not (np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(value_a) and np.isfinite(value_b)):
+        raise ValueError("the statistic is NaN or infinite on the sample or a resample")
+    d = a - b
+    low, high = correlation.percentile_ci(d, level)
+    p = min(1.0, 2 * (1 + min(np.sum(d <= 0), np.sum(d >= 0))) / (1 + len(d)))
+    return {"difference": float(value_a - value_b), "low": low, "high": high, "p": float(p), "level": level, "n_boot": len(d)}
+
+
+def spearman_ci(matrix_a, matrix_b, boots_a, boots_b, level: float = LEVEL) -> dict:
+    """Return ``{"value", "low", "high"}``: Spearman's rho of two matrices and its paired bootstrap interval.
+
+    matrix_a, matrix_b: (C, C) on the whole sample; boots_a, boots_b: (B, C, C) from
+    ``correlation.bootstrap_matrices`` with the same labels and seed. The interval describes
+    how rho varies with the image sample only (the classes held fixed): it is no test of
+    agreement between the networks; :func:`mantel_test` is.
+    """
+    _check_level(level)
+    low, high = correlation.percentile_ci(correlation.bootstrap_spearman(boots_a, boots_b), level)
+    return {"value": correlation.compare_matrices(matrix_a, matrix_b), "low": low, "high": high}
+
+
+# --------------------------------------------------------------------------------------------
+# Paired classifiers: McNemar
+
+
+def mcnemar_exact(correct_a, correct_b, level: float = LEVEL) -> dict:
+    """Return McNemar's exact test of two classifiers scored on the same images.
+
+    correct_a, correct_b: (N,) bool, whether each classifier got image i right.
+
+    Null hypothesis: both classifiers have the same accuracy on the population of images, so of
+    the discordant images (right by exactly one of them) each is equally likely to favour a
+    or b: a_only ~ Binomial(a_only + b_only, 1/2). ``p`` is the two-sided exact binomial p-value
+    (1 when no image is discordant). The interval of the accuracy difference a - b is the
+    adjusted Wald interval for paired proportions of Bonett & Price (2012): one pseudo-image
+    added to each discordant cell, p_a = (a_only + 1) / (N + 2), p_b = (b_only + 1) / (N + 2),
+    se = sqrt((p_a + p_b - (p_a - p_b)^2) / (N + 2)).
+    Keys: ``difference`` (accuracy a - accuracy b), ``low``, ``high``, ``p``, ``a_only``,
+    ``b_only``, ``n`` (images), ``accuracy_a``, ``accuracy_b``, ``level``.
+    """
+    _check_level(level)
+    a, b = _correct(correct_a, "correct_a"), _correct(correct_b, "correct_b")
+    if len(a) != len(b):
+        raise ValueError(f"correct_a has {len(a)} images but correct_b has {len(b)}: score both on the same images")
+    n = len(a)
+    a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    discordant = a_only + b_only
+    p = 1.0 if discordant == 0 else float(sps.binomtest(a_only, discordant, 0.5).pvalue)
+    pa, pb = (a_only + 1) / (n + 2), (b_only + 1) / (n + 2)
+    se = math.sqrt((pa + pb - (pa - pb) ** 2) / (n + 2))
+    z = sps.norm.ppf((1 + level) / 2)
+    return {"difference": (a_only - b_only) / n, "low": max(-1.0, pa - pb - z * se), "high": min(1.0, pa - pb + z * se),
+            "p": p, "a_only": a_only, "b_only": b_only, "n": n,
+            "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()), "level": level}
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-validation: the corrected resampled t-test
+
+
+def corrected_resampled_ttest(differences, n_train: int, n_test: int, level: float = LEVEL) -> dict:
+    """Return the corrected resampled t-test of k paired per-fold differences (Nadeau & Bengio 2003).
+
+    differences: (k,) score of configuration a minus score of b on each fold, both trained on
+    the same n_train images and validated on the same n_test images of that fold. The folds
+    share training images, so their differences are correlated; the corrected variance
+    (1/k + n_test/n_train) s^2 (s^2 the sample variance of the differences, ddof=1) replaces the
+    plain s^2/k. t = mean / sqrt(that), df = k - 1.
+
+    Null hypothesis: the two configurations have the same expected score (mean difference 0).
+    ``p`` is two-sided; the interval is mean +- t_{df, (1+level)/2} * se. With k < 2 nothing
+    can be estimated: every number is None and ``reason`` says so. With s = 0 (identical
+    differences on every fold) t is 0 and p is 1 when the mean is 0, else t is +-inf and p 0.
+    With few folds the test is conservative: in simulated 5-fold CV of two equally good
+    classifiers (``tests/test_stats.py``) it rejected in 2.75% of 400 runs at alpha = 0.05,
+    the plain paired t-test in 6.25%.
+    Keys: ``mean``, ``se``, ``t``, ``df``, ``p``, ``low``, ``high``, ``k``, ``level``, ``reason``.
+    """
+    _check_level(level)
+    d = np.asarray(differences, dtype=np.float64)
+    if d.ndim != 1:
+        raise ValueError(f"differences must be 1-D (k folds,), got shape {d.shape}")
+    if not np.isfinite(d).all():
+        raise ValueError("differences contain NaN or infinite values; leave unfinished folds out")
+    for name, value in (("n_train", n_train), ("n_test", n_test)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive number of images, got {value!r}")
+    k = len(d)
+    if k < 2:
+        reason = "only one fold finished" if k == 1 else "no fold finished"
+        return {"mean": float(d[0]) if k else None, "se": None, "t": None, "df": None, "p": None,
+                "low": None, "high": None, "k": k, "level": level, "reason": reason}
+    mean = float(d.mean())
+    se = math.sqrt((1 / k + n_test / n_train) * d.var(ddof=1))
+    df = k - 1
+    if se == 0:
+        t = 0.0 if mean == 0 else math.copysign(math.inf, mean)
+        p = 1.0 if mean == 0 else 0.0
+    else:
+        t = mean / se
+        p = float(2 * sps.t.sf(abs(t), df))
+    half = float(sps.t.ppf((1 + level) / 2, df)) * se
+    return {"mean": mean, "se": se, "t": t, "df": df, "p": p, "low": mean - half, "high": mean + half,
+            "k": k, "level": level, "reason": None}
+
+
+# --------------------------------------------------------------------------------------------
+# One accuracy: against chance, and over the epochs
+
+
+def binomial_vs_chance(n_correct: int, n: int, chance: float, level: float = LEVEL) -> dict:
+    """Return the exact one-sided binomial test of an accuracy against chance.
+
+    n_correct of n independent test images classified correctly; chance: the accuracy of
+    guessing (1 / n_classes for balanced classes).
+
+    Null hypothesis: the classifier's accuracy is at most ``chance``. ``p`` is
+    P(Binomial(n, chance) >= n_correct). The interval is the two-sided Clopper-Pearson
+    interval of the accuracy. Keys: ``accuracy``, ``low``, ``high``, ``p``, ``n``, ``chance``, ``level``.
+    """
+    _check_level(level)
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive number of images, got {n!r}")
+    if not isinstance(n_correct, (int, np.integer)) or not 0 <= n_correct <= n:
+        raise ValueError(f"n_correct must be an integer in 0..n={n}, got {n_correct!r}")
+    if not 0 < chance < 1:
+        raise ValueError(f"chance must be in (0, 1), got {chance}")
+    test = sps.binomtest(int(n_correct), int(n), chance, alternative="greater")
+    ci = sps.binomtest(int(n_correct), int(n), chance).proportion_ci(level, method="exact")
+    return {"accuracy": n_correct / n, "low": float(ci.low), "high": float(ci.high), "p": float(test.pvalue),
+            "n": int(n), "chance": chance, "level": level}
+
+
+def overfitting_test(val_accuracies, n_val: int, correct=None) -> dict:
+    """Return a test of whether validation accuracy fell after an earlier epoch (overfitting).
+
+    val_accuracies: (E,) validation accuracy after each epoch, in order, all on the same n_val
+    images. correct: optional (E, n_val) bool, whether each image was right after each epoch;
+    when given, the epochs are compared image by image (sharper, see below).
+
+    Null hypothesis: no earlier epoch is better than the last: for every epoch e < E, the
+    expected accuracy at e is at most the expected accuracy at the last epoch. Each earlier
+    epoch e is tested one-sided against the last, giving p_e, and the p-value is
+    min(1, (E - 1) * min_e p_e) (Bonferroni over the E - 1 epochs, which pays for picking the
+    best epoch after looking). Without ``correct``, p_e comes from a pooled two-proportion
+    z-test that treats the two epochs' scores as independent samples; on the same validation
+    images they are positively correlated, so the true variance of the difference is smaller
+    and the test is conservative (it misses small drops). With ``correct``, p_e is McNemar's
+    exact one-sided test on the images right at exactly one of e and the last epoch.
+    (The rule this replaces, "the drop from the best epoch exceeds two binomial standard
+    errors of one accuracy", ignores both the selection and the variance of a difference, and
+    calls flat curves overfitting far more often than 5% of the time.)
+    Keys: ``drop`` (best accuracy - last accuracy, >= 0), ``best_epoch`` (1-based), ``p``,
+    ``paired`` (whether ``correct`` was used), ``n`` (n_val), ``epochs``; ``p`` is None with
+    one epoch.
+    """
+    acc = np.asarray(val_accuracies, dtype=np.float64)
+    if acc.ndim != 1 or len(acc) == 0:
+        raise ValueError(f"val_accuracies must be a non-empty 1-D array (epochs,), got shape {acc.shape}")
+    if not (np.isfinite(acc).all() and np.all((acc >= 0) & (acc <= 1))):
+        raise ValueError("val_accuracies must be fractions in [0, 1]")
+    if not isinstance(n_val, (int, np.integer)) or n_val < 1:
+        raise ValueError(f"n_val must be a positive number of validation images, got {n_val!r}")
+    best = int(np.argmax(acc))  # first of equals
+    out = {"drop": float(acc[best] - acc[-1]), "best_epoch": best + 1, "p": None, "paired": correct is not None,
+           "n": int(n_val), "epochs": len(acc)}
+    if len(acc) < 2:
+        return out
+    if correct is not None:
+        right = np.asarray(correct)
+        if right.shape != (len(acc), n_val) or not np.isin(right, (0, 1)).all():
+            raise ValueError(f"correct must be (epochs, n_val) = ({len(acc)}, {n_val}) of True/False, got shape {right.shape}")
+        right = right.astype(bool)
+        if not np.allclose(right.mean(axis=1), acc, atol=0.5 / n_val):
+            raise ValueError("correct does not match val_accuracies: pass both from the same evaluation")
+        earlier_only = (right[:-1] & ~right[-1]).sum(axis=1)  # (E-1,)
+        discordant = earlier_only + (~right[:-1] & right[-1]).sum(axis=1)
+        p_each = np.array([sps.binom.sf(e - 1, d, 0.5) if d else 1.0 for e, d in zip(earlier_only, discordant)])
+    else:
+        earlier, last = acc[:-1], acc[-1]
+        pooled = (earlier + last) / 2
+        se = np.sqrt(2 * pooled * (1 - pooled) / n_val)
+        gap = earlier - last
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(se > 0, gap / np.where(se > 0, se, 1.0), np.where(gap > 0, np.inf, 0.0))
+        p_each = sps.norm.sf(z)
+    out["p"] = float(min(1.0, (len(acc) - 1) * p_each.min()))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Verdict records
+
+
+def _num(value) -> float | None:
+    """Return ``value`` as a float, or None when it is None or not finite (None is "not set")."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def record(key: str, claim: str, statistic: str, test: str, verdict: str, *, value=None, low=None, high=None,
+           level: float | None = LEVEL, p=None, n: int | None = None, reason: str | None = None) -> dict:
+    """Return a verdict record with exactly the keys of :data:`RECORD_KEYS` (numbers as float or None).
+
+    ``level`` belongs to the interval: it is None in a record without one.
+    """
+    if verdict == "n/a" and not reason:
+        raise ValueError(f"verdict record {key!r} is n/a: give the reason")
+    low, high = _num(low), _num(high)
+    return {"key": key, "claim": claim, "statistic": statistic, "value": _num(value), "low": low, "high": high,
+            "level": level if low is not None or high is not None else None, "p": _num(p), "test": test,
+            "n": None if n is None else int(n), "verdict": verdict, "reason": reason}
+
+
+def _direction(p: float | None, estimate: float | None, alpha: float) -> str:
+    """higher / lower when p < alpha (by the sign of the estimate), else tie."""
+    if p is None or estimate is None or p >= alpha or estimate == 0:
+        return "tie"
+    return "higher" if estimate > 0 else "lower"
+
+
+def verdict_matrix_agreement(matrix_a, matrix_b, name_a: str, name_b: str, *, key: str = "matrix_agreement",
+                             n_perm: int = N_PERM, seed: int = 0, boots=None, alpha: float = ALPHA,
+                             level: float = LEVEL) -> dict:
+    """Return the verdict record: do two class-by-class matrices (C, C) rank the class pairs alike?
+
+    Mantel test (:func:`mantel_test`, one-sided). Vocabulary: ``"agree"`` (p < alpha: more alike
+    than relabelled classes would be), ``"no_evidence"``, ``"n/a"`` (a matrix has identical
+    off-diagonal entries: no ranking). ``boots``: optional (boots_a, boots_b), each (B, C, C)
+    from ``correlation.bootstrap_matrices`` on the same resamples; ``low``/``high`` are then
+    the percentile interval of rho over them, a description of how rho moves with the image
+    sample, not part of the test. ``n``: the number of classes.
+    """
+    _check_alpha(alpha)
+    claim = f"{name_a} and {name_b} rank the pairs of classes alike (more than relabelled classes would)"
+    test = f"Mantel permutation test of Spearman rho over the class pairs, {n_perm:,} permutations of the class labels, one-sided"
+    try:
+        result = mantel_test(matrix_a, matrix_b, n_perm=n_perm, seed=seed)
+    except ValueError as exc:
+        if "identical off-diagonal" not in str(exc):
+            raise
+        return record(key, claim, "Spearman rho", test, "n/a", reason=str(exc), n=len(np.asarray(matrix_a)))
+    if result["exact"]:
+        test = f"Mantel permutation test of Spearman rho over the class pairs, all {result['n_perm']:,} permutations of the class labels, one-sided"
+    low = high = None
+    if boots is not None:
+        _check_level(level)
+        low, high = correlation.percentile_ci(correlation.bootstrap_spearman(*boots), level)
+    verdict = "agree" if result["p"] < alpha else "no_evidence"
+    return record(key, claim, "Spearman rho", test, verdict, value=result["statistic"], low=low, high=high,
+                  level=level, p=result["p"], n=result["n_classes"])
+
+
+def verdict_paired_bootstrap(key: str, claim: str, statistic: str, value_a: float, value_b: float, samples_a,
+                             samples_b, *, n: int | None = None, level: float = LEVEL) -> dict:
+    """Return the verdict record of a difference a - b between two networks on paired resamples.
+
+    :func:`paired_bootstrap_difference`. Vocabulary: ``"higher"`` (the interval lies above 0:
+    a's statistic is larger), ``"lower"`` (below 0), ``"tie"`` (it contains 0: within noise).
+    ``n``: images resampled. ``value`` is the difference a - b.
+    """
+    result = paired_bootstrap_difference(value_a, value_b, samples_a, samples_b, level)
+    verdict = "higher" if result["low"] > 0 else ("lower" if result["high"] < 0 else "tie")
+    test = f"paired bootstrap over the images, {result['n_boot']:,} class-stratified resamples shared by both, percentile interval"
+    return record(key, claim, statistic, test, verdict, value=result["difference"], low=result["low"],
+                  high=result["high"], level=level, p=result["p"], n=n)
+
+
+def verdict_separation(matrix_a, matrix_b, boots_a, boots_b, name_a: str, name_b: str, *, n: int | None = None,
+                       key: str = "separation", level: float = LEVEL) -> dict:
+    """Return the verdict record: do a's classes stand apart more clearly than b's?
+
+    The statistic is ``correlation.within_between``'s difference (mean within-class minus mean
+    between-class entry) of each (C, C) matrix; boots_a, boots_b: (B, C, C) on the same
+    resamples. :func:`verdict_paired_bootstrap`: ``"higher"`` (a's classes stand apart more),
+    ``"lower"``, ``"tie"``. ``n``: images resampled.
+    """
+    values = [correlation.within_between(m)["difference"] for m in (matrix_a, matrix_b)]
+    samples = [correlation.bootstrap_within_between(b)["difference"] for b in (boots_a, boots_b)]
+    return verdict_paired_bootstrap(
+        key, f"{name_a} and {name_b} differ in how far their classes stand apart",
+        f"difference in within-class minus between-class correlation ({name_a} minus {name_b})",
+        *values, *samples, n=n, level=level)
+
+
+def verdict_spearman_vs_pixels(matrix_a, matrix_b, matrix_pixels, boots_a, boots_b, boots_pixels, name_a: str,
+                               name_b: str, *, n: int | None = None, key: str = "spearman_vs_pixels",
+                               level: float = LEVEL) -> dict:
+    """Return the verdict record: does a rank the class pairs more like the raw pixels than b does?
+
+    The statistic is Spearman's rho of each network's (C, C) matrix with the pixels' matrix;
+    the boots (B, C, C) share resamples. :func:`verdict_paired_bootstrap` vocabulary.
+    """
+    values = [correlation.compare_matrices(m, matrix_pixels) for m in (matrix_a, matrix_b)]
+    samples = [correlation.bootstrap_spearman(b, boots_pixels) for b in (boots_a, boots_b)]
+    return verdict_paired_bootstrap(
+        key, f"{name_a} and {name_b} differ in how much their ranking of the class pairs follows the raw pixels'",
+        f"difference in Spearman rho with the raw-pixel matrix ({name_a} minus {name_b})",
+        *values, *samples, n=n, level=level)
+
+
+def verdict_cka_vs_pixels(gram_a, gram_b, gram_pixels, weights, name_a: str, name_b: str, *,
+                          key: str = "cka_vs_pixels", level: float = LEVEL) -> dict:
+    """Return the verdict record: is a's representation closer to the raw pixels than b's (debiased CKA)?
+
+    gram_a, gram_b, gram_pixels: (N, N) Gram matrices of the same N images
+    (``correlation.centred_gram``); weights: (B, N) from ``correlation.resample_weights`` (the
+    resamples of the matrices). :func:`verdict_paired_bootstrap` vocabulary; ``n``: N.
+    """
+    values = [correlation.cka_from_grams(g, gram_pixels, debiased=True) for g in (gram_a, gram_b)]
+    samples = [correlation.bootstrap_cka(g, gram_pixels, weights) for g in (gram_a, gram_b)]
+    return verdict_paired_bootstrap(
+        key, f"{name_a} and {name_b} differ in how similar they are to the raw pixels",
+        f"difference in debiased linear CKA with the raw pixels ({name_a} minus {name_b})",
+        *values, *samples, n=np.shape(weights)[1], level=level)
+
+
+def verdict_paired_accuracy(key: str, correct_a, correct_b, name_a: str, name_b: str, *, alpha: float = ALPHA,
+                            level: float = LEVEL) -> dict:
+    """Return the verdict record: is classifier a more accurate than b on the same images?
+
+    McNemar's exact test (:func:`mcnemar_exact`). Vocabulary: ``"higher"`` / ``"lower"`` (a's
+    accuracy above / below b's, p < alpha), ``"tie"``. ``value``: accuracy a - accuracy b.
+    """
+    _check_alpha(alpha)
+    result = mcnemar_exact(correct_a, correct_b, level)
+    claim = f"{name_a} and {name_b} differ in accuracy on the same test images"
+    test = (f"McNemar's exact test on {result['n']:,} paired images ({result['a_only']:,} right only by {name_a}, "
+            f"{result['b_only']:,} only by {name_b}); Bonett-Price interval")
+    verdict = _direction(result["p"], result["difference"], alpha)
+    return record(key, claim, "difference in accuracy", test, verdict, value=result["difference"],
+                  low=result["low"], high=result["high"], level=level, p=result["p"], n=result["n"])
+
+
+def verdict_cv_difference(key: str, scores_a, scores_b, n_train: int, n_test: int, name_a: str, name_b: str, *,
+                          alpha: float = ALPHA, level: float = LEVEL) -> dict:
+    """Return the verdict record: does configuration a score higher than b in cross-validation?
+
+    scores_a, scores_b: (k,) validation accuracy of each on the same k folds (fold i of both on
+    the same images); None or NaN marks a fold that did not finish, and only folds finished by
+    both are paired. Corrected resampled t-test (:func:`corrected_resampled_ttest`).
+    Vocabulary: ``"higher"`` / ``"lower"`` (p < alpha), ``"tie"``, ``"n/a"`` (fewer than two
+    shared folds; ``reason`` says so). ``value``: the mean per-fold difference a - b; ``n``: folds.
+    """
+    _check_alpha(alpha)
+    a = np.array([np.nan if v is None else v for v in scores_a], dtype=np.float64)
+    b = np.array([np.nan if v is None else v for v in scores_b], dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"scores_a and scores_b must list the same folds, got {len(a)} and {len(b)} scores")
+    shared = np.isfinite(a) & np.isfinite(b)
+    result = corrected_resampled_ttest(a[shared] - b[shared], n_train, n_test, level)
+    claim = f"{name_a} and {name_b} differ in cross-validated accuracy"
+    test = (f"corrected resampled t-test (Nadeau & Bengio 2003) on {result['k']} paired fold differences, "
+            f"variance factor 1/k + {n_test:,}/{n_train:,}")
+    if result["reason"]:
+        return record(key, claim, "mean difference in fold validation accuracy", test, "n/a", value=result["mean"],
+                      level=level, n=result["k"], reason=result["reason"])
+    verdict = _direction(result["p"], result["mean"], alpha)
+    return record(key, claim, "mean difference in fold validation accuracy", test, verdict, value=result["mean"],
+                  low=result["low"], high=result["high"], level=level, p=result["p"], n=result["k"])
+
+
+def verdict_above_chance(n_correct: int, n: int, n_classes: int, what: str, *, key: str = "above_chance",
+                         alpha: float = ALPHA, level: float = LEVEL) -> dict:
+    """Return the verdict record: is an accuracy above chance (1 / n_classes)?
+
+    Exact one-sided binomial test (:func:`binomial_vs_chance`) on n independent images.
+    Vocabulary: ``"above_chance"`` (p < alpha), ``"at_chance"`` (no evidence above it).
+    ``what`` names the accuracy (e.g. "the chosen configuration's test accuracy").
+    """
+    _check_alpha(alpha)
+    if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
+        raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    result = binomial_vs_chance(n_correct, n, 1 / n_classes, level)
+    claim = f"{what} is above chance (one in {n_classes})"
+    test = f"exact one-sided binomial test against {1 / n_classes:.3g} on {n:,} images; Clopper-Pearson interval"
+    verdict = "above_chance" if result["p"] < alpha else "at_chance"
+    return record(key, claim, "accuracy", test, verdict, value=result["accuracy"], low=result["low"],
+                  high=result["high"], level=level, p=result["p"], n=n)
+
+
+def verdict_overfitting(val_accuracies: Sequence[float], n_val: int, *, correct=None, key: str = "overfitting",
+                        alpha: float = ALPHA) -> dict:
+    """Return the verdict record: did validation accuracy fall after an earlier epoch?
+
+    :func:`overfitting_test` (``correct``: optional (E, n_val) per-image correctness, for
+    the paired version). Vocabulary: ``"overfits"`` (p < alpha), ``"no_overfitting"``,
+    ``"n/a"`` (one epoch: no curve; or no validation split: pass an empty list).
+    ``value``: the drop from the best epoch to the last (a fraction of images).
+    """
+    _check_alpha(alpha)
+    claim = "validation accuracy fell after an earlier epoch (overfitting)"
+    statistic = "drop in validation accuracy from the best epoch to the last"
+    if len(val_accuracies) == 0:
+        return record(key, claim, statistic, "none", "n/a", reason="no validation split")
+    result = overfitting_test(val_accuracies, n_val, correct)
+    if result["paired"]:
+        test = (f"one-sided exact McNemar tests of each of the {result['epochs'] - 1} earlier epochs against the last on "
+                f"the same {n_val:,} validation images, Bonferroni-corrected")
+    else:
+        test = (f"one-sided two-proportion z-tests of each of the {result['epochs'] - 1} earlier epochs against the last "
+                f"on {n_val:,} validation images, Bonferroni-corrected (conservative: the epochs share the images)")
+    if result["p"] is None:
+        return record(key, claim, statistic, test, "n/a", value=result["drop"], n=n_val,
+                      reason="only one epoch trained")
+    verdict = "overfits" if result["p"] < alpha else "no_overfitting"
+    return record(key, claim, statistic, test, verdict, value=result["drop"], p=result["p"], n=n_val)

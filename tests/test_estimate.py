@@ -1,0 +1,120 @@
+"""Estimates before spending: image-pass counts, timing on the device, the full profile refused on a CPU."""
+
+import argparse
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from fmnist_utils import data, estimate, pipeline, profiles, study
+from fmnist_utils.train import TrainConfig
+from fmnist_utils.__main__ import main as cli_main
+
+# Fake pace: one image-pass of every kind takes 1 ms (a slow CPU would be about this for the CNN).
+MS = {kind: 1e-3 for kind in estimate.KINDS}
+
+
+def reference_configs(space: str, factors) -> list[dict]:
+    """The configurations a sweep of the study's values tries, listed one by one."""
+    if space == "grid":
+        return [dict(zip(factors, combo)) for combo in itertools.product(*(study.VALUES[f] for f in factors))]
+    recipe = TrainConfig()
+    seen = {tuple((f, getattr(recipe, f)) for f in factors)}
+    for f in factors:
+        for v in study.VALUES[f]:
+            seen.add(tuple((g, v if g == f else getattr(recipe, g)) for g in factors))
+    return [dict(c) for c in seen]
+
+
+@pytest.mark.parametrize("space, factors", [("grid", ("lr", "batch_size", "dropout")), ("oat", ("lr", "batch_size", "dropout")),
+                                            ("oat", ("lr",)), ("grid", ("dropout",))])
+def test_count_configs_matches_the_listed_configurations(space, factors):
+    assert estimate.count_configs(space, None, factors) == len(reference_configs(space, factors))
+
+
+def test_sweep_passes_match_a_loop_over_real_folds():
+    # Train on k-1 folds, validate on one, every epoch, for every configuration; then the final model.
+    labels = np.repeat(np.arange(10), 60)  # a 600-image pool
+    prof = profiles.PROFILES["quick"]
+    sizes = estimate.profile_sizes(prof)
+    sizes["sweep"].update(subset=len(labels), k=3, epochs=2)
+    trained = validated = 0
+    for _config in reference_configs(sizes["sweep"]["space"], sizes["sweep"]["factors"]):
+        for tr, va in data.stratified_kfold(labels, 3, seed=0):
+            trained += len(tr) * 2
+            validated += len(va) * 2
+    passes = estimate.image_passes(sizes)["sweep"]
+    s = sizes["sweep"]
+    assert passes["cnn_train"] == trained + s["final_subset"] * s["final_epochs"]
+    assert passes["cnn_eval"] == validated + (s["test_subset"] or estimate.TEST_IMAGES)
+
+
+def test_full_profile_counts_the_issue_figures():
+    passes = estimate.image_passes(estimate.profile_sizes(profiles.PROFILES["full"]))
+    # 60 configurations x 5 folds x 48,000 images x 5 epochs: the 72 million of issue 9, plus the final model.
+    assert passes["sweep"]["cnn_train"] == 72_000_000 + 60_000 * 10
+    assert passes["train"]["cnn_train"] == 54_000 * 10  # 10% held out for validation
+    assert passes["compare"]["resnet_train"] == 60_000 * 10
+
+
+def test_estimate_is_passes_times_pace():
+    result = estimate.estimate("smoke", MS, "cpu")
+    for name, counts in result["passes"].items():
+        assert result["notebooks"][name] == pytest.approx(estimate.NOTEBOOK_OVERHEAD_S + 1e-3 * sum(counts.values()))
+    assert result["total_seconds"] == pytest.approx(sum(result["notebooks"].values()))
+    faster = estimate.estimate("smoke", MS, "cpu", sweep_speedup=4.0, notebooks=("sweep",))
+    assert list(faster["notebooks"]) == ["sweep"]
+    saved = 0.75 * result["passes"]["sweep"]["cnn_train"] * 1e-3
+    assert faster["notebooks"]["sweep"] == pytest.approx(result["notebooks"]["sweep"] - saved)
+    with pytest.raises(ValueError, match="lacks"):
+        estimate.estimate("smoke", {"cnn_train": 1e-3}, "cpu")
+
+
+def test_measure_times_real_steps_on_this_device():
+    seconds = estimate.measure_seconds_per_image(("cnn_eval", "cnn_train"), "cpu", "fp32", steps=1)
+    assert set(seconds) == {"cnn_eval", "cnn_train"}
+    assert 0 < seconds["cnn_eval"] < seconds["cnn_train"] < 1.0  # a training pass costs more than inference
+
+
+def test_check_budget_measures_only_the_full_profile_off_cuda(monkeypatch):
+    monkeypatch.setattr(estimate, "measure_seconds_per_image", lambda *a, **k: pytest.fail("measured"))
+    assert estimate.check_budget("quick", "cpu") is None
+    assert estimate.check_budget("smoke", "cpu") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert estimate.check_budget("full", torch.device("cuda")) is None
+
+
+def test_full_profile_is_refused_on_cpu_with_the_estimate_and_the_way_out(monkeypatch):
+    monkeypatch.delenv(estimate.IGNORE_ENV, raising=False)
+    monkeypatch.setattr(estimate, "measure_seconds_per_image", lambda kinds, dev: {k: MS[k] for k in kinds})
+    with pytest.raises(estimate.TooSlow) as caught:
+        estimate.check_budget("full", "cpu", log=lambda m: None)
+    message = str(caught.value)
+    hours = caught.value.estimate["total_seconds"] / 3600
+    assert hours > estimate.LIMIT_HOURS and f"{hours:.1f} h" in message
+    assert "--ignore-estimate" in message and f"{estimate.IGNORE_ENV}=1" in message
+    assert estimate.check_budget("full", "cpu", ignore=True, log=lambda m: None)["profile"] == "full"
+    monkeypatch.setenv(estimate.IGNORE_ENV, "1")
+    assert estimate.check_budget("full", "cpu", log=lambda m: None)["total_seconds"] > 3600
+
+
+def test_report_command_refuses_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(estimate.IGNORE_ENV, raising=False)
+    monkeypatch.setattr(estimate, "measure_seconds_per_image", lambda kinds, dev: {k: MS[k] for k in kinds})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(pipeline, "run_notebooks", lambda *a, **k: pytest.fail("a notebook ran"))
+    previous = tmp_path / "report" / "report.html"
+    previous.parent.mkdir()
+    previous.write_text("the last report")
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
+    argv = ["--profile", "full", "--run-dir", str(tmp_path / "run"), "--report-dir", str(previous.parent)]
+    assert cli_main(["report", *argv]) == pipeline.EXIT_TOO_SLOW
+    err = capsys.readouterr().err
+    assert "full profile would take" in err and "--ignore-estimate" in err
+    assert previous.read_text() == "the last report"  # nothing was touched
+    forced = parser.parse_args(["--profile", "full", "--run-dir", str(tmp_path / "run"), "--ignore-estimate"])
+    monkeypatch.setattr(pipeline, "run_notebooks", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("would train now")))
+    with pytest.raises(RuntimeError, match="would train now"):
+        pipeline.build(forced.profile, forced.run_dir, tmp_path / "r2", ignore_estimate=forced.ignore_estimate, log=lambda m: None)

@@ -1,0 +1,630 @@
+"""Issue 11, tried as a hostile user would: every case listed under "Why" is a test here.
+
+Stale reuse (inputs in the key), silent divergence, zero meaning "not given", filesystem faults
+(a full disk is simulated by making a write raise ENOSPC half-way), two runs on one run folder,
+a profile change on a run folder, and the smaller cases (device names, checkpoints, data sums).
+"""
+
+import errno
+import gzip
+import json
+import math
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fmnist_utils import data, device, paths, pipeline, provenance, report, train
+from fmnist_utils.__main__ import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FILESYSTEM, EXIT_INTERRUPTED, main
+from fmnist_utils.data import DataError
+from fmnist_utils.train import CheckpointError, TrainConfig, TrainingDiverged
+
+from test_pipeline import results_cell, write_notebook
+
+FLOAT_FIELDS = [f.name for f in __import__("dataclasses").fields(TrainConfig) if f.type in ("float", float)]
+
+
+def run_build(tmp_path, notebooks, profile="smoke", **kw):
+    logged = []
+    out = pipeline.build(profile, tmp_path / "run", tmp_path / "report", notebooks, pdf=False, progress=False,
+                         log=logged.append, **kw)
+    return out, logged
+
+
+def report_args(tmp_path, nbs, profile="smoke", *extra):
+    return ["report", "--profile", profile, "--run-dir", str(tmp_path / "run"), "--report-dir", str(tmp_path / "report"),
+            "--notebooks", str(nbs), "--no-pdf", *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny(fmnist):
+    """300 training images (stratified) as (x, y)."""
+    idx = data.stratified_subset(fmnist.y_train, 300, seed=0)
+    return fmnist.x_train[idx], fmnist.y_train[idx]
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Divergence is an error; every float setting is finite; results are strict JSON
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+def test_every_float_setting_rejects_non_finite_values_naming_the_field(field, value):
+    assert {"lr", "weight_decay", "l1", "dropout", "momentum"} <= set(FLOAT_FIELDS)
+    with pytest.raises(ValueError, match=f"TrainConfig.{field}=.*finite"):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 1.5, True])
+def test_seed_must_be_a_non_negative_integer(seed):
+    with pytest.raises(ValueError, match="TrainConfig.seed="):
+        TrainConfig(seed=seed)
+
+
+@pytest.mark.parametrize("flag, value, field", [("--weight-decay", "nan", "weight_decay"), ("--weight-decay", "inf", "weight_decay"),
+                                                ("--l1", "nan", "l1"), ("--lr", "inf", "lr"), ("--seed", "-1", "seed")])
+def test_cli_names_the_field_of_a_non_finite_or_negative_value(flag, value, field, capsys):
+    assert main(["train", flag, value]) == EXIT_BAD_INPUT
+    assert f"TrainConfig.{field}=" in capsys.readouterr().err
+
+
+def test_fit_stops_at_the_first_non_finite_loss_naming_epoch_step_and_cause(tiny):
+    x, y = tiny
+    config = TrainConfig(lr=1e10, batch_size=20, epochs=3, device="cpu", precision="fp32")
+    steps = []
+    model = train.build_model(config)
+    with pytest.raises(TrainingDiverged) as info:
+        train.train_one_epoch(model, train.build_optimizer(model, config), x, y, config,
+                              torch.Generator().manual_seed(0), "fp32", on_step=steps.append)
+    err = info.value
+    # Reference: the same steps by hand, stopping at the first non-finite loss.
+    model = train.build_model(config)
+    optimizer = train.build_optimizer(model, config)
+    generator = torch.Generator().manual_seed(0)
+    for step, idx in enumerate(data.iterate_batches(len(x), config.batch_size, generator), start=1):
+        loss = torch.nn.functional.cross_entropy(model(train._inputs(x[idx])), y[idx])
+        if not torch.isfinite(loss):
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert (err.epoch, err.step) == (1, step) and not math.isfinite(err.loss)
+    assert len(steps) == step - 1  # nothing ran after the bad step on the CPU
+    assert "learning rate lr=1e+10" in str(err) and "epoch 1, step" in str(err)
+
+    with pytest.raises(TrainingDiverged, match="epoch 1"):
+        train.fit(train.build_model(config), x, y, config, progress=False)
+
+
+def test_device_cadence_names_the_exact_step_and_stops_soon_after(tiny, monkeypatch):
+    """On an accelerator the host looks every few steps; the per-step losses still name the first bad one."""
+    x, y = tiny
+    config = TrainConfig(lr=1e10, batch_size=10, epochs=1, device="cpu", precision="fp32")
+
+    def diverge(every):
+        monkeypatch.setitem(train.DIVERGENCE_CHECK_STEPS, "cpu", every)
+        model, steps = train.build_model(config), []
+        with pytest.raises(TrainingDiverged) as info:
+            train.train_one_epoch(model, train.build_optimizer(model, config), x, y, config,
+                                  torch.Generator().manual_seed(0), "fp32", on_step=steps.append, epoch=2)
+        return info.value, len(steps)
+
+    exact, ran_exact = diverge(1)
+    late, ran_late = diverge(8)
+    assert (late.epoch, late.step) == (2, exact.step) and ran_exact == exact.step - 1
+    assert ran_late == 8 * math.ceil(exact.step / 8) - 1 and ran_late < len(x) // 10 - 1  # noticed within 8 steps, not at the end
+
+
+def test_weights_that_turn_non_finite_after_the_last_step_are_caught():
+    config = TrainConfig()
+    model = train.build_model(config)
+    train._check_parameters(model, 1, 10, config)  # finite: silent
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(math.inf)
+    with pytest.raises(TrainingDiverged, match=r"epoch 3, step 10.*non-finite in the last update"):
+        train._check_parameters(model, 3, 10, config)
+
+
+def test_cli_divergence_exits_non_zero_and_writes_no_results(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    rc = main(["train", "--lr", "1e10", "--epochs", "1", "--subset", "200", "--batch-size", "20", "--no-progress",
+               "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr()
+    assert rc == EXIT_DIVERGED
+    assert "training diverged (epoch 1, step" in err.err and "learning rate" in err.err
+    assert "test accuracy" not in err.out and not out.exists()
+
+
+def test_results_are_strict_json_and_a_nan_names_its_key(tmp_path):
+    path = tmp_path / "results.json"
+    with pytest.raises(ValueError, match=r"results.json.history\[1\].train_loss is nan"):
+        provenance.write_json(path, {"history": [{"train_loss": 0.5}, {"train_loss": float("nan")}]})
+    with pytest.raises(ValueError, match=r"results.json.m\[0\]\[1\] is inf"):
+        provenance.write_json(path, {"m": np.array([[1.0, np.inf]])})
+    with pytest.raises(ValueError, match=r"results.json.t is nan"):
+        provenance.write_json(path, {"t": torch.tensor(float("nan"))})
+    assert not path.exists() and not list(tmp_path.iterdir())  # nothing written, no temporary file
+    # Where a value is missing, the caller says so explicitly; then it is written as null.
+    provenance.write_json(path, {"std": provenance.missing_as_none([float("nan"), 0.25]), "p": Path("a"), "n": np.int64(3)})
+    assert json.loads(path.read_text()) == {"std": [None, 0.25], "p": "a", "n": 3}
+
+
+# --------------------------------------------------------------------------------------------
+# 3. None is the only "not given"
+
+
+def test_subset_zero_is_validated_not_all(capsys):
+    assert main(["train", "--subset", "0", "--epochs", "1"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr()
+    assert "--subset 0: must be between 1 and the 60000" in err.err and "training" not in err.out
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Smaller cases: devices, checkpoints, data
+
+
+@pytest.mark.parametrize("name, words", [("foo", "not a device name"), ("cuda:abc", "not a device name"),
+                                         ("meta", "the kit runs on cpu, cuda, mps only")])
+def test_misspelt_device_is_one_clear_error(name, words, capsys):
+    with pytest.raises(ValueError, match=f"device='{name}': {words}"):
+        device.resolve_device(name)
+    with pytest.raises(ValueError, match=f"TrainConfig.device='{name}': {words}"):
+        TrainConfig(device=name)
+    assert main(["train", "--device", name]) == EXIT_BAD_INPUT
+    assert f"TrainConfig.device='{name}'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available() or torch.cuda.is_available(), reason="needs a machine without MPS and CUDA")
+@pytest.mark.parametrize("name", ["mps", "cuda", "cuda:1"])
+def test_unavailable_device_is_one_clear_error(name, capsys):
+    assert str(TrainConfig(device=name).device) == name  # a config may be written for another machine
+    assert main(["train", "--device", name, "--epochs", "1", "--subset", "100"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr()
+    assert f"device={name!r}:" in err.err and "not available" in err.err and "training" not in err.out
+
+
+def test_resuming_on_other_data_is_refused(tiny, tmp_path):
+    x, y = tiny
+    config = TrainConfig(epochs=2, batch_size=100, device="cpu")
+    ckpt = tmp_path / "ckpt.pt"
+    train.fit(train.build_model(config), x, y, config.replace(epochs=1), progress=False, checkpoint=ckpt)
+    assert train.data_fingerprint(x, y) == train.data_fingerprint(x.clone(), y.clone())
+    for other_x, other_y in ((x.flip(0), y.flip(0)), (x, y.roll(1)), (x[:-1], y[:-1])):
+        assert train.data_fingerprint(other_x, other_y) != train.data_fingerprint(x, y)
+        with pytest.raises(CheckpointError, match="was trained on other data"):
+            train.fit(train.build_model(config), other_x, other_y, config, progress=False, checkpoint=ckpt)
+    with pytest.raises(CheckpointError, match="was written with another validation split"):
+        train.fit(train.build_model(config), x, y, config, val=(x[:50], y[:50]), progress=False, checkpoint=ckpt)
+    assert len(train.fit(train.build_model(config), x, y, config, progress=False, checkpoint=ckpt)) == 2  # same data: resumes
+
+    # A checkpoint from before fingerprints cannot vouch for its data.
+    state = torch.load(ckpt, weights_only=False)
+    state["data"] = None
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError, match="no record of its training data"):
+        train.fit(train.build_model(config), x, y, config.replace(epochs=3), progress=False, checkpoint=ckpt)
+
+
+def test_truncated_checkpoint_is_a_clear_error_naming_the_file(tiny, tmp_path):
+    x, y = tiny
+    config = TrainConfig(epochs=1, batch_size=100, device="cpu")
+    ckpt = tmp_path / "ckpt.pt"
+    train.fit(train.build_model(config), x, y, config, progress=False, checkpoint=ckpt)
+    whole = ckpt.read_bytes()
+    ckpt.write_bytes(whole[: len(whole) // 2])
+    for attempt in (lambda: train.load_checkpoint(ckpt),
+                    lambda: train.fit(train.build_model(config), x, y, config, progress=False, checkpoint=ckpt)):
+        with pytest.raises(CheckpointError, match=f"{ckpt}: cannot be read as a training checkpoint.*truncated.*Delete it"):
+            attempt()
+    torch.save({"weights": 1}, ckpt)
+    with pytest.raises(CheckpointError, match="not a checkpoint written by fmnist_utils.train.fit"):
+        train.load_checkpoint(ckpt)
+
+
+def test_full_disk_while_checkpointing_leaves_the_last_checkpoint_and_no_debris(tiny, tmp_path, monkeypatch):
+    x, y = tiny
+    config = TrainConfig(epochs=2, batch_size=100, device="cpu")
+    ckpt = tmp_path / "ckpt.pt"
+    train.fit(train.build_model(config), x, y, config.replace(epochs=1), progress=False, checkpoint=ckpt)
+    before = ckpt.read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError) as info:
+        train.fit(train.build_model(config), x, y, config, progress=False, checkpoint=ckpt)
+    assert info.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"] and ckpt.read_bytes() == before
+    monkeypatch.setattr(torch, "save", real_save)
+    assert len(train.fit(train.build_model(config), x, y, config, progress=False, checkpoint=ckpt)) == 2
+
+
+def test_the_debian_copy_has_the_official_sums(fmnist):
+    """Reference: each file decompressed by gzip directly and hashed, against the recorded sums."""
+    import hashlib
+
+    files = data.find_files(fmnist.source)
+    for key, path in files.items():
+        raw = Path(path).read_bytes()
+        content = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        assert hashlib.sha256(content).hexdigest() == data.OFFICIAL_SHA256[key] == data.content_sha256(path)
+
+
+def _copy_with(folder: Path, real: str, replaced: dict[str, np.ndarray]) -> Path:
+    """A data folder: links to the real files, except the ``replaced`` ones, written raw."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, stem in data.FILES.items():
+        if key in replaced:
+            data.write_idx(folder / stem, replaced[key])
+        else:
+            source = data.find_files(real)[key]
+            os.symlink(source, folder / source.name)
+    return folder
+
+
+def test_shuffled_labels_or_blank_images_are_caught_by_the_sums(fmnist, tmp_path, monkeypatch):
+    monkeypatch.delenv(data.UNVERIFIED_ENV, raising=False)
+    labels = fmnist.y_test.numpy().astype(np.uint8)
+    shuffled = _copy_with(tmp_path / "shuffled", fmnist.source, {"test_labels": np.random.default_rng(0).permutation(labels)})
+    blank = _copy_with(tmp_path / "blank", fmnist.source, {"test_images": np.zeros((10_000, 28, 28), np.uint8)})
+    for folder, stem in ((shuffled, "t10k-labels-idx1-ubyte"), (blank, "t10k-images-idx3-ubyte")):
+        with pytest.raises(DataError, match=f"{folder / stem}: its content differs from Fashion-MNIST's {stem}"):
+            data.load_fashion_mnist(folder)
+        # Opting out, for data modified on purpose: by argument or environment variable.
+        assert data.load_fashion_mnist(folder, verify=False).source == str(folder)
+        monkeypatch.setenv(data.UNVERIFIED_ENV, "1")
+        assert data.load_fashion_mnist(folder).source == str(folder)
+        monkeypatch.delenv(data.UNVERIFIED_ENV)
+    loaded = data.load_fashion_mnist(shuffled, verify=False)
+    assert sorted(loaded.y_test.tolist()) == sorted(labels.tolist()) and loaded.y_test.tolist() != labels.tolist()
+
+
+def test_raw_and_gz_twins_that_differ_are_an_error(fmnist, tmp_path):
+    folder = _copy_with(tmp_path / "twins", fmnist.source, {})
+    stem = data.FILES["test_labels"]
+    labels = fmnist.y_test.numpy().astype(np.uint8)
+    data.write_idx(folder / stem, labels)  # the same content, raw, beside the .gz: fine
+    assert data.load_fashion_mnist(folder).y_test.tolist() == fmnist.y_test.tolist()
+    changed = labels.copy()
+    changed[[0, 1]] = changed[[1, 0]]
+    data.write_idx(folder / stem, changed)
+    with pytest.raises(DataError, match=f"{folder / stem} and {folder / stem}.gz both exist but hold different data"):
+        data.load_fashion_mnist(folder, verify=False)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Reuse keys cover every input
+
+
+@pytest.fixture
+def inputs_env(tmp_path, monkeypatch, fmnist):
+    """Data from a folder of links to the real files; no ResNet weights anywhere (private torch home)."""
+    folder = _copy_with(tmp_path / "data_a", fmnist.source, {})
+    monkeypatch.setenv("FMNIST_DATA", str(folder))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    for var in ("FMNIST_RESNET18_WEIGHTS", data.UNVERIFIED_ENV, "FMNIST_CPU_BF16"):
+        monkeypatch.delenv(var, raising=False)
+    return folder
+
+
+def test_reuse_covers_data_location_content_weights_and_environment(tmp_path, monkeypatch, inputs_env, fmnist):
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs / "01_reads_data.ipynb", results_cell("01_reads_data", 0.5))
+    write_notebook(nbs / "02_reads_all.ipynb", results_cell("02_reads_all", 0.25))  # declares nothing: every input
+    nb = json.loads((nbs / "01_reads_data.ipynb").read_text())
+    nb["metadata"]["fmnist"] = {"inputs": ["data"]}
+    (nbs / "01_reads_data.ipynb").write_text(json.dumps(nb))
+
+    def executed_and_reasons():
+        out, logged = run_build(tmp_path, nbs)
+        return [s["executed"] for s in out["stamps"]], " | ".join(m for m in logged if "running (" in m)
+
+    assert executed_and_reasons()[0] == [True, True]
+    assert executed_and_reasons() == ([False, False], "")
+
+    # Another data folder with the same files: its location is an input.
+    monkeypatch.setenv("FMNIST_DATA", str(_copy_with(tmp_path / "data_b", fmnist.source, {})))
+    ran, why = executed_and_reasons()
+    assert ran == [True, True]
+    assert f"the data's location ({inputs_env.resolve()} -> {(tmp_path / 'data_b').resolve()})" in why
+    assert f"$FMNIST_DATA ({inputs_env} -> {tmp_path / 'data_b'})" in why
+
+    # Same folder, other content (one label swapped): named by file.
+    labels = fmnist.y_test.numpy().astype(np.uint8).copy()
+    labels[[0, 1]] = labels[[1, 0]]
+    (tmp_path / "data_b" / "t10k-labels-idx1-ubyte.gz").unlink()
+    data.write_idx(tmp_path / "data_b" / "t10k-labels-idx1-ubyte", labels)
+    ran, why = executed_and_reasons()
+    assert ran == [True, True] and "the data's content (test_labels)" in why
+
+    # Weights appear (an offline run got the random init before): only the notebook that reads them reruns.
+    weights = tmp_path / "resnet18.pth"
+    weights.write_bytes(b"not checked by the runner, only hashed")
+    monkeypatch.setenv("FMNIST_RESNET18_WEIGHTS", str(weights))
+    ran, why = executed_and_reasons()
+    assert ran == [False, True] and "02_reads_all: running (changed since its last run: the ResNet-18 weights" in why
+    assert "$FMNIST_RESNET18_WEIGHTS (unset -> " in why and "01_reads_data" not in why
+    weights.write_bytes(b"other weights")
+    ran, why = executed_and_reasons()
+    assert ran == [False, True] and f"the ResNet-18 weights at {weights.resolve()} (SHA-256" in why
+
+    # The torchvision cache file counts when no file is named.
+    monkeypatch.delenv("FMNIST_RESNET18_WEIGHTS")
+    assert executed_and_reasons()[0] == [False, True]
+    from fmnist_utils import models
+
+    cached = models.resnet18_cache_file()
+    assert str(cached).startswith(str(tmp_path / "torch_home"))
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"cached weights")
+    ran, why = executed_and_reasons()
+    assert ran == [False, True] and f"the ResNet-18 weights at {cached.resolve()} (no file -> SHA-256" in why
+
+    # An environment variable that changes how inputs are read.
+    monkeypatch.setenv("FMNIST_CPU_BF16", "0")
+    ran, why = executed_and_reasons()
+    assert ran == [True, True] and "$FMNIST_CPU_BF16 (unset -> 0)" in why
+    assert executed_and_reasons()[0] == [False, False]
+
+
+def test_input_hashes_are_reused_while_files_are_unchanged(inputs_env, monkeypatch):
+    first = pipeline.snapshot_inputs(("data",))
+    calls = []
+    monkeypatch.setattr(data, "content_sha256", lambda p: calls.append(p) or "x")
+    assert pipeline.snapshot_inputs(("data",), first) == first and calls == []
+    touched = json.loads(json.dumps(first))
+    touched["data"]["files"]["test_labels"]["mtime_ns"] += 1  # as if the file had been rewritten
+    again = pipeline.snapshot_inputs(("data",), touched)
+    assert len(calls) == 1 and again["data"]["files"]["test_labels"]["sha256"] == "x"
+
+
+def test_an_input_the_notebook_fetched_itself_is_recorded_as_used():
+    before = {"data": {"location": None, "files": None}, "resnet18_weights": {"path": "/w", "sha256": None}, "environment": {}}
+    after = {"data": {"location": "/d", "files": {}}, "resnet18_weights": {"path": "/w", "sha256": "ab"}, "environment": {}}
+    assert pipeline.settle_inputs(before, after) == after
+    present = {**after, "data": {"location": "/e", "files": {}}}
+    # Present before: what was read is what the key says; a change during the run shows next time.
+    assert pipeline.settle_inputs(present, {**after, "resnet18_weights": {"path": "/w", "sha256": "cd"}}) == present
+
+
+# --------------------------------------------------------------------------------------------
+# 5. One writer per run folder; a profile change does not delete silently
+
+
+def _hold_lock(run: str, ready, release) -> None:
+    with pipeline.run_folder_lock(run):
+        ready.set()
+        release.wait(120)
+
+
+def test_a_second_run_on_a_locked_folder_names_the_holder_and_exits(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs / "01_a.ipynb", results_cell("01_a", 0.5))
+    run = tmp_path / "run"
+    run.mkdir()
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(run), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        (tmp_path / "report").mkdir()
+        (tmp_path / "report" / "report.html").write_text("the holder's report")
+        with pytest.raises(pipeline.RunFolderBusy) as info:
+            run_build(tmp_path, nbs)
+        message = str(info.value)
+        assert f"pid {holder.pid} on host {socket.gethostname()}, started 20" in message and "--run-dir" in message
+        assert not (run / "notebooks").exists()  # nothing ran
+        assert (tmp_path / "report" / "report.html").read_text() == "the holder's report"  # nothing removed
+        assert main(report_args(tmp_path, nbs)) == pipeline.EXIT_BUSY
+        assert f"is in use by another run: pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # killed, not released: the kernel frees the lock anyway
+        holder.join(30)
+    out, _ = run_build(tmp_path, nbs)
+    assert [s["executed"] for s in out["stamps"]] == [True]
+
+
+def test_lock_is_reentrant_within_a_process(tmp_path):
+    with pipeline.run_folder_lock(tmp_path) as lock:
+        with pipeline.run_folder_lock(tmp_path):
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+        assert pipeline._HELD[str(lock.resolve())] == 1
+    assert not pipeline._HELD
+
+
+def test_another_profile_in_the_run_folder_needs_force(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs / "01_a.ipynb", results_cell("01_a", 0.5))
+    run_build(tmp_path, nbs, profile="smoke")
+    results = tmp_path / "run" / "01_a" / "results.json"
+    smoke_results = results.read_bytes()
+    with pytest.raises(pipeline.RunFolderConflict, match=r"holds results of another profile: 01_a \(smoke\).*--force"):
+        run_build(tmp_path, nbs, profile="quick")
+    assert results.read_bytes() == smoke_results
+    assert main(report_args(tmp_path, nbs, "quick")) == EXIT_BAD_INPUT
+    assert "runs/quick" in capsys.readouterr().err and results.read_bytes() == smoke_results
+    # A notebook run by hand (no stamp) is recognised by the profile in its results.json.
+    (tmp_path / "run" / "notebooks" / "01_a.stamp.json").unlink()
+    with pytest.raises(pipeline.RunFolderConflict, match=r"01_a \(smoke\)"):
+        run_build(tmp_path, nbs, profile="quick")
+    out, logged = run_build(tmp_path, nbs, profile="quick", force=True)
+    assert out["stamps"][0]["executed"] and any("replacing the results of another profile" in m for m in logged)
+    assert json.loads(results.read_text())["profile"]["name"] == "quick"
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Filesystem faults: one message naming the path and what to do, no debris
+
+
+def test_run_folder_that_is_a_file_is_one_clear_error(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs / "01_a.ipynb", results_cell("01_a", 0.5))
+    (tmp_path / "run").write_text("a file")
+    assert main(report_args(tmp_path, nbs)) == EXIT_FILESYSTEM
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot use {tmp_path / 'run'}: the run folder is a file, not a folder; ")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_folder_under_proc_fails_before_any_notebook_runs(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs / "01_a.ipynb", results_cell("01_a", 0.5))
+    args = report_args(tmp_path, nbs)
+    args[args.index("--report-dir") + 1] = "/proc/fmnist-report"
+    assert main(args) == EXIT_FILESYSTEM
+    err = capsys.readouterr().err
+    assert "cannot use /proc/fmnist-report" in err and "(the report folder)" in err and "choose another folder" in err
+    assert not (tmp_path / "run" / "notebooks").exists()
+
+
+def test_unwritable_run_folder_says_so(tmp_path, monkeypatch, capsys):
+    # Tests may run as root, who may write anywhere: the refusal is simulated where it happens.
+    import tempfile
+
+    real = tempfile.TemporaryFile
+
+    def refuse(*a, dir=None, **k):
+        if Path(dir) == tmp_path / "run":
+            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(paths.tempfile, "TemporaryFile", refuse)
+    assert main(report_args(tmp_path, tmp_path)) == EXIT_FILESYSTEM
+    assert f"cannot use {tmp_path / 'run'}: Permission denied (the run folder); no permission to write there" in capsys.readouterr().err
+
+
+def _fill_disk_on(monkeypatch, target, *, after: int = 0):
+    """Make writes of files named like ``target`` fail with ENOSPC after ``after`` successful ones,
+    having written half of the content (as a full disk does)."""
+    import pathlib
+
+    import papermill.iorw
+
+    real_write_text = pathlib.Path.write_text
+    real_local_write = papermill.iorw.LocalHandler.write
+    count = {"n": 0}
+
+    def failing(path, text):
+        if target(Path(path)):
+            count["n"] += 1
+            if count["n"] > after:
+                real_write_text(Path(path), text[: len(text) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return None
+
+    def write_text(self, text, *a, **k):
+        failing(self, text)
+        return real_write_text(self, text, *a, **k)
+
+    def local_write(self, buf, path):
+        failing(Path(path), buf)
+        return real_local_write(self, buf, path)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", write_text)
+    monkeypatch.setattr(papermill.iorw.LocalHandler, "write", local_write)
+    return count
+
+
+def test_full_disk_while_saving_the_executed_notebook(tmp_path, monkeypatch, capsys):
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs / "01_a.ipynb", results_cell("01_a", 0.5), "print('more')")
+    run = tmp_path / "run"
+    _fill_disk_on(monkeypatch, lambda p: p == run / "notebooks" / "01_a.ipynb", after=2)
+    rc = main(report_args(tmp_path, nbs))
+    err = capsys.readouterr().err
+    assert rc == EXIT_FILESYSTEM
+    assert f"error: cannot use {run / 'notebooks' / '01_a.ipynb'}: No space left on device; the disk holding it is full" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (run / "notebooks" / "01_a.ipynb").exists()  # half a notebook is not kept
+    stamp = json.loads((run / "notebooks" / "01_a.stamp.json").read_text())
+    assert stamp["status"] == "failed"
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_full_disk_for_the_bookkeeping_too_keeps_the_original_error(tmp_path, monkeypatch, capsys):
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs / "01_fail.ipynb", 'raise RuntimeError("the original error")')
+    run = tmp_path / "run"
+    # The "running" stamp is written; the disk is full from then on (the "failed" stamp, the notebook).
+    _fill_disk_on(monkeypatch, lambda p: p.name in ("01_fail.stamp.json.tmp",), after=1)
+    assert main(report_args(tmp_path, nbs)) == pipeline.EXIT_NOTEBOOK_FAILED
+    captured = capsys.readouterr()
+    assert "notebook 01_fail failed: RuntimeError: the original error" in captured.err
+    assert "could not record the failed run" in captured.out and "No space left on device" in captured.out
+    assert json.loads((run / "notebooks" / "01_fail.stamp.json").read_text())["status"] == "running"
+    assert not list(run.rglob("*.tmp"))
+    # Space again, the notebook fixed: the run goes on.
+    monkeypatch.undo()
+    write_notebook(nbs / "01_fail.ipynb", results_cell("01_fail", 0.5))
+    assert main(report_args(tmp_path, nbs)) == 0
+
+
+def test_full_disk_for_the_final_stamp(tmp_path, monkeypatch, capsys):
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs / "01_a.ipynb", results_cell("01_a", 0.5))
+    run = tmp_path / "run"
+    _fill_disk_on(monkeypatch, lambda p: p.name == "01_a.stamp.json.tmp", after=1)
+    assert main(report_args(tmp_path, nbs)) == EXIT_FILESYSTEM
+    err = capsys.readouterr().err
+    assert f"cannot use {run / 'notebooks' / '01_a.stamp.json.tmp'}: No space left on device" in err
+    assert not list(run.rglob("*.tmp")) and len(err.strip().splitlines()) == 1
+
+
+def test_interrupted_run_is_recorded_and_reported(tmp_path, monkeypatch, capsys):
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs / "01_a.ipynb", results_cell("01_a", 0.5))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "execute", interrupted)
+    assert main(report_args(tmp_path, nbs)) == EXIT_INTERRUPTED
+    assert "Finished work is kept" in capsys.readouterr().err
+    assert json.loads(pipeline.stamp_path(tmp_path / "run", "01_a").read_text())["status"] == "interrupted"
+
+
+def test_train_out_is_checked_before_training_and_never_leaves_a_tmp(tmp_path, capsys):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    start = time.perf_counter()
+    assert main(["train", "--out", str(folder), "--epochs", "1"]) == EXIT_FILESYSTEM
+    captured = capsys.readouterr()
+    assert f"cannot use {folder}: Is a directory (--out)" in captured.err and "training" not in captured.out
+    assert main(["train", "--out", "/proc/fmnist/r.json", "--epochs", "1"]) == EXIT_FILESYSTEM
+    captured = capsys.readouterr()
+    assert "cannot use /proc/fmnist" in captured.err and "training" not in captured.out
+    assert time.perf_counter() - start < 60  # no epoch was trained first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"] and not list(folder.iterdir())
+
+
+def test_write_json_over_a_folder_leaves_no_tmp(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(IsADirectoryError):
+        provenance.write_json(tmp_path / "out", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_killed_pdf_print_leaves_no_temporary_pdf(tmp_path, monkeypatch):
+    fake = tmp_path / "chromium"
+    fake.write_text("#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in --print-to-pdf=*) echo '%PDF-1.4 half' > \"${a#--print-to-pdf=}\";; esac; done\n"
+                    "exec sleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv(report.CHROMIUM_ENV, str(fake))
+    page = tmp_path / "report.html"
+    page.write_text("<p>x</p>")
+    with pytest.raises(report.PdfUnavailable, match="could not print it"):
+        report.write_pdf(page, tmp_path / "report.pdf", timeout=2, log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chromium", "report.html"]
+    # A leftover from a print killed with its process is removed with the old report.
+    (tmp_path / "report.pdf.tmp.pdf").write_text("debris")
+    assert tmp_path / "report.pdf.tmp.pdf" in pipeline.remove_report(tmp_path)

@@ -1,0 +1,247 @@
+"""The offline GPU kit: the wheelhouse's requirement closure, verify-gpu's stages and budgets, bench_gpu's split."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from importlib.metadata import PackageNotFoundError
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_gpu  # noqa: E402
+import verify_gpu  # noqa: E402
+import wheelhouse  # noqa: E402
+
+
+def make_wheel(folder: Path, name: str, version: str, requires: list[str]) -> Path:
+    """Write a minimal wheel whose METADATA lists ``requires`` as Requires-Dist."""
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    meta = "".join([f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"]
+                   + [f"Requires-Dist: {r}\n" for r in requires] + ["\nRequires-Dist: not-a-header (description)\n"])
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{name}-{version}.dist-info/METADATA", meta)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# wheelhouse.py
+
+
+def test_runtime_requirements_are_pyprojects_without_torch():
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        from pip._vendor import tomli as tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    got = wheelhouse.runtime_requirements()
+    kept = [d for d in deps if not d.startswith(("torch", "torchvision"))]
+    names = {wheelhouse.requirement_name(d) for d in kept}
+    assert got == kept + [e for e in wheelhouse.EXTRA if wheelhouse.requirement_name(e) not in names]
+    assert not any(wheelhouse.requirement_name(r) in ("torch", "torchvision") for r in got)
+    assert {"papermill", "nbconvert", "optuna", "ipykernel", "jinja2", "tqdm", "ipywidgets"} <= {
+        wheelhouse.requirement_name(r) for r in got}
+
+
+def test_platform_tags_name_every_manylinux_up_to_the_glibc():
+    tags = wheelhouse.platform_tags("2.35")
+    assert [f"manylinux_2_{n}_x86_64" for n in range(35, 16, -1)] == tags[:19]
+    assert "manylinux_2_36_x86_64" not in tags and "manylinux2014_x86_64" in tags
+    with pytest.raises(ValueError, match="glibc"):
+        wheelhouse.platform_tags("2.5")
+    with pytest.raises(ValueError, match="Python"):
+        wheelhouse.download_command(["x"], Path("w"), "/usr/bin/python3", "2.35")
+
+
+def test_names_are_normalised():
+    assert wheelhouse.wheel_name("Jinja2-3.1.6-py3-none-any.whl") == "jinja2"
+    assert wheelhouse.wheel_name("jupyter_client-8.10.0-py3-none-any.whl") == "jupyter-client"
+    assert wheelhouse.requirement_name("typing_extensions>=4; python_version<'3.11'") == "typing-extensions"
+    with pytest.raises(ValueError, match="wheel"):
+        wheelhouse.wheel_name("numpy-2.0.tar.gz")
+
+
+def test_closure_follows_target_markers_and_extras(tmp_path):
+    make_wheel(tmp_path, "app", "1.0", ['net>=3; python_version == "3.12"', 'old; python_version < "3.0"', "lib[fast]"])
+    make_wheel(tmp_path, "lib", "1.0", ['speedup; extra == "fast"', 'docs; extra == "docs"', "nvidia-cublas"])
+    py312 = wheelhouse.target_environment("3.12")
+    # net is needed on 3.12 only; speedup through the requested extra; docs and nvidia-* never.
+    assert wheelhouse.unmet_requirements(tmp_path, ["app"], py312) == ["net>=3", "speedup"]
+    assert wheelhouse.unmet_requirements(tmp_path, ["app"], wheelhouse.target_environment("3.11")) == ["speedup"]
+    assert wheelhouse.unmet_requirements(tmp_path, ["app"], py312, leave_out=["net", "speedup"]) == []
+    make_wheel(tmp_path, "net", "3.1", [])
+    make_wheel(tmp_path, "speedup", "0.1", ["app"])  # a cycle ends
+    assert wheelhouse.unmet_requirements(tmp_path, ["app"], py312) == []
+
+
+def test_prune_removes_skipped_and_cuda_wheels_only(tmp_path):
+    for name in ("numpy", "nvidia_cudnn_cu13", "triton", "papermill", "Pillow"):
+        make_wheel(tmp_path, name, "1.0", [])
+    removed = wheelhouse.prune(tmp_path, ["numpy", "pillow"])
+    assert sorted(removed) == sorted(["numpy-1.0-py3-none-any.whl", "nvidia_cudnn_cu13-1.0-py3-none-any.whl",
+                                      "triton-1.0-py3-none-any.whl", "Pillow-1.0-py3-none-any.whl"])
+    assert [p.name for p in tmp_path.glob("*.whl")] == ["papermill-1.0-py3-none-any.whl"]
+
+
+def test_make_passes_the_target_python_not_the_venv():
+    def dry(*args):
+        return subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    assert "wheelhouse.py --python 3.12 " in dry("wheelhouse", "PY=3.12")
+    assert "wheelhouse.py --python 3.12 " in dry("wheelhouse")
+    assert "verify_gpu.py --profile full" in dry("verify-gpu")
+    assert "verify_gpu.py --profile smoke --stages report" in dry("verify-gpu", "PROFILE=smoke", "STAGES=report")
+    # On a machine without .venv it runs the Python that has torch there.
+    assert dry("verify-gpu", "PY=/nonexistent/python").startswith("python3 benchmarks/verify_gpu.py")
+
+
+# --------------------------------------------------------------------------------------------
+# verify_gpu.py
+
+
+def test_missing_requirements_checks_presence_and_version():
+    installed = {"papermill": "2.7.0", "optuna": "3.6.1", "tqdm": "4.67.0rc1"}
+
+    def version_of(name):
+        if name not in installed:
+            raise PackageNotFoundError(name)
+        return installed[name]
+
+    reqs = ["papermill>=2.6", "optuna>=4.0", "nbconvert>=7.16", "tqdm>=4.66", "ipywidgets"]
+    assert verify_gpu.missing_requirements(reqs, version_of) == ["optuna>=4.0", "nbconvert>=7.16", "ipywidgets"]
+
+
+def test_read_requirements_prefers_the_wheelhouse_list(tmp_path):
+    assert verify_gpu.read_requirements(tmp_path) == wheelhouse.runtime_requirements()
+    (tmp_path / "requirements.txt").write_text("# made by make wheelhouse\npapermill>=2.6\n\noptuna\n")
+    assert verify_gpu.read_requirements(tmp_path) == ["papermill>=2.6", "optuna"]
+
+
+def install_stage(folder: Path) -> dict:
+    import argparse
+
+    args = argparse.Namespace(wheelhouse=str(folder), profile="smoke", budget=None)
+    return verify_gpu.Verify(args, folder / "logs", dict(os.environ), time.perf_counter()).install(60)
+
+
+def test_install_stage_needs_nothing_when_everything_is_there(tmp_path):
+    (tmp_path / "requirements.txt").write_text("pytest>=7\nnumpy\n")
+    record = install_stage(tmp_path)
+    assert record["status"] == "ok" and record["figures"]["missing_before"] == []
+
+
+def test_install_stage_says_how_to_get_what_is_missing(tmp_path):
+    (tmp_path / "requirements.txt").write_text("pytest>=7\nfmnist-no-such-package>=1\n")
+    record = install_stage(tmp_path)
+    assert record["status"] == "failed" and record["figures"]["missing_before"] == ["fmnist-no-such-package>=1"]
+    assert "holds no wheels" in record["error"] and "make wheelhouse PY=" in record["error"]
+    # Wheels for another Python cannot help either, and the error says so.
+    (tmp_path / "manifest.json").write_text(json.dumps({"python": "2.7"}))
+    make_wheel(tmp_path, "fmnist_no_such_package", "1.0", [])
+    assert "wheels for Python 2.7" in install_stage(tmp_path)["error"]
+
+
+def test_run_command_kills_the_whole_group_at_its_budget(tmp_path):
+    # The stage's child starts a grandchild (as papermill starts a kernel); both must go.
+    pid_file = tmp_path / "grandchild.pid"
+    script = ("import subprocess, sys, time; "
+              f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid)); print('started', flush=True); time.sleep(120)")
+    start = time.perf_counter()
+    done = verify_gpu.run_command([sys.executable, "-c", script], 3, tmp_path / "x.log", dict(os.environ), echo=lambda s: None)
+    assert done["timed_out"] and done["returncode"] is None
+    assert time.perf_counter() - start < 3 + verify_gpu.KILL_GRACE_S + 5
+    assert done["tail"] == ["started"] and "started" in (tmp_path / "x.log").read_text()
+    grandchild = int(pid_file.read_text())
+    for _ in range(50):  # reaped by init shortly after the kill
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the stage's grandchild {grandchild} survived the kill")
+
+
+def test_run_command_reports_exit_status_and_output(tmp_path):
+    done = verify_gpu.run_command([sys.executable, "-c", "print('a'); print('b'); raise SystemExit(4)"], None,
+                                  tmp_path / "y.log", dict(os.environ), echo=lambda s: None)
+    assert done == {**done, "returncode": 4, "timed_out": False, "tail": ["a", "b"]}
+
+
+def test_accuracy_figures_pick_accuracies_from_nested_dicts():
+    results = {"seconds": 12.5, "test": {"accuracy": 0.9, "loss": 0.3}, "history": [{"val_accuracy": 0.5}],
+               "best_cv": {"accuracy_mean": 0.8, "n_folds": 5}, "final": {"test_accuracy": 0.88}, "flag": True}
+    assert verify_gpu.accuracy_figures(results) == {
+        "seconds": 12.5, "test.accuracy": 0.9, "best_cv.accuracy_mean": 0.8, "final.test_accuracy": 0.88}
+
+
+def test_results_name_names_device_date_and_profile():
+    assert verify_gpu.results_name("NVIDIA H100 80GB HBM3", "2026-11-27", "full") == "nvidia-h100-80gb-hbm3-2026-11-27.json"
+    assert verify_gpu.results_name("cpu", "2026-11-27", "smoke") == "cpu-2026-11-27-smoke.json"
+
+
+# --------------------------------------------------------------------------------------------
+# bench_gpu.py
+
+
+def test_bench_split_is_a_stratified_holdout_of_the_training_set():
+    y = torch.arange(10).repeat(100)  # 1,000 labels, 100 per class
+    train, val = bench_gpu.split_train_val(y, 500, 0.1, seed=3)
+    assert len(train) == 450 and len(val) == 50 and not set(train) & set(val)
+    assert np.bincount(y[val].numpy(), minlength=10).tolist() == [5] * 10
+    assert np.bincount(y[train].numpy(), minlength=10).tolist() == [45] * 10
+    with pytest.raises(ValueError, match="val_fraction"):
+        bench_gpu.split_train_val(y, 500, 0.0)
+
+
+def test_time_to_target_sums_epochs_until_first_reached():
+    history = [{"seconds": 3.0, "val_accuracy": 0.7}, {"seconds": 1.0, "val_accuracy": 0.93},
+               {"seconds": 1.0, "val_accuracy": 0.91}]
+    assert bench_gpu.time_to_target(history, 0.92) == 4.0
+    assert bench_gpu.time_to_target(history, 0.95) is None
+    assert bench_gpu.steady_seconds([9.0, 2.0, 4.0]) == 3.0 and bench_gpu.steady_seconds([5.0]) == 5.0
+
+
+# --------------------------------------------------------------------------------------------
+# End to end on this CPU
+
+
+@pytest.mark.slow
+def test_verify_gpu_smoke_runs_every_stage_and_records_figures(tmp_path):
+    results = tmp_path / "results"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "verify_gpu.py"), "--profile", "smoke",
+           "--results-dir", str(results), "--run-dir", str(tmp_path / "run"), "--report-dir", str(tmp_path / "report")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    (written,) = results.glob("cpu-*-smoke.json")
+    doc = json.loads(written.read_text())
+    stages = doc["stages"]
+    assert list(stages) == list(verify_gpu.STAGES), done.stdout[-3000:]
+    for name, record in stages.items():
+        assert record["status"] == "ok", f"{name}: {record.get('error')}\n{done.stdout[-3000:]}"
+        assert record["seconds"] >= 0 and record["budget_s"] == verify_gpu.BUDGETS["smoke"][name]
+    assert done.returncode == 0 and doc["ok"]
+    for stage in verify_gpu.STAGES:  # one progress line when each stage starts and one when it ends
+        assert f"] {stage}: started" in done.stdout and f"] {stage}: ok in " in done.stdout
+
+    bench = stages["bench_gpu"]["figures"]
+    assert bench["accuracy_split"] == "validation" and bench["n_train"] + bench["n_val"] == bench_gpu.SIZES["smoke"].subset
+    assert [r["loop"] for r in bench["loops"]] == ["tutorial", "kit eager"] and "kit captured" in bench["skipped"]
+    for row in bench["loops"]:
+        assert row["seconds_per_epoch"] > 0 and 0 <= row["final_val_accuracy"] <= 1
+    assert 0 <= bench["modern"]["final_val_accuracy"] <= 1
+    assert stages["bench_sweep"]["figures"]
+
+    report = stages["report"]["figures"]
+    assert report["report_files_bytes"]["report.html"] > 0
+    notebooks = report["notebooks"]
+    assert len(notebooks) >= 3 and all(nb["status"] == "ok" and nb["seconds"] > 0 for nb in notebooks.values())
+    assert any(0 <= v <= 1 for nb in notebooks.values() for k, v in nb["accuracies"].items() if "accuracy" in k)
+    assert "stage        status" in done.stdout  # the summary table
