@@ -463,8 +463,8 @@ def test_a_missing_verdict_is_an_error_that_names_it(tmp_path):
 
 
 def test_a_notebook_without_a_template_gets_its_verdicts_worded(tmp_path):
-    page = F.render(tmp_path, {"04_improvements": F.improvements_results()})
-    section = text_of(page[page.index('<section id="04_improvements"'):])
+    page = F.render(tmp_path, {"05_extra": F.untemplated_results()})
+    section = text_of(page[page.index('<section id="05_extra"'):])
     assert ("The modern recipe beats the study's higher mean difference in accuracy over seeds: 2.25 percentage points "
             "(95% interval 1 to 3.5; p = 0.004, paired t-test over 3 seeds)") in section
     assert "modern.accuracy_mean" in section and section.count("Figure ") == 1
