@@ -10,7 +10,6 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from fmnist_utils import ensemble, improve, models, profiles, report, train
 from fmnist_utils.improve import OPTIONS, Outcome, ablation_rows, select_rows
 
 ROOT = Path(__file__).resolve().parent.parent
