@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
+from fmnist_utils import ensemble, improve, profiles, report, train
 from fmnist_utils.improve import OPTIONS, Outcome, ablation_rows, select_rows
 
 ROOT = Path(__file__).resolve().parent.parent
