@@ -58,10 +58,12 @@ class _LineWriter:
         pass
 
 
-def bar(total: int | None, *, desc: str | None = None, unit: str = "it", enabled: bool | None = None):
+def bar(total: int | None, *, desc: str | None = None, unit: str = "it", enabled: bool | None = None,
+        initial: int = 0):
     """Return a tqdm bar over ``total`` ``unit``\\ s, shown as :func:`mode` decides.
 
     ``enabled``: True/None show it (None: as :func:`mode` finds best), False hides it.
+    ``initial``: work already done before this call (counted, but not in the rate or the ETA).
     Use it as tqdm: ``update(n)`` as work is done, ``set_postfix(...)`` when a line is worth
     printing (end of an epoch, a finished unit), ``close()`` at the end.
     """
@@ -69,12 +71,12 @@ def bar(total: int | None, *, desc: str | None = None, unit: str = "it", enabled
     if how == "bar":
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+        return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, initial=initial)
     from tqdm.std import tqdm
 
     if how == "off":
-        return tqdm(total=total, desc=desc, unit=unit, disable=True)
+        return tqdm(total=total, desc=desc, unit=unit, disable=True, initial=initial)
     # Never redrawn by time (mininterval) and not shown at 0 (delay): only on the caller's refresh.
     # set_description appends ": " to a description; one given here gets the same, so lines agree.
-    return tqdm(total=total, desc=None if desc is None else f"{desc}: ", unit=unit, file=_LineWriter(),
+    return tqdm(total=total, desc=None if desc is None else f"{desc}: ", unit=unit, file=_LineWriter(), initial=initial,
                 mininterval=math.inf, delay=math.inf, leave=False, bar_format=LINE_FORMAT)

@@ -52,6 +52,7 @@ import traceback
 import uuid
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,8 @@ from optuna.trial import TrialState
 
 from . import data as fdata
 from . import device as devices
-from . import train
+from . import stacked, train
+from .progress import bar as progress_bar
 from .search_space import NOT_HYPERPARAMETERS, SearchSpace, config_key, describe_config
 from .train import TrainConfig
 
@@ -285,6 +287,8 @@ class _Worker:
     grace_period: int
     max_retry: int | None
     held: list = field(default_factory=list)  # _Held trials, in claim order
+    units_done: int = 0  # (configuration, fold) units recorded before this call, for the ETA
+    bar: Any = None  # progress.bar over the sweep's units: one line per recorded unit
 
 
 def _adopt(w: _Worker, trial: optuna.Trial) -> optuna.Trial | None:
@@ -397,7 +401,10 @@ def _train_stack(w: _Worker, beat: _Heartbeat) -> None:
     """Train the next stack of held units with train.fit_many and record each unit."""
     group = w.held[0].group
     units = [(h, f) for h in w.held if h.group == group for f in h.todo]
-    units = units[: w.stack_size] if w.stack_size else units
+    # One fit_many call is one stack, so a finished stack is recorded before the next starts
+    # (resume per stack) and its lines print as it ends.
+    size = w.stack_size or stacked.plan_stack_size(units[0][0].config).size
+    units = units[:size]
     start = time.perf_counter()
     histories = train.fit_many([h.config for h, _ in units], w.x, w.y, [w.folds[f][0] for _, f in units],
                                [w.folds[f][1] for _, f in units], on_diverged="record", progress=False,
@@ -407,12 +414,10 @@ def _train_stack(w: _Worker, beat: _Heartbeat) -> None:
         if h.lost:
             continue
         d = _record(w, h, fold, history, seconds, len(units), beat)
-        if w.verbose and d is not None:
-            what = f"diverged ({d['diverged']}), recorded at chance" if d["diverged"] else (
-                f"val accuracy {d['val_accuracy']:.4f}, loss {d['val_loss']:.4f}")
-            print(f"[worker {w.worker}] {describe_config(h.params)} fold {fold + 1}/{w.k}: {what}", flush=True)
-    if w.verbose:
-        print(f"[worker {w.worker}] stack of {len(units)} units in {seconds:.1f} s", flush=True)
+        if d is not None:
+            what = "diverged, at chance" if d["diverged"] else f"val acc {d['val_accuracy']:.4f}"
+            w.bar.update()
+            w.bar.set_postfix_str(f"{describe_config(h.params)} fold {fold + 1}/{w.k}: {what}")
     w.held = [h for h in w.held if h.todo and not h.lost]
 
 
@@ -438,6 +443,10 @@ def _work(w: _Worker) -> None:
     timed: set[int] = set()  # others' running trials this worker has started a heartbeat clock for
     w.n_classes = int(torch.unique(w.y).numel())
     beat = _Heartbeat(w.storage, w.heartbeat_interval)
+    # Elapsed time and ETA over the sweep's units, one line per recorded unit where no one
+    # watches a widget (make report's log); tqdm counts the rate from the units done now.
+    w.bar = progress_bar(w.space.n_configs_total() * w.k, desc=f"sweep worker {w.worker}", unit="unit",
+                         enabled=w.verbose, initial=w.units_done)
     try:
         while True:
             with _quiet():
@@ -461,6 +470,7 @@ def _work(w: _Worker) -> None:
         raise
     finally:
         beat.stop()
+        w.bar.close()
 
 
 def _worker_main(w: _Worker, threads: int, errors) -> None:
@@ -613,7 +623,7 @@ def run_sweep(
     reused = len(recorded_folds(study))
     run_id = uuid.uuid4().hex
     w = _Worker(url, study_name, space, k, base, xs, ys, folds, run_id, 0, stack_size, wait, verbose,
-                heartbeat_interval, grace_period, max_retry)
+                heartbeat_interval, grace_period, max_retry, units_done=reused)
     start = time.perf_counter()
     if workers == 1:
         _work(w)
