@@ -187,8 +187,9 @@ PROFILES = {
     "full": Profile(
         name="full",
         train=TrainProfile(subset=None, val_fraction=0.1, epochs=10, test_subset=None),
+        # One worker per device: fit_many stacks the units that share a batch size on the GPU.
         sweep=SweepProfile(space="grid", n_configs=None, factors=_ALL_FACTORS, k=5, subset=None, epochs=5,
-                           workers=4, final_subset=None, final_epochs=10, test_subset=None),
+                           workers=1, final_subset=None, final_epochs=10, test_subset=None),
         compare=CompareProfile(per_class=100, n_boot=2_000, probe_train=10_000, probe_test=None,
                                fmnist_resnet=True, fmnist_resnet_subset=None, fmnist_resnet_epochs=10),
         improve=ImproveProfile(rows=None, seeds=3, subset=None, val_fraction=0.1, epochs=30, test_subset=None),
