@@ -537,11 +537,13 @@ def plot_accuracy_vs_time(
     names: (R,) row names written beside the points; seconds: (R,) training wall time per model
     (s); accuracy_mean, accuracy_sd: (R,) mean and standard deviation over seeds (fractions; sd
     None or NaN where there is one seed); kinds: (R,) row kinds (keys of :data:`KIND_COLORS`)
-    for the colours and legend; chance: an accuracy drawn as a dotted line (guessing). The time axis is logarithmic when the times span more than 5x.
+    for the colours and legend; chance: an accuracy drawn as a dotted line (guessing). The time
+    axis is logarithmic when the times span more than 5x.
     """
     t = np.asarray(seconds, dtype=float)
     m = np.asarray(accuracy_mean, dtype=float)
-    sd = np.full_like(m, np.nan) if accuracy_sd is None else np.array([np.nan if s is None else s for s in accuracy_sd], dtype=float)
+    sd = (np.full_like(m, np.nan) if accuracy_sd is None
+          else np.array([np.nan if s is None else s for s in accuracy_sd], dtype=float))
     kinds = list(kinds) if kinds is not None else ["recipe"] * len(m)
     if not len(names) == len(t) == len(m) == len(sd) == len(kinds):
         raise ValueError(f"names, seconds, accuracy_mean, accuracy_sd and kinds differ in length: "
