@@ -129,18 +129,20 @@ def ablation_rows() -> dict[str, Row]:
     ]
     for o in OPTIONS.values():
         back = {f: getattr(default, f) for f in o.fields}
-        rows.append(Row(f"modern-{o.name}", f"the modern recipe without {o.label}", "without", {**modern, **back}, "modern", o.fields))
+        rows.append(Row(f"modern-{o.name}", f"the modern recipe without {o.label}", "without", {**modern, **back},
+                        "modern", o.fields))
     for o in OPTIONS.values():
         on = {f: modern[f] for f in o.fields}
-        rows.append(Row(f"study+{o.name}", f"the study's recipe with {o.label}", "with", {**study, **on}, "study", o.fields))
+        rows.append(Row(f"study+{o.name}", f"the study's recipe with {o.label}", "with", {**study, **on}, "study",
+                        o.fields))
     for name, (label, settings) in SUGGESTIONS.items():
-        rows.append(Row(f"study+{name}", f"the study's recipe with {label}", "suggestion", {**study, **settings}, "study",
-                        tuple(settings)))
+        rows.append(Row(f"study+{name}", f"the study's recipe with {label}", "suggestion", {**study, **settings},
+                        "study", tuple(settings)))
     # "ResNet-18 on Fashion-MNIST": the report keeps that name apart from 03's ImageNet ResNet-18.
-    rows.append(Row("resnet18", "ResNet-18 on Fashion-MNIST with the modern recipe", "resnet", {**modern, "model": "resnet18"}, "modern",
-                    ("model",)))
-    rows.append(Row("ensemble", "the ensemble of the modern CNN and ResNet-18 on Fashion-MNIST", "ensemble", None, "resnet18",
-                    ("modern",), members=("modern", "resnet18")))
+    rows.append(Row("resnet18", "ResNet-18 on Fashion-MNIST with the modern recipe", "resnet",
+                    {**modern, "model": "resnet18"}, "modern", ("model",)))
+    rows.append(Row("ensemble", "the ensemble of the modern CNN and ResNet-18 on Fashion-MNIST", "ensemble", None,
+                    "resnet18", ("modern",), members=("modern", "resnet18")))
     return {r.name: r for r in rows}
 
 
@@ -288,8 +290,9 @@ class Outcome:
     """What one row gave, seed by seed (arrays have one entry per seed, in ``seeds`` order).
 
     seconds: wall time of training all seeds of the row (evaluation excluded); an ensemble's is
-    the sum of its members'. steps: optimizer steps per model (None for the ensemble). val_probs (S, N_val, C) and test_probs (S, N_test, C) are the final
-    models' probabilities. extra: per-row details (the ensemble's weights).
+    the sum of its members'. steps: optimizer steps per model (None for the ensemble).
+    val_probs (S, N_val, C) and test_probs (S, N_test, C) are the final models' probabilities.
+    extra: per-row details (the ensemble's weights).
     """
 
     row: str

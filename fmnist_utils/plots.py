@@ -529,18 +529,21 @@ KIND_LABELS = {
 
 
 def plot_accuracy_vs_time(
-    names: Sequence[str], seconds, accuracy_mean, accuracy_sd=None, kinds: Sequence[str] | None = None
+    names: Sequence[str], seconds, accuracy_mean, accuracy_sd=None, kinds: Sequence[str] | None = None,
+    chance: float | None = None,
 ) -> Figure:
     """Return test accuracy against training time for every ablation row, with error bars over seeds.
 
     names: (R,) row names written beside the points; seconds: (R,) training wall time per model
     (s); accuracy_mean, accuracy_sd: (R,) mean and standard deviation over seeds (fractions; sd
     None or NaN where there is one seed); kinds: (R,) row kinds (keys of :data:`KIND_COLORS`)
-    for the colours and legend. The time axis is logarithmic when the times span more than 5x.
+    for the colours and legend; chance: an accuracy drawn as a dotted line (guessing). The time
+    axis is logarithmic when the times span more than 5x.
     """
     t = np.asarray(seconds, dtype=float)
     m = np.asarray(accuracy_mean, dtype=float)
-    sd = np.full_like(m, np.nan) if accuracy_sd is None else np.array([np.nan if s is None else s for s in accuracy_sd], dtype=float)
+    sd = (np.full_like(m, np.nan) if accuracy_sd is None
+          else np.array([np.nan if s is None else s for s in accuracy_sd], dtype=float))
     kinds = list(kinds) if kinds is not None else ["recipe"] * len(m)
     if not len(names) == len(t) == len(m) == len(sd) == len(kinds):
         raise ValueError(f"names, seconds, accuracy_mean, accuracy_sd and kinds differ in length: "
@@ -548,7 +551,7 @@ def plot_accuracy_vs_time(
     unknown = sorted(set(kinds) - set(KIND_COLORS))
     if unknown:
         raise ValueError(f"unknown row kinds {unknown}; use {sorted(KIND_COLORS)}")
-    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    fig = Figure(figsize=(8.5, 4.8), layout="constrained")
     ax = fig.subplots()
     for kind in KIND_COLORS:
         sel = np.array([k == kind for k in kinds])
@@ -562,6 +565,9 @@ def plot_accuracy_vs_time(
     ax.set_xlabel("training time per model (s)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy against training time (mean ± sd over seeds)")
+    if chance is not None:
+        ax.axhline(100 * chance, color="grey", linestyle=":", label="chance")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    # Outside the axes, so it never hides a point.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     return fig

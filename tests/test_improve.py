@@ -332,7 +332,8 @@ def test_accuracy_vs_time_figure_puts_each_row_at_its_time_and_accuracy():
     from fmnist_utils import plots
 
     names, kinds = ["study", "modern", "study+nesterov"], ["recipe", "recipe", "with"]
-    fig = plots.plot_accuracy_vs_time(names, [10.0, 12.0, 11.0], [0.80, 0.88, 0.85], [0.01, None, 0.02], kinds=kinds)
+    fig = plots.plot_accuracy_vs_time(names, [10.0, 12.0, 11.0], [0.80, 0.88, 0.85], [0.01, None, 0.02], kinds=kinds,
+                                      chance=0.1)
     ax = fig.axes[0]
     centres, caps = set(), set()
     for container in ax.containers:  # one errorbar per kind: (data line, caps, bars)
@@ -342,7 +343,8 @@ def test_accuracy_vs_time_figure_puts_each_row_at_its_time_and_accuracy():
     # Error bars are one sd over seeds, in points; a row with one seed has none to draw.
     assert {(10.0, 79.0), (10.0, 81.0), (11.0, 83.0), (11.0, 87.0)} <= caps
     assert sorted(t.get_text() for t in ax.texts) == sorted(names)
-    assert {t.get_text() for t in ax.get_legend().get_texts()} == {plots.KIND_LABELS[k] for k in set(kinds)}
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {plots.KIND_LABELS[k] for k in set(kinds)} | {"chance"}
+    assert any(np.allclose(line.get_ydata(), 10.0) for line in ax.lines)  # the chance line, in per cent
     with pytest.raises(ValueError, match="differ in length"):
         plots.plot_accuracy_vs_time(names, [1.0], [0.8], kinds=kinds)
     with pytest.raises(ValueError, match="unknown row kinds"):
