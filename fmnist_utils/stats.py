@@ -283,9 +283,13 @@ def corrected_resampled_ttest(differences, n_train: int, n_test: int, level: flo
     mean = float(d.mean())
     se = math.sqrt((1 / k + n_test / n_train) * d.var(ddof=1))
     df = k - 1
+    if se == 0 and mean != 0:
+        # Every fold moved by the same amount: with no spread the t statistic is undefined, and
+        # a p of 0 would claim certainty that a handful of folds cannot give.
+        return {"mean": mean, "se": se, "t": None, "df": df, "p": None, "low": None, "high": None, "k": k,
+                "level": level, "reason": "every fold gave the same difference, so its spread is unknown"}
     if se == 0:
-        t = 0.0 if mean == 0 else math.copysign(math.inf, mean)
-        p = 1.0 if mean == 0 else 0.0
+        t, p = 0.0, 1.0
     else:
         t = mean / se
         p = float(2 * sps.t.sf(abs(t), df))
