@@ -512,6 +512,7 @@ def plot_probe_accuracies(
     ax.set_xlabel(xlabel)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
