@@ -191,7 +191,7 @@ def _free_port() -> int:
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_lab_serves_the_notebooks_headless(tmp_path):
     # The command `make lab` runs (without its install and data steps), made headless.
-    dry = subprocess.run(["make", "-s", "-n", "-o", ".venv/.installed", "-o", "data", "lab", f"PY={sys.executable}"],
+    dry = subprocess.run(["make", "-s", "--no-print-directory", "-n", "-o", ".venv/.installed", "-o", "data", "lab", f"PY={sys.executable}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     command = shlex.split(dry.stdout.strip().splitlines()[-1])
     assert command[:4] == [sys.executable, "-m", "jupyter", "lab"] and command[-1] == "notebooks/"

@@ -91,8 +91,12 @@ def test_prune_removes_skipped_and_cuda_wheels_only(tmp_path):
 
 
 def test_make_passes_the_target_python_not_the_venv():
+    # Run under `make test`, the inner make inherits MAKELEVEL and would print "Entering directory".
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+
     def dry(*args):
-        return subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, check=True).stdout
 
     assert "wheelhouse.py --python 3.12 " in dry("wheelhouse", "PY=3.12")
     assert "wheelhouse.py --python 3.12 " in dry("wheelhouse")
