@@ -141,3 +141,62 @@ def paired_fold_differences(folds: pd.DataFrame, key_a: str, key_b: str, value: 
     b = folds[folds["config"] == key_b].set_index("fold")[value]
     shared = sorted(set(a.index) & set(b.index))
     return (a.loc[shared] - b.loc[shared]).rename("difference")
+
+
+def records(table: pd.DataFrame) -> list[dict]:
+    """Return the rows of a fold, summary or factor table as plain dicts, without ``config``
+    (results.json keeps the hyperparameters as columns)."""
+    return table.drop(columns="config").to_dict("records")
+
+
+def cv_record(row: pd.Series | None) -> dict | None:
+    """Return one summary row's hyperparameters and CV statistics (accuracy and loss mean/std,
+    folds, rank) as a dict; None for None (a configuration that is not there)."""
+    if row is None:
+        return None
+    names = list(json.loads(row["config"]))
+    keys = ["accuracy_mean", "accuracy_std", "loss_mean", "loss_std", "n_folds", "rank"]
+    return {**{n: row[n] for n in names}, **{key: row[key] for key in keys}}
+
+
+def study_row(summary: pd.DataFrame, study: dict) -> pd.Series | None:
+    """Return the summary row of the study's configuration ``study`` ({factor: value}), or None
+    when the sweep did not try it."""
+    rows = summary[summary["config"] == config_key(study)]
+    return rows.iloc[0] if len(rows) else None
+
+
+def verdicts(folds: pd.DataFrame, summary: pd.DataFrame, study: dict, n_classes: int, k: int | None = None) -> dict:
+    """Return the sweep's verdict records, by key.
+
+    ``chosen_vs_runner_up`` and ``chosen_vs_study``: does the chosen configuration (the first of
+    :func:`ranked`) score higher than the runner-up / the study's configuration ``study`` on the
+    same folds (corrected resampled t-test, :func:`fmnist_utils.stats.verdict_cv_difference`);
+    n/a, with the reason, when there is no such other configuration. ``above_chance``: is the
+    chosen configuration's pooled validation accuracy above 1 / ``n_classes`` (exact binomial)?
+    """
+    from . import stats
+
+    order = ranked(summary, k)
+    chosen = order.iloc[0]["config"]
+    scores = folds.pivot(index="fold", columns="config", values="val_accuracy")  # (k, configurations), paired by fold
+    others = {"chosen_vs_runner_up": (order.iloc[1] if len(order) > 1 else None, "the runner-up",
+                                      "only one configuration finished all its folds"),
+              "chosen_vs_study": (study_row(summary, study), "the study's configuration",
+                                  "the study's configuration was not part of this sweep")}
+    out = {}
+    for key, (row, name, missing) in others.items():
+        if row is None or row["config"] == chosen:
+            out[key] = stats.record(
+                key, f"the chosen configuration and {name} differ in cross-validated accuracy",
+                "mean difference in fold validation accuracy", "none", "n/a",
+                reason=missing if row is None else "cross-validation chose the study's configuration itself")
+        else:
+            out[key] = stats.verdict_cv_difference(
+                key, scores[chosen], scores[row["config"]], int(folds["n_train"].min()), int(folds["n_val"].min()),
+                "the chosen configuration", name)
+    mine = folds[folds["config"] == chosen]
+    out["above_chance"] = stats.verdict_above_chance(
+        int(round((mine["val_accuracy"] * mine["n_val"]).sum())), int(mine["n_val"].sum()), n_classes,
+        "the chosen configuration's cross-validated accuracy")
+    return out

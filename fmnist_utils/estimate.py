@@ -56,11 +56,11 @@ class TooSlow(RuntimeError):
 
 
 def profile_sizes(profile: profiles.Profile) -> dict[str, dict]:
-    """Return the sizes the image-passes depend on, by notebook: ``{"train", "sweep", "compare"}``.
+    """Return the sizes the image-passes depend on, by notebook: ``{"train", "sweep", "compare", "improve"}``.
 
     The one function that reads the profile's field names.
     """
-    t, s, c = profile.train, profile.sweep, profile.compare
+    t, s, c, i = profile.train, profile.sweep, profile.compare, profile.improve
     return {
         "train": {"subset": t.subset, "val_fraction": t.val_fraction, "epochs": t.epochs, "test_subset": t.test_subset},
         "sweep": {"space": s.space, "n_configs": s.n_configs, "factors": tuple(s.factors), "k": s.k,
@@ -69,6 +69,8 @@ def profile_sizes(profile: profiles.Profile) -> dict[str, dict]:
         "compare": {"per_class": c.per_class, "probe_train": c.probe_train, "probe_test": c.probe_test,
                     "fmnist_resnet": c.fmnist_resnet, "fmnist_resnet_subset": c.fmnist_resnet_subset,
                     "fmnist_resnet_epochs": c.fmnist_resnet_epochs},
+        "improve": {"rows": i.rows, "seeds": i.seeds, "subset": i.subset, "val_fraction": i.val_fraction,
+                    "epochs": i.epochs, "test_subset": i.test_subset},
     }
 
 
@@ -103,8 +105,11 @@ def image_passes(sizes: dict[str, dict]) -> dict[str, dict[str, int]]:
     compare: the CNN comes from the train notebook's checkpoint; features of the per-class sample
     and the probe images from the CNN and the ImageNet ResNet-18, the CNN's own test accuracy on
     the probe's test images, and optionally a ResNet-18 trained on Fashion-MNIST, used likewise.
+    improve: every seed of every trained ablation row (:func:`fmnist_utils.improve.image_passes`).
     """
-    t, s, c = sizes["train"], sizes["sweep"], sizes["compare"]
+    from . import improve
+
+    t, s, c, i = sizes["train"], sizes["sweep"], sizes["compare"], sizes["improve"]
     n = t["subset"] or TRAIN_IMAGES
     n_val = round(t["val_fraction"] * n)
     models = 2  # the chosen configuration and the study's recipe (one when they coincide: an upper bound)
@@ -125,7 +130,10 @@ def image_passes(sizes: dict[str, dict]) -> dict[str, dict[str, int]]:
     if c["fmnist_resnet"]:
         compare["resnet_train"] = (c["fmnist_resnet_subset"] or TRAIN_IMAGES) * c["fmnist_resnet_epochs"]
         compare["resnet_eval"] = features + scored
-    return {"train": train, "sweep": sweep, "compare": compare}
+    rows = improve.select_rows(None if i["rows"] is None else list(i["rows"]))
+    ablation = improve.image_passes(rows, i["seeds"], i["subset"], i["val_fraction"], i["epochs"], i["test_subset"],
+                                    TRAIN_IMAGES, TEST_IMAGES)
+    return {"train": train, "sweep": sweep, "compare": compare, "improve": ablation}
 
 
 def _sync(dev: torch.device) -> None:
@@ -195,7 +203,7 @@ def estimate(profile: str | profiles.Profile, seconds_per_image: dict[str, float
     ``seconds_per_image``: {kind: seconds}, measured with :func:`measure_seconds_per_image` when
     None (only the kinds needed). ``sweep_speedup``: how much faster the sweep's training runs per
     unit than one unit alone (stacked training, see :func:`fmnist_utils.stacked.plan_stack_size`).
-    ``notebooks``: only these of ``train``, ``sweep``, ``compare`` (a notebook printing its own
+    ``notebooks``: only these of ``train``, ``sweep``, ``compare``, ``improve`` (a notebook printing its own
     estimate before it trains). Returns ``{"profile", "device", "notebooks": {name: seconds},
     "total_seconds", "passes", "seconds_per_image"}``.
     """

@@ -3,7 +3,7 @@
 The page is ``templates/report.html.j2``; each notebook's part of it is the fragment
 ``templates/sections/<stem>.html.j2`` (found by the notebook's stem: ``01_sweep``, ``02_train``,
 ...), rendered with ``r`` (that notebook's ``results.json``), ``results`` (every notebook's
-results by stem), ``stem`` and the helpers :func:`pct`, :func:`num`, :func:`points`,
+results by stem), ``stem`` and the helpers :func:`pct`, :func:`num`, :func:`points`, :func:`points_phrase`,
 :func:`p_value`, :func:`secs`, ``na`` (:func:`not_available`), ``verdict(stem, key)``,
 :func:`verdict_numbers`, :func:`relabel`, ``study`` (the study's reported figures, from
 :mod:`fmnist_utils.study`), ``figure(filename, caption)`` and ``table(rows, columns, caption)``.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import json
+import math
 import os
 import re
 import shutil
@@ -97,8 +98,26 @@ def num(x, digits: int = 3, reason: str | None = None) -> str:
 
 
 def points(x: float | None, reason: str | None = None) -> str:
-    """Return a difference of two fractions in percentage points: ``points(0.0123)`` -> ``"1.23"``."""
-    return not_available(reason) if _missing(x) else num(100 * float(x))
+    """Return a difference of two fractions in percentage points, three significant figures:
+    ``points(0.0123)`` -> ``"1.23"``, ``points(-0.30233)`` -> ``"-30.2"``, ``points(0.0006)`` -> ``"0.06"``."""
+    if _missing(x):
+        return not_available(reason)
+    value = 100 * float(x)
+    if value == 0 or abs(value) < 1:
+        return num(value)
+    # Whole points from 100 up; otherwise as many decimals as leave three significant figures.
+    decimals = max(0, 2 - int(math.floor(math.log10(abs(value)))))
+    text = f"{value:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def points_phrase(x: float | None, reason: str | None = None) -> str:
+    """Return :func:`points` with its unit, singular where the number is one:
+    ``"1.23 percentage points"``, ``"1 percentage point"``."""
+    if _missing(x):
+        return not_available(reason)
+    text = points(x)
+    return text + (" percentage point" if text.lstrip("-−") == "1" else " percentage points")
 
 
 def p_value(p: float | None) -> str:
@@ -178,7 +197,7 @@ def verdict_numbers(record: dict, unit: str | None = None) -> str:
         inside.append(", ".join(test))
     if record["value"] is None:
         return "; ".join(inside) or not_available(record["reason"])
-    head = fmt(record["value"]) + (" percentage points" if unit == "points" else "")
+    head = points_phrase(record["value"]) if unit == "points" else fmt(record["value"])
     return head + (f" ({'; '.join(inside)})" if inside else "")
 
 
@@ -550,7 +569,7 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
             raise ReportError(f"{path} is missing: run the notebook {stamp['notebook']} first")
         results[stamp["notebook"]] = provenance.read_json(path)
     helpers = {
-        "pct": pct, "num": num, "secs": secs, "points": points, "p_value": p_value, "na": not_available,
+        "pct": pct, "num": num, "secs": secs, "points": points, "points_phrase": points_phrase, "p_value": p_value, "na": not_available,
         "table": make_table(numbering), "verdict": make_verdict(results), "verdict_numbers": verdict_numbers,
         "relabel": relabel, "study": study_figures(), "top_rows": TOP_ROWS,
     }

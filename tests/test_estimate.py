@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fmnist_utils import data, estimate, pipeline, profiles, study
+from fmnist_utils import data, estimate, improve, pipeline, profiles, study
 from fmnist_utils.train import TrainConfig
 from fmnist_utils.__main__ import main as cli_main
 
@@ -56,6 +56,21 @@ def test_full_profile_counts_the_issue_figures():
     assert passes["sweep"]["cnn_train"] == 72_000_000 + 60_000 * 10
     assert passes["train"]["cnn_train"] == 2 * 54_000 * 10  # chosen and study recipe; 10% held out
     assert passes["compare"]["resnet_train"] == 60_000 * 10
+    # 04: 3 seeds of every trained row (24 CNN rows and ResNet-18; the ensemble trains nothing), 54,000 images, 30 epochs.
+    cnn_rows = sum(1 for r in improve.ablation_rows().values() if r.settings is not None and r.settings.get("model") != "resnet18")
+    assert passes["improve"]["cnn_train"] == 3 * cnn_rows * 54_000 * 30
+    assert passes["improve"]["resnet_train"] == 3 * 54_000 * 30
+
+
+def test_quick_improve_passes_count_the_profile_rows_seeds_and_tta():
+    prof = profiles.PROFILES["quick"].improve
+    passes = estimate.image_passes(estimate.profile_sizes(profiles.PROFILES["quick"]))["improve"]
+    n_val = round(prof.val_fraction * prof.subset)
+    rows = improve.select_rows(prof.rows)
+    assert passes["cnn_train"] == len(rows) * prof.seeds * (prof.subset - n_val) * prof.epochs
+    reads = sum(2 if r.config().tta_flip else 1 for r in rows)
+    assert passes["cnn_eval"] == reads * prof.seeds * (n_val + prof.test_subset)
+    assert "resnet_train" not in passes
 
 
 def test_estimate_is_passes_times_pace():

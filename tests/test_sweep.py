@@ -678,3 +678,45 @@ def test_notebook_runs_resumes_and_hands_on_its_choice(tmp_path):
              "finished_utc": "", "executed_notebook": "01_sweep.ipynb", "status": "done", "key": "", "parameters": {}}
     page = report.render(run, [stamp])
     assert '<section id="01_sweep"' in page and report.pct(first["best_cv"]["accuracy_mean"]) in page
+
+
+def _folds(accuracies: dict[float, list[float]], n_val: int = 100) -> pd.DataFrame:
+    rows = []
+    for lr, accs in accuracies.items():
+        for fold, acc in enumerate(accs):
+            rows.append({"config": config_key({"lr": lr, "batch_size": 128, "dropout": 0.5}), "lr": lr,
+                         "batch_size": 128, "dropout": 0.5, "fold": fold, "val_accuracy": acc, "val_loss": 1 - acc,
+                         "train_accuracy": acc, "train_loss": 1 - acc, "epochs": 1, "seconds": 1.0,
+                         "n_train": 2 * n_val, "n_val": n_val, "device": "cpu", "diverged": None, "trial": 0})
+    return pd.DataFrame(rows)
+
+
+def test_cv_verdicts_compare_the_choice_on_paired_folds_and_test_chance():
+    study_base = {"lr": 0.05, "batch_size": 128, "dropout": 0.5}
+    folds = _folds({0.1: [0.80, 0.82, 0.81], 0.05: [0.70, 0.73, 0.71], 0.003: [0.30, 0.31, 0.29]})
+    summary = cv_results.summarize(folds)
+    v = cv_results.verdicts(folds, summary, study_base, 10, k=3)
+    assert set(v) == {"chosen_vs_runner_up", "chosen_vs_study", "above_chance"}
+    # The runner-up is the study's configuration here: the same record twice, on the paired folds.
+    from fmnist_utils import stats
+    expected = stats.verdict_cv_difference("chosen_vs_study", folds.val_accuracy[:3].to_numpy(),
+                                           folds.val_accuracy[3:6].to_numpy(), 200, 100,
+                                           "the chosen configuration", "the study's configuration")
+    assert v["chosen_vs_study"] == expected and v["chosen_vs_study"]["verdict"] == "higher"
+    assert v["chosen_vs_runner_up"]["value"] == pytest.approx(expected["value"])
+    assert v["above_chance"]["verdict"] == "above_chance" and v["above_chance"]["n"] == 300
+    record = cv_results.cv_record(cv_results.study_row(summary, study_base))
+    assert record["lr"] == 0.05 and record["accuracy_mean"] == pytest.approx(np.mean([0.70, 0.73, 0.71])) and record["rank"] == 2
+    assert cv_results.records(summary)[0]["lr"] == 0.1 and "config" not in cv_results.records(summary)[0]
+
+
+def test_cv_verdicts_are_n_a_with_a_reason_when_there_is_nothing_to_compare():
+    study_base = {"lr": 0.05, "batch_size": 128, "dropout": 0.5}
+    alone = _folds({0.05: [0.5, 0.6]})
+    v = cv_results.verdicts(alone, cv_results.summarize(alone), study_base, 10)
+    assert v["chosen_vs_runner_up"]["verdict"] == "n/a" and "only one configuration" in v["chosen_vs_runner_up"]["reason"]
+    assert v["chosen_vs_study"]["reason"] == "cross-validation chose the study's configuration itself"
+    other = _folds({0.1: [0.5, 0.6], 0.003: [0.2, 0.1]})
+    v = cv_results.verdicts(other, cv_results.summarize(other), study_base, 10)
+    assert v["chosen_vs_study"]["reason"] == "the study's configuration was not part of this sweep"
+    assert cv_results.study_row(cv_results.summarize(other), study_base) is None and cv_results.cv_record(None) is None
