@@ -458,6 +458,32 @@ def test_abstract_leads_with_the_cv_choice_and_says_the_study_tuned_on_its_test_
     assert "it is the headline CNN that 02_train trains" in sweep
 
 
+def test_abstract_words_the_ablation_from_its_verdict_and_table(tmp_path):
+    improvements = F.improvements_results()
+    page = F.render(tmp_path, {"04_improvements": improvements})
+    abstract = text_of(page[page.index('<section id="abstract"'):page.index('<section id="method"')])
+    rows = {t["row"]: t for t in improvements["table"]}
+    assert f"The modern recipe classifies {report.pct(rows['modern']['accuracy_mean'])} of the test images" in abstract
+    word = improvements["verdicts"]["row:modern"]["verdict"]
+    opening = {"higher": "Across seeds the modern recipe is more accurate than the study's",
+               "lower": "Across seeds the modern recipe is less accurate than the study's on this budget",
+               "tie": "Across seeds the two recipes cannot be told apart"}[word]
+    assert f"{opening}: the " in abstract
+    best = max((t for t in improvements["table"]), key=lambda t: t["accuracy_mean"])
+    assert f"The most accurate row is {best['label']} ({report.pct(best['accuracy_mean'])})." in abstract
+    assert "The report also covers" not in abstract  # worded above, not merely listed
+
+
+def test_method_lists_the_parameters_each_notebook_ran_with(tmp_path):
+    sweep = {**F.sweep_results(), "parameters": {"profile": "quick", "run_dir": "/r", "n_folds": 3, "space": "oat",
+                                                   "factors": ["lr"], "storage": None}}
+    page = F.render(tmp_path, {"01_sweep": sweep, "02_train": F.train_results()})
+    method = text_of(page[page.index('<section id="method"'):page.index('<section id="01_sweep"')])
+    assert "The parameters each notebook ran with" in method
+    assert 'n_folds = 3; space = "oat"; factors = [\'lr\']; storage = None' in method
+    assert "run_dir = " not in method and "02_train" not in method.split("The parameters each notebook ran with")[1]
+
+
 def test_a_missing_verdict_is_an_error_that_names_it(tmp_path):
     results = F.train_results()
     del results["verdicts"]["overfitting"]
