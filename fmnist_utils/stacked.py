@@ -28,6 +28,19 @@ What each unit keeps, exactly as :func:`fmnist_utils.train.fit` would give it
     - data: its own indices, reshuffled every epoch by ``torch.Generator().manual_seed(seed)``
       exactly as ``fit`` does, so it sees the same batches in the same order;
     - lr, weight decay, dropout p, momentum, Nesterov: per-unit vectors; momentum buffers per unit;
+    - its learning-rate schedule (``onecycle``, ``cosine``): the lr vector follows, step by step,
+      the values fit's scheduler sets, read up front from ``train.SCHEDULES`` run on a stand-in
+      optimizer per unit (a schedule's length is epochs x the unit's own steps per epoch);
+    - augmentation: each step its real rows go through ``augment_batch`` with its own generator,
+      the one that shuffled it (fit's: the epoch's permutation, then each step's draws, in fit's
+      order), so it sees the same crops, flips and erasures (one small call per unit and step: on
+      a GPU that is M times augment_batch's few kernel launches, the price of fit's exact draws);
+    - label smoothing in its loss, with the unsmoothed cross-entropy in its history, as fit records;
+      ``decay_norm_bias=False`` exempts its biases and norm weights from weight decay;
+    - EMA: a moving average of its weights and BatchNorm running statistics after each of its
+      steps, with ``train.ema_multi_avg_fn``'s warm-up (its own update count); validation and the
+      returned model use the average, as fit's do; ``tta_flip``: validation averages the softmax
+      of the image and its mirror as ``train.predict_logits`` does;
     - BatchNorm: batch statistics over its own rows, its own running statistics and step count;
     - its last partial batch: units may hold different numbers of images, hence different step
       counts. In a step where some unit has fewer rows than the batch (or none left), padded rows
@@ -46,8 +59,10 @@ What each unit keeps, exactly as :func:`fmnist_utils.train.fit` would give it
 
 What goes through ``fit`` one by one instead
     Configurations the stack does not implement (see :func:`stack_unsupported`: models other than
-    SeedCNN, optimizers other than SGD, schedules other than constant, augmentation, EMA, test-time
-    flips, ``compile``) and stacks of one unit. Correctness first: they are trained, not refused.
+    SeedCNN, optimizers other than SGD, and ``compile``, as capturing the stack's step is not
+    implemented) and stacks of one unit. Correctness first: they are trained, not refused. The
+    modern recipe (``train.PRESETS["modern"]``: Nesterov SGD, one-cycle, label smoothing, no decay
+    on norms and biases, crop + flip + erase, EMA, flip TTA) stacks.
 
 Divergence
     Every step checks each unit's loss on the device; the host looks every
@@ -65,6 +80,7 @@ Stack size
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -79,6 +95,7 @@ from torch import nn
 
 from . import device as devices
 from . import train
+from .augment import augment_batch
 from .data import scale
 from .progress import bar as progress_bar
 
@@ -104,10 +121,6 @@ def stack_unsupported(config: train.TrainConfig) -> str | None:
     reasons = {
         "model": config.model != "seedcnn",
         "optimizer": config.optimizer != "sgd",
-        "schedule": config.schedule != "constant",
-        "augmentation": bool(config.aug_crop_pad or config.aug_flip or config.aug_erase > 0),
-        "ema_decay": config.ema_decay > 0,
-        "tta_flip": config.tta_flip,
         "compile": config.compile,
     }
     found = [name for name, bad in reasons.items() if bad]
@@ -147,6 +160,13 @@ class _SeedCNNStack:
         counts = [int(s[f"{norms[0]}.num_batches_tracked"]) for s in states] if norms else [0] * self.M
         self.batches = torch.tensor(counts, dtype=torch.int64, device=dev)
         self.momentum: dict[str, torch.Tensor] = {}  # SGD momentum buffers, made at the first step that needs them
+
+    def with_state(self, params: dict, buffers: dict) -> "_SeedCNNStack":
+        """Return this network with other weights and running statistics (same shapes), e.g. their
+        moving averages; BatchNorm step counts stay shared (an average copies them, as fit's does)."""
+        view = copy.copy(self)
+        view.params, view.buffers = params, buffers
+        return view
 
     def unit_state(self, i: int) -> dict:
         """Return unit ``i``'s state dict, as its SeedCNN's ``state_dict()`` would hold it."""
@@ -314,6 +334,75 @@ class _UnitScaler:
         self.tracker = torch.where(active, new_tracker, self.tracker)
 
 
+class _UnitEMA:
+    """Each unit's exponential moving average of its weights and BatchNorm running statistics, as
+    fit's ``AveragedModel(model, multi_avg_fn=train.ema_multi_avg_fn(decay), use_buffers=True)``.
+
+    ``params`` / ``buffers``: the averages, shaped like the stack's (M, ...) tensors; ``count``
+    (M,) int64: updates so far per unit (AveragedModel's ``n_averaged``: units may take different
+    numbers of steps). BatchNorm step counts are not averaged but copied, so they are the stack's.
+    """
+
+    def __init__(self, net: _SeedCNNStack, decay: float):
+        self.decay = decay
+        # AveragedModel starts from a copy of the model; its first update overwrites it anyway.
+        self.params = {n: p.detach().clone() for n, p in net.params.items()}
+        self.buffers = {n: b.clone() for n, b in net.buffers.items()}
+        self.count = torch.zeros(net.M, dtype=torch.int64, device=net.batches.device)
+
+    @torch.no_grad()
+    def update(self, net: _SeedCNNStack, active: torch.Tensor) -> None:
+        """Average in the units where ``active`` (M,) bool, as one ``update_parameters`` call each:
+        the first copies the unit's weights, the n-th (n >= 1) moves them by
+        1 - min(decay, (1 + n) / (10 + n)), computed in float32 as ``ema_multi_avg_fn`` does."""
+        n = self.count
+        keep = torch.clamp((1 + n) / (10 + n), max=self.decay)  # (M,) float32, int / int as in fit
+        weight = torch.where(active, torch.where(n == 0, 1.0, 1 - keep), 0.0)  # lerp by 1 is a copy, by 0 a no-op
+        for averages, current in ((self.params, net.params), (self.buffers, net.buffers)):
+            for name, e in averages.items():
+                e.lerp_(current[name].detach(), weight.to(e.dtype).view((-1,) + (1,) * (e.ndim - 1)))
+        self.count += active.long()
+
+
+def _lr_schedules(configs: Sequence[train.TrainConfig], steps_per_epoch: Sequence[int]) -> list[list[float]]:
+    """Return each unit's learning rates, step by step, as fit's scheduler sets them.
+
+    Unit m's list has ``epochs * steps_per_epoch[m] + 1`` entries: entry k is the lr after k
+    scheduler steps (the lr of its step k; the last is what fit's history reports after the
+    last epoch). Built by running ``train.SCHEDULES[schedule]`` on a stand-in optimizer with the
+    unit's lr: the same arithmetic on the same floats, so the very values fit uses.
+    """
+    made: dict[tuple, list[float]] = {}
+    out = []
+    for c, steps in zip(configs, steps_per_epoch):
+        total = c.epochs * steps
+        if c.schedule == "constant":  # LambdaLR's factor 1.0 gives lr itself: a sweep's units skip the loop
+            out.append([c.lr] * (total + 1))
+            continue
+        key = (c.replace(seed=0), steps)  # seeds of one setting share their schedule
+        if key not in made:
+            optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=c.lr)
+            scheduler = train.SCHEDULES[c.schedule](optimizer, c, steps)
+            lrs = [optimizer.param_groups[0]["lr"]]
+            for _ in range(total):
+                optimizer.step()  # no gradient, so no change; a scheduler step expects one first
+                scheduler.step()
+                lrs.append(optimizer.param_groups[0]["lr"])
+            made[key] = lrs
+        out.append(made[key])
+    return out
+
+
+def _lr_table(schedules: Sequence[list[float]], steps_per_epoch: Sequence[int], epochs: int, steps: int,
+              dtype: torch.dtype, dev: torch.device) -> torch.Tensor:
+    """Return (epochs, steps, M) learning rates: [e, s, m] is unit m's lr at step s of epoch e + 1
+    (0 where unit m has no step s: it is inactive there). Moved to the device once."""
+    table = torch.zeros(epochs, steps, len(schedules), dtype=torch.float64)
+    for m, (lrs, n) in enumerate(zip(schedules, steps_per_epoch)):
+        table[:, :n, m] = torch.tensor(lrs[:-1], dtype=torch.float64).view(epochs, n)
+    return table.to(dev, dtype)  # float64 -> dtype rounds each value as torch.tensor(lr, dtype) would
+
+
 # --------------------------------------------------------------------------------------------
 # Training a stack
 
@@ -337,8 +426,15 @@ class _Stack:
         self.nesterov = vector("nesterov", torch.bool) if any(c.nesterov for c in configs) else None
         self.p = [c.dropout for c in configs]
         self.batch, self.l1, self.smoothing, self.decay_1d = c0.batch_size, c0.l1, c0.label_smoothing, c0.decay_norm_bias
+        self.augment = (c0.aug_crop_pad, c0.aug_flip, c0.aug_erase)
+        self.augmenting = bool(c0.aug_crop_pad or c0.aug_flip or c0.aug_erase > 0)  # as train_one_epoch decides
+        self.tta_flip = c0.tta_flip
+        # fit's CPU generator, seeded with the unit's seed, shuffles each epoch and then draws each
+        # step's augmentation: one per unit, drawn in that order.
+        self.data_generators = [torch.Generator().manual_seed(c.seed) for c in configs]
         # fit seeds the global generator with the unit's seed for dropout; each unit gets its own.
         self.drop_generators = [torch.Generator(device=dev).manual_seed(c.seed) for c in configs]
+        self.ema = _UnitEMA(self.net, c0.ema_decay) if c0.ema_decay > 0 else None
         self.scaler = _UnitScaler(self.M, dev) if devices.needs_grad_scaler(precision) else None
         # Dropout masks in the dtype the dense layers compute in, as F.dropout draws them.
         self.mask_dtype = devices.AUTOCAST_DTYPES.get(precision, dtype)
@@ -349,9 +445,11 @@ class _Stack:
             self._masks[flags] = torch.tensor(flags, dtype=torch.bool, device=self.dev)
         return self._masks[flags]
 
-    def step(self, xb: torch.Tensor, yb: torch.Tensor, rows: Sequence[int], live: Sequence[bool]):
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, rows: Sequence[int], live: Sequence[bool],
+             lr: torch.Tensor | None = None):
         """Train one step: xb uint8 (M, B, 1, 28, 28), yb (M, B), ``rows[m]`` of unit m's B rows
-        real (the rest padding), ``live[m]`` False for a unit that stopped (diverged).
+        real (the rest padding), ``live[m]`` False for a unit that stopped (diverged), ``lr`` (M,)
+        this step's learning rates (None: each config's lr).
 
         Returns device tensors (M,): summed plain cross-entropy and correct count over the real
         rows, and the objective (mean loss, + L1) that the divergence check reads.
@@ -362,7 +460,10 @@ class _Stack:
         full = all(r == b for r, lv in zip(rows, live) if lv)
         rows_t = torch.tensor(rows, device=self.dev) if not full else None
         valid = None if full else torch.arange(b, device=self.dev)[:, None] < rows_t[None, :]  # (B, M)
-        x = scale(xb).squeeze(2).transpose(0, 1).contiguous(memory_format=torch.channels_last)  # (B, M, 28, 28)
+        x = scale(xb)  # (M, B, 1, 28, 28)
+        if self.augmenting:
+            x = self._augmented(x, rows, active_flags)
+        x = x.squeeze(2).transpose(0, 1).contiguous(memory_format=torch.channels_last)  # (B, M, 28, 28)
         drop = [dropout_masks(self.drop_generators, self.p, [r if a else 0 for r, a in zip(rows, active_flags)],
                               b, self.net.params[f"{layer}.linear.weight"].shape[1], self.mask_dtype, self.dev)
                 for layer in ("fc1", "fc2")]
@@ -387,8 +488,10 @@ class _Stack:
             for p in self.net.params.values():  # a skipped unit's inf gradients must not reach 0 * inf
                 if p.grad is not None:
                     p.grad.masked_fill_(found.view((-1,) + (1,) * (p.ndim - 1)), 0.0)
-        self.net.sgd_step(self.lr, self.wd, self.mom, self.nesterov, active, self.decay_1d)
+        self.net.sgd_step(self.lr if lr is None else lr, self.wd, self.mom, self.nesterov, active, self.decay_1d)
         self.net.batches += self._device_mask(active_flags).long()
+        if self.ema is not None:  # fit averages after every step, even one the loss scaler skipped
+            self.ema.update(self.net, self._device_mask(active_flags))
         with torch.no_grad():
             plain = F.cross_entropy(flat_logits, flat_y, reduction="none").view(m, b) if self.smoothing else ce
             right = logits.argmax(-1) == yb  # (M, B)
@@ -396,22 +499,48 @@ class _Stack:
                 plain, right = torch.where(valid.T, plain, 0.0), right & valid.T
         return plain.detach().sum(1), right.sum(1), objective.detach()
 
+    def _augmented(self, x: torch.Tensor, rows: Sequence[int], active: Sequence[bool]) -> torch.Tensor:
+        """Return images x (M, B, 1, 28, 28) with each active unit's real rows through
+        ``augment_batch`` drawn from its own generator, exactly as fit augments that batch.
+
+        One call per unit, not one over the stack: the draws are per unit anyway, and on a CPU a
+        transcendental kernel may round an element differently by its position in the tensor
+        (vectorised body against scalar tail), which would move an erased rectangle's edge.
+        """
+        crop, flip, erase = self.augment
+        for m, (gen, n, on) in enumerate(zip(self.data_generators, rows, active)):
+            if on:
+                x[m, :n] = augment_batch(x[m, :n], gen, crop, flip, erase)
+        return x
+
+    def scored(self) -> _SeedCNNStack:
+        """Return the network fit would validate and return: the moving average where there is one."""
+        return self.net if self.ema is None else self.net.with_state(self.ema.params, self.ema.buffers)
+
     def _l1(self) -> torch.Tensor:
         # Weight matrices and kernels only (per unit ndim > 1), as train.l1_penalty.
         return sum(p.abs().flatten(1).sum(1) for p in self.net.params.values() if p.ndim > 2)
 
     @torch.inference_mode()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, indices: Sequence[torch.Tensor], batch_size: int) -> list[dict]:
-        """Return each unit's ``{"accuracy", "loss"}`` on its own indices into (x, y), as train.evaluate."""
+        """Return each unit's ``{"accuracy", "loss"}`` on its own indices into (x, y), as train.evaluate
+        (of the moving average with EMA; with ``tta_flip`` over the image and its mirror)."""
+        net = self.scored()
         longest = max(len(i) for i in indices)
         padded = torch.stack([torch.cat([i, i[:1].expand(longest - len(i))]) for i in indices]).to(self.dev)  # (M, N)
         chunk = max(1, batch_size // self.M)
         outs = []
         for start in range(0, longest, chunk):
             idx = padded[:, start:start + chunk]  # (M, n)
-            xb = scale(x[idx]).squeeze(2).transpose(0, 1).contiguous(memory_format=torch.channels_last)
+            xb = scale(x[idx]).squeeze(2).transpose(0, 1).contiguous(memory_format=torch.channels_last)  # (n, M, 28, 28)
             with devices.autocast(self.dev, self.precision):
-                outs.append(self.net.forward(xb, None, None, [None, None], training=False).float())
+                logits = net.forward(xb, None, None, [None, None], training=False).float()  # (M, n, 10)
+                if self.tta_flip:  # as train.predict_logits: log of the mean of the two softmaxes
+                    mirrored = net.forward(xb.flip(3), None, None, [None, None], training=False).float()
+                    logits = torch.logsumexp(
+                        torch.stack([logits.log_softmax(-1), mirrored.log_softmax(-1)]), dim=0
+                    ) - math.log(2)
+            outs.append(logits.float())
         logits = torch.cat(outs, dim=1).cpu()  # (M, N, 10)
         results = []
         for m, i in enumerate(indices):
@@ -438,10 +567,12 @@ def _train_stack(configs, units, x, y, train_idx, val_idx, dev, precision, progr
     stack = _Stack(configs, [m.state_dict() for m in models], models[0], dev, precision)
     if not return_models:
         models = [None] * len(configs)
-    data_generators = [torch.Generator().manual_seed(c.seed) for c in configs]  # as fit's generator
     sizes = [len(i) for i in train_idx]
     b, m = c0.batch_size, len(configs)
-    steps = max(math.ceil(n / b) for n in sizes)
+    unit_steps = [math.ceil(n / b) for n in sizes]  # each unit's steps per epoch, as in fit
+    steps = max(unit_steps)
+    schedules = _lr_schedules(configs, unit_steps)
+    lrs = _lr_table(schedules, unit_steps, c0.epochs, steps, stack.lr.dtype, dev)  # (epochs, steps, M)
     live = [True] * m
     histories: list[list[dict]] = [[] for _ in configs]
     bar = progress_bar(steps * c0.epochs, unit="step", enabled=progress)
@@ -449,7 +580,8 @@ def _train_stack(configs, units, x, y, train_idx, val_idx, dev, precision, progr
         for epoch in range(1, c0.epochs + 1):
             bar.set_description(f"{m} stacked units, epoch {epoch}/{c0.epochs}", refresh=False)
             start = time.perf_counter()
-            orders = _epoch_orders(data_generators, train_idx, steps * b, dev)  # (M, steps*B)
+            # Each unit's permutation before its epoch's augmentation draws, as in fit.
+            orders = _epoch_orders(stack.data_generators, train_idx, steps * b, dev)  # (M, steps*B)
             loss_sum = torch.zeros(m, device=dev)
             correct = torch.zeros(m, dtype=torch.int64, device=dev)
             bad_step = torch.full((m,), -1, dtype=torch.int64, device=dev)
@@ -457,7 +589,7 @@ def _train_stack(configs, units, x, y, train_idx, val_idx, dev, precision, progr
             for s in range(steps):
                 rows = [min(b, max(0, n - s * b)) for n in sizes]
                 idx = orders[:, s * b:(s + 1) * b]  # (M, B)
-                step_loss, step_correct, objective = stack.step(x[idx], y[idx], rows, live)
+                step_loss, step_correct, objective = stack.step(x[idx], y[idx], rows, live, lrs[epoch - 1, s])
                 loss_sum += step_loss
                 correct += step_correct
                 newly = ~torch.isfinite(objective) & (bad_step < 0) & stack._device_mask(tuple(live))
@@ -478,19 +610,22 @@ def _train_stack(configs, units, x, y, train_idx, val_idx, dev, precision, progr
                 row = {"epoch": epoch, "train_loss": train_loss[i] / sizes[i], "train_accuracy": train_correct[i] / sizes[i]}
                 if val_idx is not None:
                     row.update(val_loss=scored[i]["loss"], val_accuracy=scored[i]["accuracy"])
-                row.update(seconds=seconds, lr=configs[i].lr)
+                row.update(seconds=seconds, lr=schedules[i][epoch * unit_steps[i]])  # fit's lr at the epoch's end
                 histories[i].append(row)
             bar.set_postfix(live=f"{sum(live)}/{m}")
     finally:
         bar.close()
     out_models = []
+    final = stack.scored()  # fit ends holding the moving average, where there is one
     for i, model in enumerate(models):
         if model is None or not live[i]:
             out_models.append(None)
             continue
-        model.load_state_dict(stack.net.unit_state(i))
+        model.load_state_dict(final.unit_state(i))
         model = train._prepare(model, dev)
-        out_models.append(model.eval() if val_idx is not None else model.train())
+        # fit leaves the model in evaluation mode when it validated the model itself (with EMA it
+        # validated the average, and the model keeps its training mode).
+        out_models.append(model.eval() if val_idx is not None and stack.ema is None else model.train())
     return histories, out_models
 
 
@@ -728,11 +863,12 @@ def _free_bytes(dev: torch.device) -> int:
 
 def _estimated_bytes_per_unit(config: train.TrainConfig) -> int:
     """Return a rough memory need of one SeedCNN unit: weights, gradients, momentum and an autocast
-    copy (4 copies of the parameters) plus activations kept for the backward pass (about 2 MB
-    per image in fp32 at 28x28)."""
+    copy (4 copies of the parameters; a 5th for an EMA) plus activations kept for the backward
+    pass (about 2 MB per image in fp32 at 28x28)."""
     from .models import SEED_CNN_PARAMETERS
 
-    return 4 * 4 * SEED_CNN_PARAMETERS + config.batch_size * 2_000_000
+    copies = 5 if config.ema_decay > 0 else 4
+    return copies * 4 * SEED_CNN_PARAMETERS + config.batch_size * 2_000_000
 
 
 def _sync(dev: torch.device) -> None:
