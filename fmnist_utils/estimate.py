@@ -130,7 +130,7 @@ def image_passes(sizes: dict[str, dict]) -> dict[str, dict[str, int]]:
     if c["fmnist_resnet"]:
         compare["resnet_train"] = (c["fmnist_resnet_subset"] or TRAIN_IMAGES) * c["fmnist_resnet_epochs"]
         compare["resnet_eval"] = features + scored
-    rows = improve.select_rows(None if i["rows"] is None else list(i["rows"]))
+    rows = improve.select_rows(i["rows"])
     ablation = improve.image_passes(rows, i["seeds"], i["subset"], i["val_fraction"], i["epochs"], i["test_subset"],
                                     TRAIN_IMAGES, TEST_IMAGES)
     return {"train": train, "sweep": sweep, "compare": compare, "improve": ablation}

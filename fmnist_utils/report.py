@@ -103,7 +103,7 @@ def points(x: float | None, reason: str | None = None) -> str:
     if _missing(x):
         return not_available(reason)
     value = 100 * float(x)
-    if value == 0 or abs(value) < 1:
+    if abs(value) < 1:
         return num(value)
     # Whole points from 100 up; otherwise as many decimals as leave three significant figures.
     decimals = max(0, 2 - int(math.floor(math.log10(abs(value)))))
@@ -117,7 +117,7 @@ def points_phrase(x: float | None, reason: str | None = None) -> str:
     if _missing(x):
         return not_available(reason)
     text = points(x)
-    return text + (" percentage point" if text.lstrip("-−") == "1" else " percentage points")
+    return text + (" percentage point" if text.lstrip("-") == "1" else " percentage points")
 
 
 def p_value(p: float | None) -> str:

@@ -535,11 +535,9 @@ class _Stack:
             xb = scale(x[idx]).squeeze(2).transpose(0, 1).contiguous(memory_format=torch.channels_last)  # (n, M, 28, 28)
             with devices.autocast(self.dev, self.precision):
                 logits = net.forward(xb, None, None, [None, None], training=False).float()  # (M, n, 10)
-                if self.tta_flip:  # as train.predict_logits: log of the mean of the two softmaxes
+                if self.tta_flip:  # as train.predict_logits
                     mirrored = net.forward(xb.flip(3), None, None, [None, None], training=False).float()
-                    logits = torch.logsumexp(
-                        torch.stack([logits.log_softmax(-1), mirrored.log_softmax(-1)]), dim=0
-                    ) - math.log(2)
+                    logits = train.flip_averaged_logits(logits, mirrored)
             outs.append(logits.float())
         logits = torch.cat(outs, dim=1).cpu()  # (M, N, 10)
         results = []

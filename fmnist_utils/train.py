@@ -433,12 +433,16 @@ def predict_logits(
         with devices.autocast(dev, precision):
             logits = model(xb).float()
             if tta_flip:
-                mirrored = model(xb.flip(3)).float()
-                logits = torch.logsumexp(
-                    torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)]), dim=0
-                ) - math.log(2)
+                logits = flip_averaged_logits(logits, model(xb.flip(3)).float())
         outs.append(logits.float())
     return torch.cat(outs).cpu()
+
+
+def flip_averaged_logits(logits: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """Return log of the mean of the softmaxes of ``logits`` and ``mirrored`` (..., n_classes),
+    the passes over the images and their mirrors: its softmax is exactly the average of the two
+    passes' probabilities (flip test-time augmentation)."""
+    return torch.logsumexp(torch.stack([logits.log_softmax(-1), mirrored.log_softmax(-1)]), dim=0) - math.log(2)
 
 
 def evaluate(
