@@ -6,9 +6,9 @@ probabilities crossed, at the study's batch size 128, on stratified folds) are t
 (a) one by one with the tutorial loop: ``DataLoader`` over a ``TensorDataset`` of float images,
     shuffled, fp32, NCHW, validated through a ``DataLoader`` too;
 (b) one by one with ``train.fit`` (on-device uint8 data, channels_last, precision ``auto``);
-(c) stacked with ``train.fit_many``: the stack size planned by ``stacked.plan_stack_size`` (its
-    measurement is printed and saved; planning time is reported apart, it happens once per
-    process), and, where asked (``--force-stack``; by default 4 on a CPU, where the plan picks
+(c) stacked with ``train.fit_many``: the stack size planned by ``stacked.plan_stack_size`` (a
+    decision from the device, never a timing), beside ``stacked.time_stack_sizes``'s timing of
+    stacks of 1, 2, 4, ... (printed and saved, timed apart), and, where asked (``--force-stack``; by default 4 on a CPU, where the plan picks
     1), a fixed stack size, to show what stacking costs there.
 
 Each way is warmed up first (one unit of one batch), so one-off kernel selection is not timed.
@@ -118,8 +118,11 @@ def main(argv=None) -> int:
     warm = [s[: configs[0].batch_size] for s in train_sets[:2]]
     tutorial_unit(configs[0], x_float, y, warm[0], val_sets[0][:100], dev)
     fit(build_model(configs[0]), x[warm[0]], y[warm[0]], configs[0], progress=False)
-    plan_seconds, _, plan = timed(lambda: stacked.plan_stack_size(configs[0], dev))
-    print(f"  plan: {plan.reason} (planned in {plan_seconds:.1f} s)")
+    plan = stacked.plan_stack_size(configs[0], dev)
+    timing_seconds, _, timings = timed(lambda: stacked.time_stack_sizes(configs[0], dev))
+    fastest = stacked.choose_stack_size(timings, plan.max_by_memory)
+    words = ", ".join(f"M={k}: {v * 1000:.1f} ms" for k, v in timings.items())
+    print(f"  plan: {plan.reason}; timed ({timing_seconds:.1f} s): {words} per unit-step, fastest M={fastest}")
     for size in forced:
         fit_many(configs[:2], x, y, warm, stack_size=max(2, size), progress=False)
 
@@ -156,7 +159,7 @@ def main(argv=None) -> int:
             "size": args.size, "units": n, "epochs": configs[0].epochs, "batch_size": configs[0].batch_size,
             "train_images_per_unit": [len(s) for s in train_sets], "val_images_per_unit": [len(s) for s in val_sets],
             "configs": [{"lr": c.lr, "dropout": c.dropout} for c in configs], "precision": precision,
-            "rows": rows, "plan": plan.to_dict(), "plan_seconds": plan_seconds,
+            "rows": rows, "plan": plan.to_dict(), "stack_timings": timings, "stack_timing_seconds": timing_seconds,
             "load_average_before": load_before, "load_average_after": load_after,
             "torch_threads": torch.get_num_threads(), "environment": provenance.environment(),
         })

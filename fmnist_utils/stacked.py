@@ -21,7 +21,8 @@ Why grouped convolutions rather than ``torch.func.stack_module_state`` + ``vmap`
     (``replace_all_batch_norm_modules_`` simply drops running statistics), a ragged last batch
     cannot be vmapped, and dropout probabilities differ per unit. Written out, each is a few
     explicit lines. (In bf16 on this CPU, oneDNN's grouped convolution is much slower still:
-    6.3 s against 0.93 s for four separate steps, which is why :func:`plan_stack_size` measures.)
+    6.3 s against 0.93 s for four separate steps, which is why :func:`plan_stack_size` keeps a CPU
+    to one unit at a time.)
 
 What each unit keeps, exactly as :func:`fmnist_utils.train.fit` would give it
     - initial weights: ``train.build_model(config)`` (seeded by ``config.seed``);
@@ -73,9 +74,14 @@ Divergence
     ends its history with ``{"epoch", "step", "diverged": reason}``; the others train on.
 
 Stack size
-    :func:`plan_stack_size` times a few real steps at M = 1, 2, 4, ... on the device and keeps the
-    fastest per unit, bounded by free memory (CUDA: ``torch.cuda.mem_get_info``). On this kit's
-    2-core CPU it picks 1: stacking is slower there, and M = 1 is plain ``fit``.
+    :func:`plan_stack_size` decides from the device, its total memory and the configuration alone,
+    never from a timing taken during the run: a planner that timed steps made the numbers depend on
+    the machine's load (a grouped and a plain convolution round differently in bf16, so the same
+    seeds gave 44.6% trained one by one on an idle CPU and 40.0% stacked on a loaded one). On a CPU
+    the plan is 1 (plain ``fit``; stacking measured slower on the kit's 2-core CPU, see
+    ``make bench-sweep``); on CUDA, as many units as :data:`MEMORY_FRACTION` of the device's total
+    memory holds, up to :data:`MAX_STACK`. :func:`time_stack_sizes` still times stacks for the
+    benchmarks, where a timing belongs.
 """
 
 from __future__ import annotations
@@ -106,11 +112,11 @@ PER_UNIT_FIELDS = ("lr", "weight_decay", "dropout", "momentum", "nesterov", "see
 SHARED_FIELDS = ("model", "batch_size", "epochs", "precision", "device", "optimizer")
 # Steps between host checks for divergence (each check waits for the device).
 CHECK_EVERY = 50
-# Largest stack plan_stack_size tries.
+# Largest stack plan_stack_size plans, and time_stack_sizes tries.
 MAX_STACK = 64
-# A larger stack is chosen only when it is this much faster per unit (timings are noisy).
+# A larger stack is reported faster only when it is this much faster per unit (timings are noisy).
 MIN_GAIN = 0.05
-# Share of free device memory a stack may plan to use.
+# Share of the device's total memory a stack may plan to use.
 MEMORY_FRACTION = 0.8
 # torch.amp.GradScaler's defaults, applied per unit.
 _SCALE_INIT, _SCALE_GROWTH, _SCALE_BACKOFF, _SCALE_INTERVAL = 2.0**16, 2.0, 0.5, 2000
@@ -693,7 +699,7 @@ def fit_many(
     ends its history with a row ``{"epoch", "step", "diverged": reason}`` (a unit trained
     through ``fit`` keeps only that row). ``return_models``: also return each unit's model as
     ``fit`` leaves it (None for a diverged unit). ``stack_size``: units per stack; None plans it
-    with :func:`plan_stack_size`; 1 trains every unit with ``fit``. ``progress`` as in ``fit``.
+    with :func:`plan_stack_size` (from the device, never a timing); 1 trains every unit with ``fit``. ``progress`` as in ``fit``.
     """
     configs = list(configs)
     if not configs:
@@ -766,16 +772,15 @@ def _fit_one(config, unit, x, y, tr, va, progress, on_diverged):
 class StackPlan:
     """The stack size chosen for one (model, batch size, precision, device) and what it rests on.
 
-    size: units per stack. seconds_per_unit_step: {stack size tried: measured seconds per unit
-    per training step (CPU seconds of this process on a CPU, wall seconds on a GPU)}. bytes_per_unit: device memory one unit needs (measured on CUDA, estimated
-    elsewhere). free_bytes: free device memory when planned. max_by_memory: the largest stack that
-    fits. reason: one line saying why.
+    size: units per stack. bytes_per_unit: device memory one unit needs (estimated from the
+    parameters and the batch, :func:`_estimated_bytes_per_unit`). total_bytes: the device's total
+    memory (not its free memory, which other processes change). max_by_memory: the largest stack
+    that fits. reason: one line saying why. Recorded in the results of whatever trained with it.
     """
 
     size: int
-    seconds_per_unit_step: dict
     bytes_per_unit: int
-    free_bytes: int
+    total_bytes: int
     max_by_memory: int
     reason: str
     device: str
@@ -788,11 +793,12 @@ class StackPlan:
 
 
 def choose_stack_size(seconds_per_unit_step: dict[int, float], max_by_memory: int, min_gain: float = MIN_GAIN) -> int:
-    """Return the stack size to use given measured seconds per unit per step at each size tried.
+    """Return the fastest stack size of measured seconds per unit per step at each size tried.
 
-    A larger stack replaces a smaller one only when it is faster per unit by more than
-    ``min_gain`` (a fraction), so timing noise never picks stacking; the result never exceeds
-    ``max_by_memory`` (and is at least 1).
+    For the benchmarks (:func:`time_stack_sizes`), never for a run's plan. A larger stack
+    replaces a smaller one only when it is faster per unit by more than ``min_gain`` (a fraction),
+    so timing noise never picks stacking; the result never exceeds ``max_by_memory`` (and is at
+    least 1).
     """
     if not seconds_per_unit_step:
         raise ValueError("choose_stack_size needs at least one measurement")
@@ -803,58 +809,61 @@ def choose_stack_size(seconds_per_unit_step: dict[int, float], max_by_memory: in
     return max(1, min(best, max_by_memory))
 
 
-_PLANS: dict[tuple, StackPlan] = {}
-
-
-def plan_stack_size(config: train.TrainConfig, device: str | torch.device | None = None, *, steps: int = 3,
-                    max_size: int = MAX_STACK, refresh: bool = False) -> StackPlan:
+def plan_stack_size(config: train.TrainConfig, device: str | torch.device | None = None, *,
+                    max_size: int = MAX_STACK, total_bytes: int | None = None) -> StackPlan:
     """Return the :class:`StackPlan` for ``config``'s model, batch size and precision on ``device``.
 
-    Times ``steps`` real training steps (after one warm-up step; the fastest counts, which is
-    robust to other jobs on the machine) of one unit through ``fit``'s step, then of stacks of
-    2, 4, 8, ... units, doubling while a stack is faster per unit (by
-    :data:`MIN_GAIN`) and fits in :data:`MEMORY_FRACTION` of free memory, up to ``max_size``;
-    then :func:`choose_stack_size`. Plans are cached per process (``refresh`` measures again).
-    Configs :func:`stack_unsupported` rejects get size 1 without measuring.
+    A pure decision, the same whatever else runs on the machine: 1 where
+    :func:`stack_unsupported` rejects the config and on a CPU; on CUDA the most units that fit in
+    :data:`MEMORY_FRACTION` of the device's total memory (``total_bytes``, read from the device
+    when None), at most ``max_size``.
     """
     dev = devices.resolve_device(device if device is not None else config.device)
     precision = devices.resolve_precision(config.precision, dev)
-    key = (config.model, config.kernel_size, config.batch_size, precision, str(dev))
-    if key in _PLANS and not refresh:
-        return _PLANS[key]
-    free = _free_bytes(dev)
+    total = _total_bytes(dev) if total_bytes is None else int(total_bytes)
+    per_unit = _estimated_bytes_per_unit(config)
+    max_by_memory = max(1, int(MEMORY_FRACTION * total // per_unit))
     why_not = stack_unsupported(config)
     if why_not is not None:
-        return StackPlan(1, {}, 0, free, 1, why_not, str(dev), precision, config.batch_size)
+        size, reason = 1, why_not
+    elif dev.type != "cuda":
+        size, reason = 1, ("one unit at a time on a CPU: stacking measured slower than separate steps on the "
+                           "kit's 2-core CPU (make bench-sweep)")
+    else:
+        size = max(1, min(max_size, max_by_memory))
+        reason = (f"stack of {size}: as many units as {MEMORY_FRACTION:.0%} of the device's memory holds "
+                  f"({per_unit / 2**20:.0f} MiB per unit at batch {config.batch_size}), at most {max_size}")
+    return StackPlan(size, int(per_unit), int(total), max_by_memory, reason, str(dev), precision, config.batch_size)
+
+
+def time_stack_sizes(config: train.TrainConfig, device: str | torch.device | None = None, *, steps: int = 3,
+                     max_size: int = MAX_STACK) -> dict[int, float]:
+    """Return measured seconds per unit per training step at stack sizes 1, 2, 4, ... (benchmarks only).
+
+    Times ``steps`` real training steps (after one warm-up step; the fastest counts) of one unit
+    through ``fit``'s step, then of stacks of 2, 4, 8, ... units, doubling while a stack is faster
+    per unit (by :data:`MIN_GAIN`) and fits the memory of :func:`plan_stack_size`, up to
+    ``max_size``. A run never calls this: its plan must not depend on the machine's load.
+    """
+    dev = devices.resolve_device(device if device is not None else config.device)
+    precision = devices.resolve_precision(config.precision, dev)
     probe = config.replace(device=str(dev), precision=precision, epochs=1)
-    single, measured = _time_single(probe, dev, steps)
-    per_unit = measured or _estimated_bytes_per_unit(probe)
-    timings = {1: single}
+    limit = min(max_size, plan_stack_size(probe, dev, max_size=MAX_STACK).max_by_memory)
+    timings = {1: _time_single(probe, dev, steps)[0]}
     size = 2
-    while size <= max_size and size * per_unit <= MEMORY_FRACTION * free:
-        seconds, peak = _time_stack(probe, dev, size, steps)
-        timings[size] = seconds
-        if peak is not None:
-            per_unit = max(per_unit, peak // size)
-        if seconds >= timings[size // 2] * (1 - MIN_GAIN):
+    while size <= limit:
+        timings[size] = _time_stack(probe, dev, size, steps)[0]
+        if timings[size] >= timings[size // 2] * (1 - MIN_GAIN):
             break
         size *= 2
-    max_by_memory = max(1, int(MEMORY_FRACTION * free // per_unit))
-    chosen = choose_stack_size(timings, max_by_memory)
-    words = ", ".join(f"M={k}: {v * 1000:.1f} ms" for k, v in timings.items())
-    reason = (f"stack of {chosen}: the fastest per unit ({words} per unit-step; {precision}, batch "
-              f"{config.batch_size}), memory allows {max_by_memory}")
-    plan = StackPlan(chosen, timings, int(per_unit), int(free), max_by_memory, reason, str(dev), precision,
-                     config.batch_size)
-    _PLANS[key] = plan
-    return plan
+    return timings
 
 
-def _free_bytes(dev: torch.device) -> int:
+def _total_bytes(dev: torch.device) -> int:
     if dev.type == "cuda":
-        return int(torch.cuda.mem_get_info(dev)[0])
+        return int(torch.cuda.get_device_properties(dev).total_memory)
     try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return 8 << 30  # a platform without sysconf: assume a laptop's 8 GiB
 

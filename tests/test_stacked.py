@@ -338,18 +338,39 @@ def test_choose_stack_size():
     assert stacked.choose_stack_size({1: 1.0, 2: 0.6}, max_by_memory=0) == 1
 
 
-def test_plan_stack_size_measures_and_caches(monkeypatch):
+def test_plan_stack_size_is_a_decision_not_a_timing(monkeypatch):
+    # The plan rests on the device and the config alone: nothing is timed, so the machine's load
+    # cannot change it (and with it the bf16 rounding of the results).
     config = BASE.replace(batch_size=8)
-    plan = stacked.plan_stack_size(config, "cpu", steps=1, max_size=2, refresh=True)
-    assert 1 in plan.seconds_per_unit_step and 2 in plan.seconds_per_unit_step
-    assert plan.size == stacked.choose_stack_size(plan.seconds_per_unit_step, plan.max_by_memory)
-    assert "M=1" in plan.reason and plan.to_dict()["precision"] == "fp32"
-    assert stacked.plan_stack_size(config, "cpu") is plan  # measured once per process
-    # No room for two units: nothing stacked is even tried.
-    monkeypatch.setattr(stacked, "_free_bytes", lambda dev: stacked._estimated_bytes_per_unit(config))
-    small = stacked.plan_stack_size(config, "cpu", steps=1, refresh=True)
-    assert small.size == 1 and list(small.seconds_per_unit_step) == [1]
-    stacked._PLANS.clear()
+    monkeypatch.setattr(stacked, "_time_single", lambda *a, **k: pytest.fail("a plan must not time steps"))
+    monkeypatch.setattr(stacked, "_time_stack", lambda *a, **k: pytest.fail("a plan must not time steps"))
+    plan = stacked.plan_stack_size(config, "cpu")
+    assert plan.size == 1 and "CPU" in plan.reason and plan.to_dict()["precision"] == "fp32"
+    assert stacked.plan_stack_size(config, "cpu") == plan  # the same answer every time
+    per_unit = stacked._estimated_bytes_per_unit(config)
+    assert plan.bytes_per_unit == per_unit
+    assert stacked.plan_stack_size(config, "cpu", total_bytes=per_unit).max_by_memory == 1
+    unsupported = stacked.plan_stack_size(config.replace(optimizer="adam"), "cpu")
+    assert unsupported.size == 1 and "optimizer" in unsupported.reason
+
+
+def test_plan_stack_size_on_cuda_is_bounded_by_total_memory(monkeypatch):
+    config = BASE.replace(batch_size=128, precision="fp32")
+    per_unit = stacked._estimated_bytes_per_unit(config)
+    monkeypatch.setattr(stacked.devices, "resolve_device", lambda d: torch.device("cuda"))
+    monkeypatch.setattr(stacked.devices, "resolve_precision", lambda p, d: "fp32")
+    fits_ten = int(10 * per_unit / stacked.MEMORY_FRACTION) + 1
+    plan = stacked.plan_stack_size(config, "cuda", total_bytes=fits_ten)
+    assert plan.size == plan.max_by_memory == 10 and "stack of 10" in plan.reason
+    assert stacked.plan_stack_size(config, "cuda", total_bytes=fits_ten, max_size=4).size == 4
+    assert stacked.plan_stack_size(config, "cuda", total_bytes=per_unit // 2).size == 1
+
+
+def test_time_stack_sizes_times_real_steps():
+    # The benchmarks' measurement: real steps at sizes 1 and 2 (doubling stops at max_size).
+    timings = stacked.time_stack_sizes(BASE.replace(batch_size=8), "cpu", steps=1, max_size=2)
+    assert set(timings) <= {1, 2} and 1 in timings and all(t > 0 for t in timings.values())
+    assert stacked.choose_stack_size(timings, max_by_memory=2) in timings
 
 
 def test_unit_loss_scaling_follows_grad_scaler_per_unit(monkeypatch):
