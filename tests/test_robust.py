@@ -338,7 +338,8 @@ def test_reuse_covers_data_location_content_weights_and_environment(tmp_path, mo
     assert f"the data's location ({inputs_env.resolve()} -> {(tmp_path / 'data_b').resolve()})" in why
     assert f"$FMNIST_DATA ({inputs_env} -> {tmp_path / 'data_b'})" in why
 
-    # Same folder, other content (one label swapped): named by file.
+    # Same folder, other content (one label swapped, on purpose: unverified): named by file.
+    monkeypatch.setenv(data.UNVERIFIED_ENV, "1")
     labels = fmnist.y_test.numpy().astype(np.uint8).copy()
     labels[[0, 1]] = labels[[1, 0]]
     (tmp_path / "data_b" / "t10k-labels-idx1-ubyte.gz").unlink()
@@ -347,8 +348,12 @@ def test_reuse_covers_data_location_content_weights_and_environment(tmp_path, mo
     assert ran == [True, True] and "the data's content (test_labels)" in why
 
     # Weights appear (an offline run got the random init before): only the notebook that reads them reruns.
+    # (The runner refuses a file without torchvision's prefix; these stand-ins are let through.)
+    from fmnist_utils import models
+
+    monkeypatch.setattr(models, "RESNET18_SHA256_PREFIX", "")
     weights = tmp_path / "resnet18.pth"
-    weights.write_bytes(b"not checked by the runner, only hashed")
+    weights.write_bytes(b"not loaded by these notebooks, only hashed")
     monkeypatch.setenv("FMNIST_RESNET18_WEIGHTS", str(weights))
     ran, why = executed_and_reasons()
     assert ran == [False, True] and "02_reads_all: running (changed since its last run: the ResNet-18 weights" in why
@@ -360,8 +365,6 @@ def test_reuse_covers_data_location_content_weights_and_environment(tmp_path, mo
     # The torchvision cache file counts when no file is named.
     monkeypatch.delenv("FMNIST_RESNET18_WEIGHTS")
     assert executed_and_reasons()[0] == [False, True]
-    from fmnist_utils import models
-
     cached = models.resnet18_cache_file()
     assert str(cached).startswith(str(tmp_path / "torch_home"))
     cached.parent.mkdir(parents=True)
