@@ -231,7 +231,7 @@ def explain(exc: BaseException, command: str | None = None) -> tuple[str, int] |
         found = re.search(r"\[Errno (\d+)\]", exc.evalue or "")
         if found and int(found.group(1)) in _OS_ADVICE:
             advice = f"\n  {_OS_ADVICE[int(found.group(1))]}"
-        return (f"{exc}{advice}\n  no report was written; fix the notebook (or the code it calls) and run again: "
+        return (f"{exc}{advice}\n  no new report was written; fix the notebook (or the code it calls) and run again: "
                 "the notebooks before it are reused"), _loaded("pipeline", "EXIT_NOTEBOOK_FAILED") or 1
     if isinstance(exc, _loaded("report", "PdfUnavailable")):
         return str(exc), _loaded("pipeline", "EXIT_NO_PDF") or 3

@@ -113,12 +113,11 @@ def checkout_folders() -> dict[str, Path]:
     """Return {what: folder} of the kit's own source folders, which no run may write into: the
     checkout (when this is one), its ``notebooks/``, the package and ``tests/``."""
     package = Path(__file__).resolve().parent
-    out = {"the kit's package": package}
     root = package.parent
-    if (root / "pyproject.toml").is_file():
-        out.update({"the kit's checkout": root, "the kit's source notebooks": root / "notebooks",
-                    "the kit's tests": root / "tests"})
-    return out
+    if not (root / "pyproject.toml").is_file():  # installed, not a clone: only the package is the kit's
+        return {"the kit's package": package}
+    return {"the kit's checkout": root, "the kit's source notebooks": root / "notebooks",
+            "the kit's package": package, "the kit's tests": root / "tests"}
 
 
 def _inside(inner: Path, outer: Path) -> bool:

@@ -617,6 +617,8 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
         "generated_utc": generated_utc or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "notebook_seconds": sum(s.get("seconds", 0.0) for s in stamps),
         "run_folder": str(run),
+        # Notebooks whose data skipped the SHA-256 check (FMNIST_DATA_UNVERIFIED): named on the page.
+        "unverified_data": sorted(stem for stem, r in results.items() if r.get("data_verified") is False),
         **helpers,
     }
     try:

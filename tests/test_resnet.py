@@ -62,7 +62,7 @@ def test_local_file_loads_with_its_hash_prefix_and_no_network(weights_file, monk
     # A file trusted through its own prefix is loaded, but not called ImageNet: its SHA-256 is not torchvision's.
     assert info.pretrained and info.sha256 == digest and info.source == models.USER_SUPPLIED_SOURCE and not info.verified
     assert info.title == "ResNet-18: user-supplied weights (not verified as ImageNet)" and not model.training
-    assert str(path) in info.note and info.to_dict()["verified"] is False
+    assert info.path == str(path) and info.to_dict()["verified"] is False
     saved = torch.load(path, weights_only=True)
     for name, value in model.state_dict().items():
         assert torch.equal(value, saved[name])
