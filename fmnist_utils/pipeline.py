@@ -868,6 +868,21 @@ def _rendered_is_ours(folder: Path) -> bool:
         p.is_file() and p.suffix == ".html" for p in folder.iterdir())
 
 
+def check_report_folder(report_dir: Path) -> None:
+    """Raise FolderRoleError unless the report folder is the kit's to write (see
+    :func:`fmnist_utils.paths.check_owned`) and its ``notebooks`` folder, if any, holds the kit's
+    rendered notebooks: checked before any notebook runs, so the refusal costs nothing."""
+    paths.check_owned(report_dir, "report folder")
+    rendered = report_dir / "notebooks"
+    if rendered.is_dir() and not _rendered_is_ours(rendered):
+        raise paths.FolderRoleError(_not_rendered(rendered))
+
+
+def _not_rendered(rendered: Path) -> str:
+    return (f"{rendered} holds files that are not the kit's rendered notebooks (no {paths.RENDERED_MARKER}); the kit "
+            "will not delete it. Give the report a folder of its own (--report-dir or FMNIST_REPORT).")
+
+
 def remove_report(report_dir: Path) -> list[Path]:
     """Delete the built report (HTML, PDF, rendered notebooks, a PDF print cut short) from
     ``report_dir``; return what was removed. A ``notebooks`` folder there is removed only when it
@@ -876,9 +891,7 @@ def remove_report(report_dir: Path) -> list[Path]:
     report_dir = Path(report_dir)
     rendered = report_dir / "notebooks"
     if rendered.is_dir() and not _rendered_is_ours(rendered):
-        raise paths.FolderRoleError(
-            f"{rendered} holds files that are not the kit's rendered notebooks (no {paths.RENDERED_MARKER}); "
-            "the kit will not delete it. Give the report a folder of its own (--report-dir or FMNIST_REPORT).")
+        raise paths.FolderRoleError(_not_rendered(rendered))
     removed = []
     for path in (report_dir / name for name in REPORT_FILES):
         if path.exists():
@@ -948,7 +961,7 @@ def build(
     found = discover(notebooks)
     paths.check_roles(run, report_dir, found[0].parent.resolve())
     with run_folder_lock(run), folder_lock(report_dir, "report folder"):
-        paths.check_owned(report_dir, "report folder")
+        check_report_folder(report_dir)
         check_profile(run, name, force)
         try:
             stamps = run_notebooks(name, run, notebooks, force=force, progress=progress, log=log)

@@ -1046,3 +1046,15 @@ def test_trials_of_a_dead_worker_on_this_host_are_requeued_at_once(tmp_path):
     assert states[held[0]] == "FAIL" and states[held[1]] == "RUNNING"
     requeued = [t for t in study.get_trials() if t.state.name == "WAITING"]
     assert len(requeued) == 1 and requeued[0].intermediate_values == {0: 0.5}  # with its finished fold
+
+
+def test_the_report_names_unverified_data_and_a_training_not_above_chance(tmp_path):
+    import report_fixtures as F
+
+    sweep, trained = F.sweep_results(), F.train_results()
+    assert "not distinguishable" not in F.text_of(F.render(tmp_path / "a", {"01_sweep": sweep, "02_train": trained}))
+    trained["history"][-1]["not_above_chance"] = True
+    sweep["data_verified"] = False
+    text = F.text_of(F.render(tmp_path / "b", {"01_sweep": sweep, "02_train": trained}))
+    assert "Unverified data. 01_sweep loaded Fashion-MNIST without its SHA-256 check" in text
+    assert "In 02_train the last epoch's accuracy is not distinguishable from chance" in text
