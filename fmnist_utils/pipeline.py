@@ -495,8 +495,33 @@ class _LineSink:
             self.emit(visible)
 
 
+def kernel_log_path(output: Path) -> Path:
+    """Return where the kernel's own stderr goes while it runs the notebook executed into ``output``."""
+    return Path(output).with_name(Path(output).stem + ".kernel.log")
+
+
+@contextlib.contextmanager
+def _stderr_into(path: Path) -> Iterator[None]:
+    """Send file descriptor 2 into ``path`` for the block: a kernel started inside inherits it, so
+    its log lines and the tracebacks it prints while being interrupted or shut down land in the
+    file, not among the runner's own lines (an interruption is then one line)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as f:
+            os.dup2(f.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def execute(notebook: Path, output: Path, parameters: dict, log: Callable[[str], None] | None = None) -> None:
     """Execute ``notebook`` with papermill into ``output`` (cwd: the notebook's folder).
+
+    The kernel's stderr (its warnings, and what it prints while being interrupted) goes to
+    :func:`kernel_log_path` beside ``output``.
 
     ``log``: called with each line the notebook prints (``"02_train | epoch 2/4: 50% ..."``) as
     it runs: its kernel is started with ``FMNIST_PROGRESS=lines`` (unless that is set already),
@@ -516,11 +541,12 @@ def execute(notebook: Path, output: Path, parameters: dict, log: Callable[[str],
     previous = os.environ.get(progress.ENV)
     os.environ.setdefault(progress.ENV, "lines")
     try:
-        papermill.execute_notebook(
-            str(notebook), str(output), parameters=parameters, kernel_name=KERNEL,
-            cwd=str(notebook.parent), progress_bar=False, stdout_file=sink,
-            request_save_on_cell_execute=True,
-        )
+        with _stderr_into(kernel_log_path(output)):
+            papermill.execute_notebook(
+                str(notebook), str(output), parameters=parameters, kernel_name=KERNEL,
+                cwd=str(notebook.parent), progress_bar=False, stdout_file=sink,
+                request_save_on_cell_execute=True,
+            )
     except papermill.PapermillExecutionError as exc:
         raise NotebookFailed(
             stem, notebook, output, ename=exc.ename, evalue=exc.evalue,

@@ -829,13 +829,19 @@ def test_a_fault_inside_a_notebook_has_the_clis_status_and_one_line(tmp_path, ra
     assert (tmp_path / "run" / "notebooks" / "01_f.ipynb").is_file()  # kept for inspection
 
 
-def test_sigterm_gives_its_status_one_line_and_shuts_the_kernel_down(tmp_path):
+@pytest.mark.parametrize("signum, status, words", [
+    (signal.SIGTERM, EXIT_TERMINATED, "error: terminated (SIGTERM). Finished work is kept"),
+    (signal.SIGINT, EXIT_INTERRUPTED, "error: interrupted. Finished work is kept"),
+])
+def test_sigterm_and_sigint_give_their_status_one_line_and_a_clean_kernel_shutdown(tmp_path, signum, status, words):
     import subprocess
     import sys
 
     nbs = tmp_path / "nbs"
-    started = tmp_path / "kernel.pid"
-    write_notebook(nbs / "01_slow.ipynb", f"import os, time\nopen({str(started)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)")
+    started, cleaned = tmp_path / "kernel.pid", tmp_path / "cleaned"
+    # The cell's own clean-up (a sweep re-queues its trials there) must run before the kernel goes.
+    write_notebook(nbs / "01_slow.ipynb", f"import os, time\nopen({str(started)!r}, 'w').write(str(os.getpid()))\n"
+                   f"try:\n    time.sleep(120)\nfinally:\n    time.sleep(1)\n    open({str(cleaned)!r}, 'w').write('yes')")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     proc = subprocess.Popen([sys.executable, "-m", "fmnist_utils", *report_args(tmp_path, nbs)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -843,12 +849,13 @@ def test_sigterm_gives_its_status_one_line_and_shuts_the_kernel_down(tmp_path):
     while not (started.is_file() and started.read_text()) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     kernel = int(started.read_text())
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == EXIT_TERMINATED
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert errors == [errors[0]] and errors[0].startswith("error: terminated (SIGTERM). Finished work is kept")
+    assert proc.returncode == status
+    assert err.strip().splitlines() == [err.strip()] and err.startswith(words), err  # the kernel's noise is in its log
+    assert pipeline.kernel_log_path(pipeline.executed_path(tmp_path / "run", "01_slow")).is_file()
     assert json.loads(pipeline.stamp_path(tmp_path / "run", "01_slow").read_text())["status"] == "interrupted"
+    assert cleaned.read_text() == "yes"
     for _ in range(50):  # the kernel is shut down with its runner
         try:
             os.kill(kernel, 0)
@@ -1058,3 +1065,32 @@ def test_the_report_names_unverified_data_and_a_training_not_above_chance(tmp_pa
     text = F.text_of(F.render(tmp_path / "b", {"01_sweep": sweep, "02_train": trained}))
     assert "Unverified data. 01_sweep loaded Fashion-MNIST without its SHA-256 check" in text
     assert "In 02_train the last epoch's accuracy is not distinguishable from chance" in text
+
+
+def test_make_data_never_installs_over_a_copy_it_found_and_refused(tmp_path, fmnist):
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".installed").touch()  # newer than pyproject.toml: make builds no environment
+    os.utime(venv / ".installed", (time.time() + 3600, time.time() + 3600))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "apt-calls"
+    (bin_dir / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    (bin_dir / "apt-get").chmod(0o755)
+    (bin_dir / "id").write_text("#!/bin/sh\necho 0\n")  # as root, where the recipe would install
+    (bin_dir / "id").chmod(0o755)
+    labels = np.random.default_rng(0).permutation(fmnist.y_test.numpy().astype(np.uint8))
+    bad = _copy_with(tmp_path / "shuffled", fmnist.source, {"test_labels": labels})
+    env = {**os.environ, "FMNIST_DATA": str(bad), "PYTHONPATH": str(root), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.pop(data.UNVERIFIED_ENV, None)
+    done = subprocess.run(["make", "-s", "-C", str(root), "data", f"VENV={venv}", f"PY={sys.executable}"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "its content differs from Fashion-MNIST's" in done.stderr
+    assert not calls.exists() and "installing" not in done.stdout
