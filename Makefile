@@ -29,14 +29,19 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed ## create .venv and install the kit with its dependencies
 
 data: $(VENV)/.installed ## find Fashion-MNIST (data/, FMNIST_DATA, Debian's package) or fetch it
+	@# Debian's package is installed only when no copy is found at all: a copy that is found but
+	@# refused (FMNIST_DATA with modified files) is the user's to fix, and its error is printed below.
 	@$(PY) -m fmnist_utils data --no-download 2>/dev/null || { \
-	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  if $(PY) -c 'from fmnist_utils import data; raise SystemExit(0 if data.locate() is None else 1)' 2>/dev/null \
+	     && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian's dataset-fashion-mnist"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null || true; \
 	  fi; \
 	  $(PY) -m fmnist_utils data; }
 
 report: data ## run the notebooks (reusing up-to-date ones) into runs/<profile>/ and build report/report.html + .pdf (PROFILE=auto|smoke|quick|full; full without CUDA stops with its estimate unless FMNIST_IGNORE_ESTIMATE=1)
+	@# make exits 2 whatever a recipe's status: the kit's own status (README, exit statuses) is the
+	@# "Error N" make prints, and the exit status of `$(PY) -m fmnist_utils report` run directly.
 	$(PY) -m fmnist_utils report --profile $(PROFILE)
 
 lab: data ## open JupyterLab on the notebooks

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import os
 import re
+import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import data as fdata
@@ -36,7 +39,7 @@ def _cmd_data(args) -> int:
 def _cmd_train(args) -> int:
     from . import device as devices
     from . import provenance
-    from .train import TrainConfig, build_model, evaluate, fit
+    from .train import TrainConfig, build_model, chance_check, evaluate, fit
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
@@ -55,16 +58,28 @@ def _cmd_train(args) -> int:
     model = build_model(config)
     start = time.perf_counter()
     # Per-epoch progress is fit's bar (a text bar on a terminal, one line per epoch in a log).
-    history = fit(model, x, y, config, progress=False if args.no_progress else None)
+    with warnings.catch_warnings(record=True) as caught:  # fit's warnings (fp16 on a CPU...), one line each
+        warnings.simplefilter("always")
+        history = fit(model, x, y, config, progress=False if args.no_progress else None)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
     seconds = time.perf_counter() - start
     test = evaluate(model, ds.x_test, ds.y_test, config.eval_batch_size, config.precision)
     print(f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) after {seconds:.1f} s of training")
+    chance = chance_check(test["accuracy"], len(ds.y_test), len(ds.classes), what="the test accuracy")
+    if not chance["above_chance"]:
+        print(f"warning: {chance['note']}", file=sys.stderr)
+    if not ds.verified:
+        print(f"note: the data in {ds.source} was loaded without the SHA-256 check ({fdata.UNVERIFIED_ENV} or "
+              "--no-verify); the results are recorded as such", file=sys.stderr)
     if out is not None:
         provenance.write_json(out, {
             "config": config.to_dict(), "subset": args.subset, "history": history, "test": test,
+            "chance": chance, "data": {"source": ds.source, "verified": ds.verified},
             "environment": provenance.environment(config.device),
         })
     return 0
+
 
 
 def _check_out(out: str) -> Path:
@@ -74,6 +89,8 @@ def _check_out(out: str) -> Path:
     if not out.strip():
         raise ValueError("--out is empty; give a file name such as results.json")
     path = Path(out).expanduser()
+    if out.endswith(("/", os.sep)):  # a folder meant: the results go inside it
+        return paths.writable_dir(path, "folder of --out") / "train_results.json"
     if path.is_dir():
         raise OSError(errno.EISDIR, "Is a directory (--out)", str(path))
     paths.writable_dir(path.parent, "folder of --out")
@@ -96,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="folder holding the four IDX files")
     p.add_argument("--subset", type=int, default=None, help="train on this many images (stratified); default: all")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", default=None, help="write config, history and test metrics to this JSON file")
+    p.add_argument("--out", default=None, help="write config, history and test metrics to this JSON file "
+                   "(a name ending in / is a folder: train_results.json inside it)")
     p.add_argument("--no-verify", action="store_true",
                    help=f"accept a deliberately modified copy of the data: skip the SHA-256 check (also: {fdata.UNVERIFIED_ENV}=1)")
     _add_config_arguments(p)
@@ -113,12 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 4
 EXIT_FILESYSTEM = 5
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (timeout, systemd, kill)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: stopped like Ctrl-C (finished work kept, trials re-queued), exit 143."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 # What to do about a filesystem error, by errno.
 _OS_ADVICE = {
-    errno.ENOSPC: "the disk holding it is full: free some space (or move the run folder with --run-dir or "
-                  "FMNIST_RUNS), then run the same command again; finished work is kept",
+    errno.ENOSPC: "the disk holding it is full: free some space on that disk, then run the same command again; "
+                  "finished work is kept",
     errno.EDQUOT: "your disk quota is used up: free some space, then run the same command again; finished work is kept",
     errno.EACCES: "no permission to write there: choose a folder you can write to (--run-dir, --report-dir, --out) "
                   "or fix its permissions",
@@ -128,16 +155,54 @@ _OS_ADVICE = {
     errno.EEXIST: "a file stands where a folder is needed: move or rename that file, or choose another folder",
     errno.EISDIR: "a file name is needed: give one, e.g. a file inside that folder",
     errno.ENOENT: "it does not exist, or new files cannot be made there (e.g. under /proc): choose another folder",
+    errno.ELOOP: "its symbolic links point at each other in a loop: fix or remove the link, or choose another path",
+    errno.EIO: "the device reported an error: check the disk (and its free space), then run the same command again",
 }
+_READ_ADVICE = "it cannot be read: make it readable (chmod u+r), or give another file"
+
+
+def _advice(code: int | None, filename) -> str | None:
+    """Return what to do about errno ``code`` on ``filename``: a permission error on a file that
+    exists and cannot be read is a reading problem, not a writing one."""
+    if code == errno.EACCES and filename is not None:
+        path = Path(os.fsdecode(filename))
+        if path.is_file() and not os.access(path, os.R_OK):
+            return _READ_ADVICE
+    return _OS_ADVICE.get(code)
 
 
 def describe_os_error(exc: OSError) -> str:
     """Return one message for a filesystem error: the path, what went wrong and what to do."""
-    where = exc.filename if exc.filename is not None else "a file"
+    where = exc.filename if exc.filename is not None else "a file (the system did not say which)"
     if exc.filename2 is not None:
         where = f"{where} -> {exc.filename2}"
-    advice = _OS_ADVICE.get(exc.errno)
+    advice = _advice(exc.errno, exc.filename)
     return f"cannot use {where}: {exc.strerror or exc}" + (f"; {advice}" if advice else "")
+
+
+_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] ([^:]+)(?:: '(.*)')?")
+
+
+def _notebook_fault(exc) -> tuple[str, int] | None:
+    """Return (one line, status) for a kit error raised inside a notebook (see pipeline.NOTEBOOK_FAULTS)."""
+    status = exc.status
+    if status == _loaded("pipeline", "EXIT_NOTEBOOK_FAILED"):
+        return None
+    if status == EXIT_INTERRUPTED:
+        return f"interrupted inside notebook {exc.stem}; {_INTERRUPTED_REPORT}", status
+    if status == EXIT_FILESYSTEM:
+        found = _ERRNO_TEXT.search(exc.evalue or "")
+        if found:
+            code, text, where = int(found.group(1)), found.group(2), found.group(3)
+            error = OSError(code, text, where) if where else OSError(code, text)
+            described = describe_os_error(error)
+            kept = exc.one_line().rsplit(" [notebook ", 1)[-1]
+            return f"{described} [notebook {kept}", status
+    return exc.one_line(), status
+
+
+_INTERRUPTED_REPORT = ("finished work is kept (executed notebooks, trained epochs, finished sweep folds); "
+                       "run the same command again to go on from there")
 
 
 def _loaded(module: str, name: str):
@@ -145,17 +210,28 @@ def _loaded(module: str, name: str):
     return getattr(sys.modules.get(f"fmnist_utils.{module}"), name, ())
 
 
-def explain(exc: BaseException) -> tuple[str, int] | None:
+def explain(exc: BaseException, command: str | None = None) -> tuple[str, int] | None:
     """Return (message, exit status) for an error the CLI reports in words, or None for a bug
     (which keeps its traceback). The one place errors become messages: ``train``, ``data`` and
-    ``report`` alike.
+    ``report`` alike (``command``: which one ran, for what an interruption keeps).
     """
+    if isinstance(exc, KeyboardInterrupt):
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        status = EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+        if command == "train":
+            return f"{what}: train keeps no checkpoint, so nothing was saved; run it again to start over", status
+        if command == "data":
+            return f"{what}: run the same command again", status
+        return f"{what}. {_INTERRUPTED_REPORT[0].upper()}{_INTERRUPTED_REPORT[1:]}", status
     if isinstance(exc, _loaded("pipeline", "NotebookFailed")):
+        fault = _notebook_fault(exc)
+        if fault is not None:
+            return fault
         advice = ""
         found = re.search(r"\[Errno (\d+)\]", exc.evalue or "")
         if found and int(found.group(1)) in _OS_ADVICE:
             advice = f"\n  {_OS_ADVICE[int(found.group(1))]}"
-        return (f"{exc}{advice}\n  no report was written; fix the notebook (or the code it calls) and run again: "
+        return (f"{exc}{advice}\n  no new report was written; fix the notebook (or the code it calls) and run again: "
                 "the notebooks before it are reused"), _loaded("pipeline", "EXIT_NOTEBOOK_FAILED") or 1
     if isinstance(exc, _loaded("report", "PdfUnavailable")):
         return str(exc), _loaded("pipeline", "EXIT_NO_PDF") or 3
@@ -167,11 +243,8 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
         return str(exc), EXIT_DIVERGED
     if isinstance(exc, OSError):
         return describe_os_error(exc), EXIT_FILESYSTEM
-    if isinstance(exc, ValueError):  # DataError, WeightsError, CheckpointError, RunFolderConflict, bad settings
+    if isinstance(exc, ValueError):  # DataError, WeightsError, CheckpointError, RunFolderConflict, FolderRoleError, StorageError, bad settings
         return str(exc), EXIT_BAD_INPUT
-    if isinstance(exc, KeyboardInterrupt):
-        return ("interrupted. Finished work is kept (executed notebooks, trained epochs, finished sweep folds); "
-                "run the same command again to go on from there"), EXIT_INTERRUPTED
     return None
 
 
@@ -180,17 +253,28 @@ def main(argv: list[str] | None = None) -> int:
     what is wrong and what to do, not a traceback; see :func:`explain`).
     """
     args = build_parser().parse_args(argv)
+    # SIGTERM (timeout, systemd, kill) stops the run as Ctrl-C does: stamps recorded, trials re-queued.
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         return args.func(args)
     except Exception as exc:
-        explained = explain(exc)
+        explained = explain(exc, args.command)
         if explained is None:
             raise
     except KeyboardInterrupt as exc:
-        explained = explain(exc)
+        explained = explain(exc, args.command)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     message, status = explained
     print(f"error: {message}", file=sys.stderr, flush=True)
     return status
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -81,7 +81,8 @@ class FashionMNIST:
     """The whole data set as CPU tensors.
 
     ``x_*``: uint8 (N, 1, 28, 28), pixel values 0..255. ``y_*``: int64 (N,), values 0..9.
-    ``source``: the folder the files were read from.
+    ``source``: the folder the files were read from. ``verified``: False when the SHA-256 check
+    against :data:`OFFICIAL_SHA256` was skipped (``verify=False`` or :data:`UNVERIFIED_ENV`).
     """
 
     x_train: torch.Tensor
@@ -90,6 +91,7 @@ class FashionMNIST:
     y_test: torch.Tensor
     classes: tuple[str, ...]
     source: str
+    verified: bool = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,8 +232,14 @@ def fingerprint(files: dict[str, Path], known: dict | None = None) -> dict:
     return out
 
 
-def _check_official(key: str, path: Path, content: bytes) -> None:
-    digest = hashlib.sha256(content).hexdigest()
+def verification_skipped() -> bool:
+    """Return True when :data:`UNVERIFIED_ENV` asks to load data without the SHA-256 check."""
+    return os.environ.get(UNVERIFIED_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def check_official_sha256(key: str, path: str | os.PathLike, digest: str) -> None:
+    """Raise DataError naming ``path`` unless ``digest`` (its decompressed content's SHA-256) is
+    Fashion-MNIST's for ``key`` (a key of :data:`FILES`)."""
     if digest != OFFICIAL_SHA256[key]:
         raise DataError(
             f"{path}: its content differs from Fashion-MNIST's {FILES[key]} (SHA-256 {digest[:16]}..., "
@@ -239,6 +247,10 @@ def _check_official(key: str, path: Path, content: bytes) -> None:
             f"edited images) or comes from another data set. Delete it and fetch the data again; if you "
             f"changed it on purpose, set {UNVERIFIED_ENV}=1 (or pass verify=False) to load it unchecked."
         )
+
+
+def _check_official(key: str, path: Path, content: bytes) -> None:
+    check_official_sha256(key, path, hashlib.sha256(content).hexdigest())
 
 
 def _read_without_twin(path: Path) -> bytes:
@@ -354,7 +366,7 @@ def load_fashion_mnist(
     content is an error.
     """
     if verify is None:
-        verify = os.environ.get(UNVERIFIED_ENV, "").strip() not in ("1", "true", "yes")
+        verify = not verification_skipped()
     files = locate(root)
     if files is None:
         if not download_ok:
@@ -383,6 +395,7 @@ def load_fashion_mnist(
         y_test=arrays["test"][1],
         classes=CLASSES,
         source=str(files["train_images"].parent),
+        verified=bool(verify),
     )
 
 

@@ -122,6 +122,9 @@ RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 # The official file's name carries the first 8 hex digits of its SHA-256. torchvision checks it
 # only while downloading, never for a file placed in its cache by hand, so the kit checks it.
 RESNET18_SHA256_PREFIX = "f37072fd"
+# The whole SHA-256 of torchvision's resnet18-f37072fd.pth (46,830,571 bytes): only this file is
+# called ImageNet. A prefix passed by the caller says "load this file", not "it was trained on ImageNet".
+RESNET18_SHA256 = "f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec"
 RESNET18_WEIGHTS_ENV = "FMNIST_RESNET18_WEIGHTS"
 
 # weights_source labels, written into results and figure titles.
@@ -129,6 +132,7 @@ CACHE_SOURCE = "imagenet (torchvision cache)"
 DOWNLOAD_SOURCE = "imagenet (downloaded into torchvision cache)"
 LOCAL_SOURCE = "imagenet (local file {path})"
 RANDOM_INIT_SOURCE = "RANDOM INIT (offline fallback: no ImageNet weights)"
+USER_SUPPLIED_SOURCE = "user-supplied weights (not verified as ImageNet)"
 
 
 class ImageNetInput(nn.Module):
@@ -218,9 +222,11 @@ class WeightsInfo:
     """Where a ResNet-18's weights came from.
 
     source: one of :data:`CACHE_SOURCE`, :data:`DOWNLOAD_SOURCE`, ``LOCAL_SOURCE`` with the
-    path, or :data:`RANDOM_INIT_SOURCE`. pretrained: whether ImageNet weights were loaded.
-    path / sha256: the file loaded (None for the fallback). note: what was tried, and for the
-    fallback how to provide the weights.
+    path (each only for torchvision's file, :data:`RESNET18_SHA256`), :data:`USER_SUPPLIED_SOURCE`
+    (any other file the caller trusted through ``sha256_prefix``) or :data:`RANDOM_INIT_SOURCE`.
+    pretrained: whether weights were loaded from a file (False: the random init). verified: whether
+    that file is torchvision's ImageNet file. path / sha256: the file loaded (None for the
+    fallback). note: what was tried, and for the fallback how to provide the weights.
     """
 
     source: str
@@ -228,6 +234,7 @@ class WeightsInfo:
     path: str | None = None
     sha256: str | None = None
     note: str = ""
+    verified: bool = False
 
     @property
     def title(self) -> str:
@@ -277,12 +284,7 @@ def load_resnet18_weights(
             f"({RESNET18_URL}) or unset {RESNET18_WEIGHTS_ENV}."
         )
     digest = sha256_of(path)
-    if not digest.startswith(sha256_prefix.lower()):
-        raise WeightsError(
-            f"{path}: SHA-256 {digest[:16]}... does not start with {sha256_prefix!r}: the file is "
-            f"corrupt, truncated or not {resnet18_cache_file().name}. Delete it and fetch it again "
-            f"from {RESNET18_URL} (or pass sha256_prefix for a file you trust)."
-        )
+    check_weights_digest(path, digest, sha256_prefix)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged archive or pickle
@@ -299,6 +301,27 @@ def load_resnet18_weights(
         detail = str(exc).split("\n\t", 1)[-1][:400]
         raise WeightsError(f"{path}: not torchvision ResNet-18 (ImageNet, 1000 classes) weights: {detail}") from None
     return model, digest
+
+
+def check_weights_digest(path: str | os.PathLike, digest: str, sha256_prefix: str | None = None) -> None:
+    """Raise :class:`WeightsError` naming ``path`` unless its SHA-256 ``digest`` starts with
+    ``sha256_prefix`` (None: :data:`RESNET18_SHA256_PREFIX`, torchvision's)."""
+    sha256_prefix = RESNET18_SHA256_PREFIX if sha256_prefix is None else sha256_prefix
+    if not digest.startswith(sha256_prefix.lower()):
+        raise WeightsError(
+            f"{path}: SHA-256 {digest[:16]}... does not start with {sha256_prefix!r}: the file is "
+            f"corrupt, truncated or not {resnet18_cache_file().name}. Delete it and fetch it again "
+            f"from {RESNET18_URL} (or pass sha256_prefix for a file you trust)."
+        )
+
+
+def weights_info(source: str, path: str | os.PathLike, digest: str, note: str) -> WeightsInfo:
+    """Return the :class:`WeightsInfo` of a loaded file: ``source`` when ``digest`` is torchvision's
+    ImageNet file, else :data:`USER_SUPPLIED_SOURCE` (a file trusted by its caller is not vouched for)."""
+    if digest == RESNET18_SHA256:
+        return WeightsInfo(source, True, str(path), digest, note, verified=True)
+    return WeightsInfo(USER_SUPPLIED_SOURCE, True, str(path), digest,
+                       f"{note}; its SHA-256 is not torchvision's ImageNet file's ({RESNET18_SHA256[:16]}...)")
 
 
 def _reachable(url: str, timeout: float) -> str | None:
@@ -363,7 +386,8 @@ def imagenet_resnet18(
     when ``allow_download`` (each network step gives up after ``download_timeout`` seconds, so
     an offline machine never hangs). A file that is given, or found in the cache, must pass
     :func:`load_resnet18_weights` or :class:`WeightsError` is raised: a bad file is never
-    skipped silently. When nothing is available the network is randomly initialised (seeded by
+    skipped silently. Only torchvision's own file (:data:`RESNET18_SHA256`) is labelled ImageNet;
+    a file accepted through another ``sha256_prefix`` is :data:`USER_SUPPLIED_SOURCE`. When nothing is available the network is randomly initialised (seeded by
     ``seed``), ``info.source`` is :data:`RANDOM_INIT_SOURCE` and a warning is issued.
     """
     env_path = os.environ.get(RESNET18_WEIGHTS_ENV, "").strip()
@@ -371,19 +395,19 @@ def imagenet_resnet18(
         if given:  # "" means "not given", as in a notebook's parameters cell
             model, digest = load_resnet18_weights(given, sha256_prefix, size)
             source = LOCAL_SOURCE.format(path=Path(given).expanduser())
-            return model.eval(), WeightsInfo(source, True, str(given), digest, f"loaded from {how}")
+            return model.eval(), weights_info(source, given, digest, f"loaded from {how}")
 
     cached = resnet18_cache_file(cache_dir)
     if cached.is_file():
         model, digest = load_resnet18_weights(cached, sha256_prefix, size)
-        return model.eval(), WeightsInfo(CACHE_SOURCE, True, str(cached), digest, f"found {cached}")
+        return model.eval(), weights_info(CACHE_SOURCE, cached, digest, f"found {cached}")
 
     why = "downloading was not allowed (allow_download=False)"
     if allow_download:
         why = _download(cached, download_timeout)
         if why is None:
             model, digest = load_resnet18_weights(cached, sha256_prefix, size)
-            return model.eval(), WeightsInfo(DOWNLOAD_SOURCE, True, str(cached), digest, f"downloaded {RESNET18_URL}")
+            return model.eval(), weights_info(DOWNLOAD_SOURCE, cached, digest, f"downloaded {RESNET18_URL}")
 
     note = (
         f"No ImageNet weights: no weights_path, {RESNET18_WEIGHTS_ENV} unset, no file at {cached}, "

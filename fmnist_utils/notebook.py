@@ -74,10 +74,13 @@ class Notebook:
     def write_results(self, results: dict, parameters: dict, device: str = "auto") -> Path:
         """Write ``out/results.json``: ``results`` with ``notebook`` (the stem), ``profile`` (as
         a dict), ``parameters`` (the resolved record this run used, with the profile name and the
-        run folder), ``environment`` (of ``device``), ``figures`` and ``seconds`` since set-up.
-        Return its path.
+        run folder), ``environment`` (of ``device``), ``data_verified`` (False when the data was
+        loaded without its SHA-256 check, ``FMNIST_DATA_UNVERIFIED``), ``figures`` and ``seconds``
+        since set-up. Return its path.
         """
-        taken = {"notebook", "profile", "parameters", "environment", "figures", "seconds"} & set(results)
+        from . import data
+
+        taken = {"notebook", "profile", "parameters", "environment", "data_verified", "figures", "seconds"} & set(results)
         if taken:
             raise ValueError(f"results must not set {sorted(taken)}: write_results adds them")
         record = {
@@ -85,6 +88,7 @@ class Notebook:
             "profile": self.profile.to_dict(),
             "parameters": {"profile": self.profile.name, "run_dir": str(self.run), **parameters},
             "environment": provenance.environment(device),
+            "data_verified": not data.verification_skipped(),
             **results,
             "figures": dict(self.figures),
             "seconds": time.perf_counter() - self.started,

@@ -53,17 +53,34 @@ REPORT_ONLY_MODULES = frozenset({"pipeline.py", "report.py", "__main__.py"})
 KERNEL = "python3"
 
 EXIT_NOTEBOOK_FAILED = 1
+EXIT_BAD_INPUT = 2
 EXIT_NO_PDF = 3
+EXIT_DIVERGED = 4
+EXIT_FILESYSTEM = 5
 EXIT_BUSY = 6
+EXIT_TOO_SLOW = 7
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+# The kit's error classes, by name, as raised inside a notebook: the exit status each maps to, so a
+# fault gives the same status whether the CLI or a notebook met it (anything else: EXIT_NOTEBOOK_FAILED).
+NOTEBOOK_FAULTS = {
+    **dict.fromkeys(("DataError", "WeightsError", "CheckpointError", "StorageError", "FolderRoleError",
+                     "RunFolderConflict"), EXIT_BAD_INPUT),
+    "TrainingDiverged": EXIT_DIVERGED,
+    **dict.fromkeys(("OSError", "FileNotFoundError", "PermissionError", "IsADirectoryError", "NotADirectoryError",
+                     "FileExistsError"), EXIT_FILESYSTEM),
+    "KeyboardInterrupt": EXIT_INTERRUPTED,
+}
+REPLACED = ".replaced"  # <run folder>/.replaced/<stem>: the last finished results, until their successor exists
 
 
 class RunFolderBusy(RuntimeError):
-    """Another process is running in this run folder (it holds the folder's lock)."""
+    """Another process is running in this run folder (or report folder): it holds the folder's lock."""
 
 
 class RunFolderConflict(ValueError):
     """The run folder holds results of another profile, which this run would replace."""
-EXIT_TOO_SLOW = 7
 
 
 class NotebookFailed(RuntimeError):
@@ -80,6 +97,18 @@ class NotebookFailed(RuntimeError):
         self.cell_source, self.traceback_tail = cell_source, traceback_tail
         self.kept = True  # False once the runner removed an executed copy that was not valid JSON
         super().__init__(str(self))
+
+    @property
+    def status(self) -> int:
+        """Return the exit status of the error the notebook raised (:data:`NOTEBOOK_FAULTS`), else 1."""
+        return NOTEBOOK_FAULTS.get(self.ename, EXIT_NOTEBOOK_FAILED)
+
+    def one_line(self) -> str:
+        """Return the kit's own error (a bad input, a divergence, a filesystem fault) as the notebook
+        raised it, naming the notebook and where its executed copy is kept."""
+        kept = (f"the executed notebook is kept: {self.executed_path}" if self.kept
+                else f"the executed notebook could not be saved whole: {self.executed_path}")
+        return f"{self.evalue.strip()} [notebook {self.stem}; {kept}]"
 
     def __str__(self) -> str:
         lines = [f"notebook {self.stem} failed: {self.ename}: {self.evalue}".rstrip(": ")]
@@ -238,6 +267,29 @@ def snapshot_inputs(names: tuple[str, ...], seen: dict | None = None) -> dict:
     return out
 
 
+def check_inputs(snapshot: dict) -> None:
+    """Raise the error the notebooks would raise on these inputs, before anything is touched.
+
+    The data: each file's content SHA-256 against Fashion-MNIST's (unless ``FMNIST_DATA_UNVERIFIED``
+    asks otherwise), :class:`fmnist_utils.data.DataError`. The ResNet-18 weights: a file named by
+    ``FMNIST_RESNET18_WEIGHTS`` must exist, and a file found must carry torchvision's SHA-256
+    prefix (:class:`fmnist_utils.models.WeightsError`), as ``models.imagenet_resnet18`` demands
+    by default. A finished run's results are thus never removed for an input that would be refused.
+    """
+    from . import data, models
+
+    files = (snapshot.get("data") or {}).get("files")
+    if files and not data.verification_skipped():
+        for key, record in files.items():
+            data.check_official_sha256(key, record["path"], record["sha256"])
+    weights = snapshot.get("resnet18_weights")
+    if weights:
+        if weights["sha256"] is not None:
+            models.check_weights_digest(weights["path"], weights["sha256"])
+        elif weights["how"] == models.RESNET18_WEIGHTS_ENV:
+            models.load_resnet18_weights(weights["path"])  # raises WeightsError naming the missing file
+
+
 def input_key(snapshot: dict) -> dict:
     """Return what of a snapshot a key covers: locations and content hashes, not sizes or times."""
     out = {"environment": snapshot.get("environment", {})}
@@ -316,6 +368,20 @@ def read_stamp(run: Path, stem: str) -> dict | None:
         return provenance.read_json(stamp_path(run, stem))
     except (OSError, ValueError):
         return None
+
+
+def stamp_damage(run: Path, stem: str) -> str | None:
+    """Return why the stamp of ``stem`` exists but cannot be used (cut short, not a stamp), or None."""
+    path = stamp_path(run, stem)
+    if not path.exists():
+        return None
+    try:
+        stamp = provenance.read_json(path)
+    except (OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if not isinstance(stamp, dict) or not isinstance(stamp.get("key"), str):
+        return "it holds no key"
+    return None
 
 
 def why_rerun(stamp: dict | None, key: str, parts: dict, has_results: bool) -> str | None:
@@ -429,8 +495,33 @@ class _LineSink:
             self.emit(visible)
 
 
+def kernel_log_path(output: Path) -> Path:
+    """Return where the kernel's own stderr goes while it runs the notebook executed into ``output``."""
+    return Path(output).with_name(Path(output).stem + ".kernel.log")
+
+
+@contextlib.contextmanager
+def _stderr_into(path: Path) -> Iterator[None]:
+    """Send file descriptor 2 into ``path`` for the block: a kernel started inside inherits it, so
+    its log lines and the tracebacks it prints while being interrupted or shut down land in the
+    file, not among the runner's own lines (an interruption is then one line)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as f:
+            os.dup2(f.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def execute(notebook: Path, output: Path, parameters: dict, log: Callable[[str], None] | None = None) -> None:
     """Execute ``notebook`` with papermill into ``output`` (cwd: the notebook's folder).
+
+    The kernel's stderr (its warnings, and what it prints while being interrupted) goes to
+    :func:`kernel_log_path` beside ``output``.
 
     ``log``: called with each line the notebook prints (``"02_train | epoch 2/4: 50% ..."``) as
     it runs: its kernel is started with ``FMNIST_PROGRESS=lines`` (unless that is set already),
@@ -450,11 +541,12 @@ def execute(notebook: Path, output: Path, parameters: dict, log: Callable[[str],
     previous = os.environ.get(progress.ENV)
     os.environ.setdefault(progress.ENV, "lines")
     try:
-        papermill.execute_notebook(
-            str(notebook), str(output), parameters=parameters, kernel_name=KERNEL,
-            cwd=str(notebook.parent), progress_bar=False, stdout_file=sink,
-            request_save_on_cell_execute=True,
-        )
+        with _stderr_into(kernel_log_path(output)):
+            papermill.execute_notebook(
+                str(notebook), str(output), parameters=parameters, kernel_name=KERNEL,
+                cwd=str(notebook.parent), progress_bar=False, stdout_file=sink,
+                request_save_on_cell_execute=True,
+            )
     except papermill.PapermillExecutionError as exc:
         raise NotebookFailed(
             stem, notebook, output, ename=exc.ename, evalue=exc.evalue,
@@ -505,15 +597,15 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def run_folder_lock(run: str | Path) -> Iterator[Path]:
-    """Hold an exclusive lock on ``<run>/.lock`` for the block; yield the lock file's path.
+def folder_lock(folder: str | Path, what: str = "run folder") -> Iterator[Path]:
+    """Hold an exclusive lock on ``<folder>/.lock`` for the block; yield the lock file's path.
 
     ``fcntl.flock`` on one machine: the kernel drops the lock when the holder exits, however it
     exits, so a killed run never leaves a stale lock. The file records who holds it (pid, host,
     start time, command) for the message of :class:`RunFolderBusy`, raised when another process
-    holds it. Re-entrant within one process.
+    holds it. Re-entrant within one process. ``what``: "run folder" or "report folder", for the message.
     """
-    path = Path(run) / LOCK_NAME
+    path = Path(folder) / LOCK_NAME
     key = str(path.resolve())
     if key in _HELD:
         _HELD[key] += 1
@@ -527,9 +619,10 @@ def run_folder_lock(run: str | Path) -> Iterator[Path]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            flag = "--report-dir" if what == "report folder" else "--run-dir"
             raise RunFolderBusy(
-                f"the run folder {Path(run)} is in use by another run: {_holder(path)}. Wait for it to finish, "
-                "or give this run another folder (--run-dir). Two runs in one folder would overwrite each other's "
+                f"the {what} {Path(folder)} is in use by another run: {_holder(path)}. Wait for it to finish, "
+                f"or give this run another folder ({flag}). Two runs in one folder would overwrite each other's "
                 "results; the lock is released as soon as that process ends."
             ) from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started_utc": _now(), "command": " ".join(sys.argv)}
@@ -542,6 +635,11 @@ def run_folder_lock(run: str | Path) -> Iterator[Path]:
             del _HELD[key]
     finally:
         os.close(fd)  # releases the lock
+
+
+def run_folder_lock(run: str | Path) -> contextlib.AbstractContextManager[Path]:
+    """Hold the run folder's lock (:func:`folder_lock`)."""
+    return folder_lock(run, "run folder")
 
 
 def recorded_profiles(run: str | Path) -> dict[str, str]:
@@ -593,6 +691,62 @@ def _discard_if_unreadable(notebook: Path) -> bool:
     return True
 
 
+def _remove_owned(folder: Path, path: Path) -> None:
+    """Delete ``path`` (a file or folder inside ``folder``), only where ``folder`` carries the run folder's marker."""
+    if not paths.is_owned(folder, "run folder") or folder not in path.parents:
+        raise paths.FolderRoleError(f"refusing to delete {path}: {folder} carries no {paths.RUN_MARKER} marker")
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def set_aside(run: Path, stem: str) -> Path | None:
+    """Move ``<run>/<stem>`` to ``<run>/.replaced/<stem>`` before the notebook runs under a new key;
+    return where the last finished results now are (None: there were none).
+
+    They are deleted only once the new run has written its own (:func:`_drop_replaced`). When an
+    earlier replacement never finished, the set-aside results are the last finished ones: they
+    stay, and the unfinished attempt's output is removed instead.
+    """
+    out, aside = run / stem, run / REPLACED / stem
+    if aside.exists():
+        if out.exists():
+            _remove_owned(run, out)
+        return aside
+    if not out.exists():
+        return None
+    aside.parent.mkdir(exist_ok=True)
+    out.rename(aside)
+    return aside
+
+
+def _drop_replaced(run: Path, stem: str) -> None:
+    aside = run / REPLACED / stem
+    if aside.exists():
+        _remove_owned(run, aside)
+    with contextlib.suppress(OSError):  # not empty: other notebooks' results still wait for their successors
+        (run / REPLACED).rmdir()
+
+
+def check_run(found: list[Path], name: str, run: Path, force: bool) -> tuple[list[str], dict]:
+    """Check everything a run depends on and change nothing; return (notebooks whose results of
+    another profile ``force`` replaces, the inputs' snapshot).
+
+    Raises :class:`fmnist_utils.paths.FolderRoleError` for a folder that is not the kit's,
+    :class:`RunFolderConflict`, and the data and weights errors of :func:`check_inputs`.
+    """
+    paths.check_owned(run, "run folder")
+    replaced = check_profile(run, name, force)
+    names = tuple(dict.fromkeys(n for nb in found for n in declared_inputs(nb)))
+    seen: dict = {}
+    for nb in found:  # hashes recorded by earlier runs, so unchanged files are not read again
+        seen.update((read_stamp(run, nb.stem) or {}).get("input_files") or {})
+    snapshot = snapshot_inputs(names, seen)
+    check_inputs(snapshot)
+    return replaced, snapshot
+
+
 def run_notebooks(
     profile: str = "auto",
     run_dir: str | Path | None = None,
@@ -611,24 +765,31 @@ def run_notebooks(
     profile's results). ``progress``: pass each line the notebooks print (one per epoch) to
     ``log`` as they run. Raises :class:`NotebookFailed` on the first failure; its stamp then
     says ``"failed"`` (``"interrupted"`` after Ctrl-C), and an executed copy that is not valid
-    JSON is removed. Raises :class:`RunFolderBusy` or :class:`RunFolderConflict` before anything runs.
+    JSON is removed.
+
+    Check, then touch: before anything in the run folder changes, :func:`check_run` raises
+    :class:`RunFolderBusy`, :class:`RunFolderConflict`, ``FolderRoleError`` (a folder of another
+    role, or not the kit's), ``DataError`` or ``WeightsError``. Results are replaced only once
+    their successor exists (:func:`set_aside`).
     """
     name = profiles.resolve_name(profile)
     run = paths.run_folder(name, run_dir)
     found = discover(notebooks)
     for nb in found:  # before anything runs: a contract error should not cost minutes of training first
         check_parameters(nb)
+    paths.check_roles(run, None, found[0].parent.resolve())
     with run_folder_lock(run):
-        replaced = check_profile(run, name, force)
+        replaced, snapshot = check_run(found, name, run, force)
+        paths.mark(run, "run folder")
         if replaced:
             log(f"--force: replacing the results of another profile in {run}: {', '.join(replaced)}")
         for debris in (run / "notebooks").glob("*.tmp"):  # a stamp write cut short by a kill
             debris.unlink(missing_ok=True)
-        return _run_locked(found, name, run, force, progress, log)
+        return _run_locked(found, name, run, force, progress, log, snapshot)
 
 
 def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: bool,
-                log: Callable[[str], None]) -> list[dict]:
+                log: Callable[[str], None], snapshot: dict | None = None) -> list[dict]:
     package = package_digest()
     parameters = {"profile": name, "run_dir": str(run)}
     log(f"profile {name}: {len(found)} notebook(s) from {found[0].parent} into {run}")
@@ -636,10 +797,11 @@ def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: 
     stamps: list[dict] = []
     previous: list[str] = []
     rerun_rest = False
-    snapshot: dict = {}
+    snapshot = snapshot or {}
     for nb in found:
         stem = nb.stem
         old = read_stamp(run, stem)
+        damage = stamp_damage(run, stem)
         # Hashes are taken from this notebook's last run, else from the notebook before it.
         snapshot = snapshot_inputs(declared_inputs(nb), {**snapshot, **((old or {}).get("input_files") or {})})
         parts = {"source": source_digest(nb), "parameters": parameters, "package": package,
@@ -648,6 +810,11 @@ def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: 
         previous.append(key)
         if force:
             reason = "forced"
+        elif damage is not None:
+            # Its last run cannot be told apart from an interrupted one: keep its folder, as for a
+            # resume; a checkpoint or sweep made under other settings refuses itself.
+            reason = (f"its stamp {stamp_path(run, stem)} is unreadable ({damage}); running it again with its "
+                      "output folder kept, so finished work is resumed")
         elif rerun_rest:
             reason = "an earlier notebook was executed again"
         else:
@@ -660,9 +827,9 @@ def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: 
             continue
 
         rerun_rest = True
-        resume = not force and old is not None and old.get("key") == key and old.get("status") != "ok"
-        if not resume:
-            shutil.rmtree(run / stem, ignore_errors=True)
+        resume = not force and (damage is not None or
+                                (old is not None and old.get("key") == key and old.get("status") != "ok"))
+        aside = None if resume else set_aside(run, stem)
         stamp = {
             "notebook": stem, "key": key, "parts": parts, "parameters": parameters, "status": "running",
             "started_utc": _now(), "source": str(nb), "executed_notebook": str(executed_path(run, stem)),
@@ -683,6 +850,8 @@ def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: 
                 )
         except BaseException as exc:
             _record_failure(exc, stamp, run, stem, time.perf_counter() - start, log)
+            if aside is not None or (run / REPLACED / stem).exists():
+                log(f"{stem}: its last finished results are kept in {run / REPLACED / stem} until a run of it succeeds")
             if isinstance(exc, NotebookFailed) and isinstance(exc.__cause__, OSError):
                 raise exc.__cause__ from None  # the runner could not write (disk full...): say so, with the path
             raise
@@ -693,6 +862,7 @@ def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: 
             stamp.update(key=key, parts=parts, input_files=settled)
         stamp.update(status="ok", seconds=time.perf_counter() - start, finished_utc=_now())
         provenance.write_json(stamp_path(run, stem), stamp)
+        _drop_replaced(run, stem)  # its successor exists now
         log(f"{stem}: done in {stamp['seconds']:.1f} s")
         stamps.append({**stamp, "executed": True})
     return stamps
@@ -713,19 +883,73 @@ def _record_failure(exc: BaseException, stamp: dict, run: Path, stem: str, secon
             "its stamp still says 'running', which the next run treats as interrupted")
 
 
+REPORT_FILES = ("report.html", "report.pdf", "report.pdf.tmp.pdf")
+STAGING = ".building"  # <report folder>/.building: the new report, until it replaces the old one
+
+
+def _rendered_is_ours(folder: Path) -> bool:
+    """Return True when ``folder`` (``<report folder>/notebooks``) holds the kit's rendered notebooks:
+    its marker, or (from before the markers) nothing but ``.html`` files."""
+    return (folder / paths.RENDERED_MARKER).is_file() or all(
+        p.is_file() and p.suffix == ".html" for p in folder.iterdir())
+
+
+def check_report_folder(report_dir: Path) -> None:
+    """Raise FolderRoleError unless the report folder is the kit's to write (see
+    :func:`fmnist_utils.paths.check_owned`) and its ``notebooks`` folder, if any, holds the kit's
+    rendered notebooks: checked before any notebook runs, so the refusal costs nothing."""
+    paths.check_owned(report_dir, "report folder")
+    rendered = report_dir / "notebooks"
+    if rendered.is_dir() and not _rendered_is_ours(rendered):
+        raise paths.FolderRoleError(_not_rendered(rendered))
+
+
+def _not_rendered(rendered: Path) -> str:
+    return (f"{rendered} holds files that are not the kit's rendered notebooks (no {paths.RENDERED_MARKER}); the kit "
+            "will not delete it. Give the report a folder of its own (--report-dir or FMNIST_REPORT).")
+
+
 def remove_report(report_dir: Path) -> list[Path]:
     """Delete the built report (HTML, PDF, rendered notebooks, a PDF print cut short) from
-    ``report_dir``; return what was removed.
+    ``report_dir``; return what was removed. A ``notebooks`` folder there is removed only when it
+    holds the kit's rendered notebooks (:func:`_rendered_is_ours`); otherwise FolderRoleError.
     """
+    report_dir = Path(report_dir)
+    rendered = report_dir / "notebooks"
+    if rendered.is_dir() and not _rendered_is_ours(rendered):
+        raise paths.FolderRoleError(_not_rendered(rendered))
     removed = []
-    for path in (report_dir / "report.html", report_dir / "report.pdf", report_dir / "report.pdf.tmp.pdf"):
+    for path in (report_dir / name for name in REPORT_FILES):
         if path.exists():
             path.unlink()
             removed.append(path)
-    if (report_dir / "notebooks").is_dir():
-        shutil.rmtree(report_dir / "notebooks")
-        removed.append(report_dir / "notebooks")
+    if rendered.is_dir():
+        shutil.rmtree(rendered)
+        removed.append(rendered)
     return removed
+
+
+def replace_report(run: Path, stamps: list[dict], report_dir: Path, log: Callable[[str], None] = print) -> Path:
+    """Write the new report into ``<report_dir>/.building``, then put it in place of the old one
+    (HTML and rendered notebooks; an old PDF, no longer of this run, is removed); return ``report.html``.
+    Until the new page exists, the old report stays whole.
+    """
+    from . import report
+
+    staging = report_dir / STAGING
+    if staging.exists():  # a build cut short: only the kit writes there
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        report.write_report(run, stamps, staging, log=log)
+        (staging / "notebooks").mkdir(exist_ok=True)
+        (staging / "notebooks" / paths.RENDERED_MARKER).write_text("Rendered by the Fashion-MNIST report kit.\n")
+        remove_report(report_dir)
+        (staging / "notebooks").rename(report_dir / "notebooks")
+        (staging / "report.html").replace(report_dir / "report.html")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report_dir / "report.html"
 
 
 def build(
@@ -742,10 +966,12 @@ def build(
 ) -> dict:
     """Run the notebooks and build the report; return ``{"html", "pdf", "stamps", "seconds"}``.
 
-    The run folder is locked for the whole build (:func:`run_folder_lock`), and both folders are
-    checked for writing before any notebook runs. The old report is deleted first, so a failure
-    (:class:`NotebookFailed`) or an interruption leaves no report that could pass for this run's.
-    ``pdf=False`` skips the PDF; when it cannot be printed,
+    Check, then touch: the folders' roles (:func:`fmnist_utils.paths.check_roles`), both locks
+    (:func:`folder_lock`: one build per run folder and per report folder), the folders'
+    ownership, the profile, the stamps and the inputs are checked before anything is written, so a
+    refusal leaves the previous report and run folder as they were. The old report is replaced
+    only by a finished new one (:func:`replace_report`); after a failure it stays, from its own
+    run. ``pdf=False`` skips the PDF; when it cannot be printed,
     :class:`fmnist_utils.report.PdfUnavailable` is raised after the HTML is written.
     Before anything runs, :func:`fmnist_utils.estimate.check_budget` raises
     :class:`fmnist_utils.estimate.TooSlow` for a ``full`` report on a machine without CUDA that
@@ -758,12 +984,19 @@ def build(
     name = profiles.resolve_name(profile)
     run = paths.run_folder(name, run_dir)
     report_dir = paths.writable_dir(report_dir if report_dir is not None else paths.report_dir(), "report folder")
-    with run_folder_lock(run):
-        check_profile(run, name, force)  # before the old report is removed: a refusal changes nothing
-        for path in remove_report(report_dir):
-            log(f"removed the previous {path}")
-        stamps = run_notebooks(name, run, notebooks, force=force, progress=progress, log=log)
-        html = report.write_report(run, stamps, report_dir, log=log)
+    found = discover(notebooks)
+    paths.check_roles(run, report_dir, found[0].parent.resolve())
+    with run_folder_lock(run), folder_lock(report_dir, "report folder"):
+        check_report_folder(report_dir)
+        check_profile(run, name, force)
+        try:
+            stamps = run_notebooks(name, run, notebooks, force=force, progress=progress, log=log)
+        except BaseException:
+            if (report_dir / "report.html").exists():
+                log(f"no new report: the previous one, from an earlier run, is kept: {report_dir / 'report.html'}")
+            raise
+        paths.mark(report_dir, "report folder")
+        html = replace_report(run, stamps, report_dir, log=log)
         out = {"html": html, "pdf": None, "stamps": stamps}
         if pdf:
             out["pdf"] = report.write_pdf(html, report_dir / "report.pdf", install=install, log=log)

@@ -75,6 +75,11 @@ def write_text(path: str | Path, text: str) -> Path:
     try:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write() names no file: say which one (a full disk...)
+            raise OSError(exc.errno, exc.strerror, str(tmp)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -617,6 +617,12 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
         "generated_utc": generated_utc or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "notebook_seconds": sum(s.get("seconds", 0.0) for s in stamps),
         "run_folder": str(run),
+        # Notebooks whose data skipped the SHA-256 check (FMNIST_DATA_UNVERIFIED): named on the page.
+        "unverified_data": sorted(stem for stem, r in results.items() if r.get("data_verified") is False),
+        # Notebooks whose training ended not distinguishable from chance (train.fit's flag on its last epoch).
+        "not_above_chance": sorted(stem for stem, r in results.items() if any(
+            isinstance(r.get(k), list) and r[k] and isinstance(r[k][-1], dict) and r[k][-1].get("not_above_chance")
+            for k in ("history", "final_history"))),
         **helpers,
     }
     try:

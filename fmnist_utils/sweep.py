@@ -85,6 +85,61 @@ def fold_attr(fold: int) -> str:
 # Storage and study
 
 
+class StorageError(ValueError):
+    """The sweep's storage cannot be used: a damaged SQLite file, an unreachable server, an
+    unsupported scheme or a missing database driver. The message names it and the way out."""
+
+
+SUPPORTED_BACKENDS = ("sqlite", "postgresql", "mysql")
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def check_storage(url: str) -> None:
+    """Raise :class:`StorageError` for a storage that cannot work, before Optuna is asked to open it:
+    an unsupported scheme, or an SQLite file that is not a database (it would fail on every run)."""
+    try:
+        backend = sqlalchemy.engine.make_url(url).get_backend_name()
+    except sqlalchemy.exc.ArgumentError as exc:
+        raise StorageError(f"sweep storage {describe_storage(url)}: not a database URL ({exc}); give an SQLite "
+                           "file path or a URL such as postgresql://user@host/db") from None
+    if backend not in SUPPORTED_BACKENDS:
+        raise StorageError(f"sweep storage {describe_storage(url)}: the scheme {backend!r} is not supported; give an "
+                           f"SQLite file path or a URL of {', '.join(SUPPORTED_BACKENDS[1:])}")
+    path = _sqlite_path(url)
+    if path is not None and path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+        if header != SQLITE_HEADER:
+            raise StorageError(_damaged_sqlite(path, "its first bytes are not SQLite's header"))
+
+
+def _damaged_sqlite(path: Path, why: str) -> str:
+    return (f"sweep storage {path}: not a readable SQLite database ({why}): the file is damaged. Move it aside "
+            f"(mv {path} {path}.damaged) and run again to start the sweep over, or put back a copy of it")
+
+
+def _storage_error(exc: BaseException, url: str) -> StorageError:
+    """Return the StorageError a failure to open ``url`` stands for, naming it and the way out."""
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    detail = detail[0][:300] if detail else type(exc).__name__
+    path = _sqlite_path(url)
+    if isinstance(exc, ImportError):
+        backend = url.split(":", 1)[0].split("+", 1)[0]
+        driver = {"postgresql": "psycopg2-binary", "mysql": "pymysql"}.get(backend, "its driver")
+        return StorageError(f"sweep storage {describe_storage(url)}: its database driver is not installed "
+                            f"({detail}); install it (pip install {driver}) or use an SQLite file")
+    if path is not None:
+        if "not a database" in detail or "malformed" in detail:
+            return StorageError(_damaged_sqlite(path, detail))
+        return StorageError(f"sweep storage {path}: cannot be opened as SQLite ({detail}); check the file and its folder")
+    return StorageError(f"sweep storage {describe_storage(url)}: cannot connect ({detail}); check that the server is "
+                        "running and reachable and the URL right, or use an SQLite file (a path) instead")
+
+
 def storage_url(storage: str | os.PathLike) -> str:
     """Return the database URL of ``storage``: a URL as given; a file path as an SQLite URL
     (its folder created)."""
@@ -119,6 +174,7 @@ def open_storage(storage: str | os.PathLike, *, heartbeat_interval: int | None =
     finished folds, at most ``max_retry`` times (None: always).
     """
     url = storage_url(storage)
+    check_storage(url)
     sqlite = url.startswith("sqlite")
     # SQLite locks the whole file per write: a long timeout turns contention into waiting.
     kwargs = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else None
@@ -130,10 +186,12 @@ def open_storage(storage: str | os.PathLike, *, heartbeat_interval: int | None =
                 st = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat_interval,
                                                 grace_period=grace_period, heartbeat_stale_trial_callback=retry)
             break
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+        except ImportError as exc:  # no driver for the URL's database
+            raise _storage_error(exc, url) from None
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
             # Workers started together on a fresh database race to create its tables; the loser retries.
             if attempt == 2:
-                raise
+                raise _storage_error(exc, url) from None
             time.sleep(1.0)
     if sqlite:
         sqlalchemy.event.listen(st.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
@@ -331,11 +389,52 @@ def _claim(w: _Worker, group: tuple | None) -> _Held | None:
         return _claim(w, group) if w.space.kind == "tpe" else None
     trial_id = w.storage.get_trial_id_from_study_id_trial_number(
         w.storage.get_study_id_from_name(w.study.study_name), trial.number)
+    _mark_holder(w, trial_id)
     frozen = w.storage.get_trial(trial_id)
     params = {n: frozen.params[n] for n in w.space.names()}
     config = w.base.replace(**params)
     return _Held(trial, trial_id, params, config, stack_group(config), dict(frozen.intermediate_values),
                  [f for f in range(w.k) if f not in frozen.intermediate_values])
+
+
+HOLDER_ATTR = "fmnist_holder"  # system attribute of a claimed trial: {"host", "pid"} of the worker holding it
+
+
+def _mark_holder(w: _Worker, trial_id: int) -> None:
+    """Record which process holds the trial, so that a worker on the same host can tell when it has gone."""
+    w.storage.set_trial_system_attr(trial_id, HOLDER_ATTR, {"host": socket.gethostname(), "pid": os.getpid()})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def requeue_dead_holders(study: optuna.Study, storage) -> int:
+    """Fail and queue again (with their finished folds) the running trials whose holder was a
+    process on this host that no longer exists (killed, or its kernel shut down); return how many.
+
+    Without this, such trials wait out the heartbeat's grace period (about a minute) before
+    :func:`optuna.storages.fail_stale_trials` frees them. Holders on other hosts are left to it.
+    """
+    host, retry, freed = socket.gethostname(), storage.get_heartbeat_stale_trial_callback(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        holder = t.system_attrs.get(HOLDER_ATTR) or {}
+        if holder.get("host") != host or holder.get("pid") in (None, os.getpid()) or _alive(holder["pid"]):
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+            if retry is not None:
+                retry(study, storage.get_trial(t._trial_id))
+            freed += 1
+        except Exception:  # freed by another worker at the same moment
+            pass
+    return freed
 
 
 def _top_up(w: _Worker, beat: _Heartbeat) -> None:
@@ -450,6 +549,7 @@ def _work(w: _Worker) -> None:
     try:
         while True:
             with _quiet():
+                requeue_dead_holders(w.study, w.storage)
                 optuna.storages.fail_stale_trials(w.study)
             _top_up(w, beat)
             if w.held:

@@ -12,8 +12,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import errno
 import numbers
+import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -41,6 +44,9 @@ class TrainingDiverged(RuntimeError):
         where = f"unit {unit}, " if unit is not None else ""
         message = f"training diverged ({where}epoch {epoch}, step {step}): loss is {loss}"
         super().__init__(message + (f"; {hint}" if hint else ""))
+
+
+MAX_KERNEL_SIZE = 27  # the largest odd kernel that fits inside a 28x28 image
 
 
 @dataclass(frozen=True)
@@ -123,8 +129,10 @@ class TrainConfig:
             bad("momentum", "must be in [0, 1)")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             bad("nesterov", "Nesterov needs optimizer='sgd' and momentum > 0")
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+        if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
             bad("kernel_size", "must be a positive odd integer")
+        if self.kernel_size > MAX_KERNEL_SIZE:  # before any allocation: 1001 would ask for ~98 GB
+            bad("kernel_size", f"must be at most {MAX_KERNEL_SIZE}: a kernel wider than the 28x28 image sees only padding")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**63:
             bad("seed", "must be an integer between 0 and 2**63 - 1 (torch and numpy take no negative seeds)")
         if str(self.device) != "auto":
@@ -510,9 +518,12 @@ def fit(
     # What the checkpoint was trained on: resuming it on other data would mix two experiments.
     trained_on = None
     if checkpoint is not None:
+        check_checkpoint_path(checkpoint)  # before the first epoch, not after it
         trained_on = {"train": data_fingerprint(x, y), "val": data_fingerprint(*val) if val is not None else None}
     dev = devices.resolve_device(config.device)
     precision = devices.resolve_precision(config.precision, dev)
+    if precision == "fp16" and dev.type == "cpu":
+        warnings.warn(FP16_ON_CPU, stacklevel=2)
     model = _prepare(model, dev)
     x, y = x.to(dev), y.to(dev)
     if val is not None:
@@ -572,7 +583,55 @@ def fit(
         bar.close()
     if ema is not None:
         model.load_state_dict(ema.module.state_dict())
+    if history:
+        _flag_chance(history, len(val[1]) if val is not None else len(y), "val" if val is not None else "train",
+                     int(torch.unique(y).numel()))
     return history
+
+
+FP16_ON_CPU = ("precision='fp16' on a CPU: CPUs have no fast fp16 arithmetic, so training runs about 10 times "
+               "slower than in fp32; use precision='auto' (bf16 where the CPU has it, else fp32)")
+
+
+def chance_check(accuracy: float, n: int, n_classes: int = 10, alpha: float = 0.05, what: str = "the accuracy") -> dict:
+    """Return whether an accuracy on ``n`` images is distinguishable from guessing (1 / ``n_classes``).
+
+    Exact one-sided binomial test (:func:`fmnist_utils.stats.binomial_vs_chance`). Keys:
+    ``above_chance`` (p < ``alpha``), ``accuracy``, ``chance``, ``p``, ``n``, ``note`` (a
+    warning line when not above chance, else "").
+    """
+    from . import stats
+
+    n_correct = int(round(accuracy * n))
+    result = stats.binomial_vs_chance(n_correct, n, 1 / n_classes)
+    above = result["p"] < alpha
+    note = "" if above else (
+        f"{what} {accuracy:.4f} on {n:,} images is not distinguishable from chance ({1 / n_classes:.2f}, "
+        f"p = {result['p']:.2g}): the training may have collapsed; check the learning rate and weight decay")
+    return {"above_chance": above, "accuracy": accuracy, "chance": 1 / n_classes, "p": result["p"], "n": n,
+            "note": note}
+
+
+def _flag_chance(history: list[dict], n: int, split: str, n_classes: int) -> None:
+    """Warn, and flag the last row ``not_above_chance``, when its accuracy on ``split`` is not above chance."""
+    accuracy = history[-1].get(f"{split}_accuracy")
+    if accuracy is None or n_classes < 2:
+        return
+    what = {"val": "the validation accuracy", "train": "the training accuracy"}[split]
+    check = chance_check(accuracy, n, n_classes, what=f"{what} after epoch {history[-1]['epoch']},")
+    if not check["above_chance"]:
+        history[-1]["not_above_chance"] = True
+        warnings.warn(check["note"], stacklevel=3)
+
+
+def check_checkpoint_path(checkpoint: str | Path) -> None:
+    """Raise OSError naming ``checkpoint`` when it is a folder or its folder cannot be written."""
+    from . import paths
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise OSError(errno.EISDIR, "Is a directory (the checkpoint path must name a file)", str(path))
+    paths.writable_dir(path.parent, "checkpoint's folder")
 
 
 def _check_parameters(model: nn.Module, epoch: int, step: int, config: TrainConfig) -> None:
@@ -605,11 +664,29 @@ def _save(path: Path, model, optimizer, scheduler, ema, generator, config: Train
         "history": history,
     }
     try:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as exc:
+            raise _save_error(exc, tmp) from None
         tmp.replace(path)  # atomic: a kill mid-write never leaves a half checkpoint
     except BaseException:  # a full disk or an interrupt: no 30 MB of debris beside the checkpoint
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _save_error(exc: RuntimeError, path: Path) -> BaseException:
+    """Return the OSError a failed ``torch.save`` stands for: torch reports a failed write (a full disk)
+    as ``RuntimeError: [enforce fail at inline_container.cc] . unexpected pos ...``."""
+    text = str(exc)
+    if "unexpected pos" not in text and "PytorchStreamWriter failed" not in text:
+        return exc
+    try:
+        full = shutil.disk_usage(path.parent).free < 64 * 2**20
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, "No space left on device (torch.save could not finish the file)", str(path))
+    return OSError(errno.EIO, f"torch.save could not finish the file ({text.splitlines()[0][:200]})", str(path))
 
 
 def _load_state(path: Path, map_location) -> dict:

@@ -328,7 +328,7 @@ def test_failing_notebook_stops_the_pipeline_names_notebook_and_cell(tmp_path, c
     write_notebook(nbs / "03_after.ipynb", results_cell("03_after", 0.5))
     out = tmp_path / "report"
     out.mkdir()
-    for stale in ("report.html", "report.pdf"):  # a previous run's report must not survive
+    for stale in ("report.html", "report.pdf"):  # a previous run's report is replaced only by a finished one
         (out / stale).write_text("stale")
     args = ["report", "--profile", "smoke", "--run-dir", str(tmp_path / "run"), "--report-dir", str(out),
             "--notebooks", str(nbs), "--no-pdf"]
@@ -339,8 +339,8 @@ def test_failing_notebook_stops_the_pipeline_names_notebook_and_cell(tmp_path, c
     assert "notebook 02_fail failed: ValueError: boom on purpose 42" in err
     assert f"in cell 4 of {nbs / '02_fail.ipynb'}" in err  # title, parameters, print, then the failing cell
     assert 'raise ValueError(f"boom on purpose {x + 1}")' in err
-    assert "no report was written" in err
-    assert not (out / "report.html").exists() and not (out / "report.pdf").exists()
+    assert "no new report was written" in err
+    assert (out / "report.html").read_text() == (out / "report.pdf").read_text() == "stale"  # the earlier run's, kept
     partial = tmp_path / "run" / "notebooks" / "02_fail.ipynb"
     assert partial.is_file() and "before the failure" in partial.read_text()
     assert not (tmp_path / "run" / "notebooks" / "03_after.ipynb").exists()
@@ -351,7 +351,7 @@ def test_failing_notebook_stops_the_pipeline_names_notebook_and_cell(tmp_path, c
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "01_ok: up to date, reused" in printed and "02_fail: running" in printed and "03_after: running" in printed
-    assert (out / "report.html").is_file()
+    assert (out / "report.html").read_text() != "stale" and not (out / "report.pdf").exists()  # the old PDF went with its page
 
 
 def test_failure_recorded_only_in_metadata_is_a_failure(tmp_path, monkeypatch):

@@ -59,8 +59,10 @@ def test_local_file_loads_with_its_hash_prefix_and_no_network(weights_file, monk
 
     monkeypatch.setattr(socket, "create_connection", no_network)
     model, info = models.imagenet_resnet18(path, sha256_prefix=digest[:8], cache_dir=tmp_path)
-    assert info.pretrained and info.sha256 == digest and info.source == models.LOCAL_SOURCE.format(path=path)
-    assert info.title == "ResNet-18 (ImageNet)" and not model.training
+    # A file trusted through its own prefix is loaded, but not called ImageNet: its SHA-256 is not torchvision's.
+    assert info.pretrained and info.sha256 == digest and info.source == models.USER_SUPPLIED_SOURCE and not info.verified
+    assert info.title == "ResNet-18: user-supplied weights (not verified as ImageNet)" and not model.training
+    assert info.path == str(path) and info.to_dict()["verified"] is False
     saved = torch.load(path, weights_only=True)
     for name, value in model.state_dict().items():
         assert torch.equal(value, saved[name])
@@ -78,7 +80,7 @@ def test_cached_file_is_hash_checked(weights_file, tmp_path):
     cached = models.resnet18_cache_file(tmp_path)
     cached.write_bytes(path.read_bytes())
     _, info = models.imagenet_resnet18(sha256_prefix=digest[:8], cache_dir=tmp_path, allow_download=False)
-    assert info.source == models.CACHE_SOURCE
+    assert info.source == models.USER_SUPPLIED_SOURCE and info.path == str(cached)  # not torchvision's file
     # With the official prefix, a file that merely carries the official name is refused.
     with pytest.raises(models.WeightsError, match="does not start with 'f37072fd'"):
         models.imagenet_resnet18(cache_dir=tmp_path, allow_download=False)

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from fmnist_utils import data, device, paths, pipeline, provenance, report, train
-from fmnist_utils.__main__ import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FILESYSTEM, EXIT_INTERRUPTED, main
+from fmnist_utils.__main__ import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FILESYSTEM, EXIT_INTERRUPTED, EXIT_TERMINATED, main
 from fmnist_utils.data import DataError
 from fmnist_utils.train import CheckpointError, TrainConfig, TrainingDiverged
 
@@ -338,7 +338,8 @@ def test_reuse_covers_data_location_content_weights_and_environment(tmp_path, mo
     assert f"the data's location ({inputs_env.resolve()} -> {(tmp_path / 'data_b').resolve()})" in why
     assert f"$FMNIST_DATA ({inputs_env} -> {tmp_path / 'data_b'})" in why
 
-    # Same folder, other content (one label swapped): named by file.
+    # Same folder, other content (one label swapped, on purpose: unverified): named by file.
+    monkeypatch.setenv(data.UNVERIFIED_ENV, "1")
     labels = fmnist.y_test.numpy().astype(np.uint8).copy()
     labels[[0, 1]] = labels[[1, 0]]
     (tmp_path / "data_b" / "t10k-labels-idx1-ubyte.gz").unlink()
@@ -347,8 +348,12 @@ def test_reuse_covers_data_location_content_weights_and_environment(tmp_path, mo
     assert ran == [True, True] and "the data's content (test_labels)" in why
 
     # Weights appear (an offline run got the random init before): only the notebook that reads them reruns.
+    # (The runner refuses a file without torchvision's prefix; these stand-ins are let through.)
+    from fmnist_utils import models
+
+    monkeypatch.setattr(models, "RESNET18_SHA256_PREFIX", "")
     weights = tmp_path / "resnet18.pth"
-    weights.write_bytes(b"not checked by the runner, only hashed")
+    weights.write_bytes(b"not loaded by these notebooks, only hashed")
     monkeypatch.setenv("FMNIST_RESNET18_WEIGHTS", str(weights))
     ran, why = executed_and_reasons()
     assert ran == [False, True] and "02_reads_all: running (changed since its last run: the ResNet-18 weights" in why
@@ -360,8 +365,6 @@ def test_reuse_covers_data_location_content_weights_and_environment(tmp_path, mo
     # The torchvision cache file counts when no file is named.
     monkeypatch.delenv("FMNIST_RESNET18_WEIGHTS")
     assert executed_and_reasons()[0] == [False, True]
-    from fmnist_utils import models
-
     cached = models.resnet18_cache_file()
     assert str(cached).startswith(str(tmp_path / "torch_home"))
     cached.parent.mkdir(parents=True)
@@ -628,3 +631,466 @@ def test_killed_pdf_print_leaves_no_temporary_pdf(tmp_path, monkeypatch):
     # A leftover from a print killed with its process is removed with the old report.
     (tmp_path / "report.pdf.tmp.pdf").write_text("debris")
     assert tmp_path / "report.pdf.tmp.pdf" in pipeline.remove_report(tmp_path)
+
+
+# ============================================================================================
+# Issue 17: nothing of the user's is ever deleted; check, then touch; one status per fault
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes (the lock file aside: taking it rewrites its holder)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
+            if p.is_file() and p.name != pipeline.LOCK_NAME}
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture
+def finished(tmp_path, inputs_env):
+    """A finished report: two notebooks (one reads the data, one reads everything), run and report folders."""
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs / "01_a.ipynb", results_cell("01_a", 0.5))
+    write_notebook(nbs / "02_b.ipynb", results_cell("02_b", 0.25))
+    nb = json.loads((nbs / "01_a.ipynb").read_text())
+    nb["metadata"]["fmnist"] = {"inputs": ["data"]}
+    (nbs / "01_a.ipynb").write_text(json.dumps(nb))
+    assert main(report_args(tmp_path, nbs)) == 0
+    (tmp_path / "run" / "01_a" / "sweep.sqlite3").write_bytes(b"finished folds")  # what a sweep keeps
+    return nbs
+
+
+def _refused_unchanged(tmp_path, args, status, capsys) -> str:
+    """Run the CLI, expect ``status`` and one line; the run and report folders must be byte for byte as before."""
+    capsys.readouterr()
+    before = {name: _tree(tmp_path / name) for name in ("run", "report")}
+    assert main(args) == status
+    line = _one_line(capsys.readouterr().err)
+    assert {name: _tree(tmp_path / name) for name in ("run", "report")} == before
+    return line
+
+
+def test_folders_of_the_checkout_are_refused_in_every_role(tmp_path, capsys, monkeypatch):
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs / "01_a.ipynb", results_cell("01_a", 0.5))
+    checkout = paths.checkout_folders()
+    root = checkout["the kit's checkout"]
+    sources = _tree(root / "notebooks")
+    cases = [("--report-dir", root, "is the kit's checkout"), ("--run-dir", root, "is the kit's checkout"),
+             ("--report-dir", root / "notebooks", "is the kit's source notebooks"),
+             ("--run-dir", root / "tests", "is the kit's tests"),
+             ("--run-dir", root / "fmnist_utils" / "templates", "lies inside the kit's package"),
+             ("--report-dir", tmp_path / "run", "is the report folder"), ("--report-dir", nbs, "is the notebooks folder (--notebooks)"),
+             ("--run-dir", tmp_path, "holds the notebooks folder (--notebooks)")]
+    for flag, folder, words in cases:
+        args = report_args(tmp_path, nbs)
+        args[args.index(flag) + 1] = str(folder)
+        assert main(args) == EXIT_BAD_INPUT, (flag, folder)
+        line = _one_line(capsys.readouterr().err)
+        assert words in line and str(folder) in line and ("--report-dir" in line or "--run-dir" in line), line
+    # FMNIST_REPORT=. from the checkout: the same refusal.
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("FMNIST_REPORT", ".")
+    args = [a for a in report_args(tmp_path, nbs)]
+    del args[args.index("--report-dir"):args.index("--report-dir") + 2]
+    assert main(args) == EXIT_BAD_INPUT
+    assert "is the kit's checkout" in _one_line(capsys.readouterr().err)
+    assert _tree(root / "notebooks") == sources and not (root / "notebooks" / "notebooks").exists()
+    assert not (tmp_path / "run" / "notebooks").exists()  # nothing ran
+
+
+def test_a_run_folder_given_as_the_report_folder_is_refused_byte_for_byte(tmp_path, finished, capsys):
+    other = tmp_path / "other_run"
+    args = report_args(tmp_path, finished)
+    args[args.index("--run-dir") + 1] = str(other)
+    args[args.index("--report-dir") + 1] = str(tmp_path / "run")
+    line = _refused_unchanged(tmp_path, args, EXIT_BAD_INPUT, capsys)
+    assert f"{tmp_path / 'run'} is a run folder of the kit, not a report folder" in line
+    args = report_args(tmp_path, finished)  # and the other way round
+    args[args.index("--run-dir") + 1] = str(tmp_path / "report")
+    args[args.index("--report-dir") + 1] = str(tmp_path / "other_report")
+    line = _refused_unchanged(tmp_path, args, EXIT_BAD_INPUT, capsys)
+    assert f"{tmp_path / 'report'} is a report folder of the kit, not a run folder" in line
+
+
+def test_a_folder_holding_the_users_files_is_not_adopted(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs / "01_a.ipynb", results_cell("01_a", 0.5))
+    for role in ("run", "report"):
+        folder = tmp_path / role
+        folder.mkdir(exist_ok=True)
+        (folder / "thesis.tex").write_text("years of work")
+        assert main(report_args(tmp_path, nbs)) == EXIT_BAD_INPUT
+        line = _one_line(capsys.readouterr().err)
+        assert f"the {role} folder {folder} holds files the kit did not make (thesis.tex)" in line
+        assert (folder / "thesis.tex").read_text() == "years of work"
+        (folder / "thesis.tex").unlink()
+    assert main(report_args(tmp_path, nbs)) == 0
+    assert paths.is_owned(tmp_path / "run", "run folder") and paths.is_owned(tmp_path / "report", "report folder")
+
+
+@pytest.mark.parametrize("fault", ["shuffled data", "bad weights", "missing weights", "empty notebooks folder",
+                                   "another profile"])
+def test_a_refusal_leaves_the_finished_run_and_report_byte_for_byte(tmp_path, finished, fault, fmnist, monkeypatch,
+                                                                    capsys):
+    args, words = report_args(tmp_path, finished), None
+    if fault == "shuffled data":
+        labels = np.random.default_rng(0).permutation(fmnist.y_test.numpy().astype(np.uint8))
+        monkeypatch.setenv("FMNIST_DATA", str(_copy_with(tmp_path / "shuffled", fmnist.source, {"test_labels": labels})))
+        status, words = EXIT_BAD_INPUT, "t10k-labels-idx1-ubyte: its content differs from Fashion-MNIST's"
+    elif fault == "bad weights":
+        (tmp_path / "w.pth").write_bytes(b"not ResNet-18 weights")
+        monkeypatch.setenv("FMNIST_RESNET18_WEIGHTS", str(tmp_path / "w.pth"))
+        status, words = EXIT_BAD_INPUT, f"{tmp_path / 'w.pth'}: SHA-256"
+    elif fault == "missing weights":
+        monkeypatch.setenv("FMNIST_RESNET18_WEIGHTS", str(tmp_path / "nope.pth"))
+        status, words = EXIT_BAD_INPUT, "nope.pth: ResNet-18 weights file not found"
+    elif fault == "empty notebooks folder":
+        (tmp_path / "empty").mkdir()
+        args[args.index("--notebooks") + 1] = str(tmp_path / "empty")
+        status, words = EXIT_BAD_INPUT, "no notebooks named like"
+    else:
+        args[args.index("--profile") + 1] = "quick"
+        status, words = EXIT_BAD_INPUT, "holds results of another profile"
+    assert words in _refused_unchanged(tmp_path, args, status, capsys)
+
+
+def test_a_damaged_stamp_keeps_the_finished_work_and_says_why(tmp_path, finished, capsys):
+    stamp = pipeline.stamp_path(tmp_path / "run", "01_a")
+    stamp.write_text(stamp.read_text()[:40])  # cut short
+    assert main(report_args(tmp_path, finished)) == 0
+    printed = capsys.readouterr().out
+    assert f"01_a: running (its stamp {stamp} is unreadable (" in printed and "no earlier run" not in printed
+    assert (tmp_path / "run" / "01_a" / "sweep.sqlite3").read_bytes() == b"finished folds"  # resumed, not wiped
+
+
+def test_results_are_set_aside_until_their_successor_exists(tmp_path, finished, capsys):
+    run = tmp_path / "run"
+    old_results = (run / "01_a" / "results.json").read_bytes()
+    write_notebook(finished / "01_a.ipynb", 'raise RuntimeError("the new version fails")')
+    assert main(report_args(tmp_path, finished)) == pipeline.EXIT_NOTEBOOK_FAILED
+    captured = capsys.readouterr()
+    aside = run / pipeline.REPLACED / "01_a"
+    assert (aside / "results.json").read_bytes() == old_results and (aside / "sweep.sqlite3").is_file()
+    assert f"its last finished results are kept in {aside}" in captured.out
+    assert "the previous one, from an earlier run, is kept" in captured.out and (tmp_path / "report" / "report.html").is_file()
+    write_notebook(finished / "01_a.ipynb", results_cell("01_a", 0.75))
+    assert main(report_args(tmp_path, finished)) == 0
+    assert not (run / pipeline.REPLACED).exists() and json.loads((run / "01_a" / "results.json").read_text())["score"] == 0.75
+
+
+def test_the_report_folder_has_a_lock_of_its_own(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs / "01_a.ipynb", results_cell("01_a", 0.5))
+    report_folder = tmp_path / "report"
+    report_folder.mkdir()
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_folder_lock, args=(str(report_folder), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        args = report_args(tmp_path, nbs)
+        args[args.index("--run-dir") + 1] = str(tmp_path / "another_run")  # another run folder, the same report
+        assert main(args) == pipeline.EXIT_BUSY
+        line = _one_line(capsys.readouterr().err)
+        assert f"the report folder {report_folder} is in use by another run: pid {holder.pid}" in line and "--report-dir" in line
+        assert not (tmp_path / "another_run" / "notebooks").exists()
+    finally:
+        release.set()
+        holder.join(30)
+
+
+def _hold_folder_lock(folder: str, ready, release) -> None:
+    with pipeline.folder_lock(folder, "report folder"):
+        ready.set()
+        release.wait(120)
+
+
+@pytest.mark.parametrize("raised, status, words", [
+    ("from fmnist_utils.data import DataError\nraise DataError('/d/x.gz: its content differs; set FMNIST_DATA_UNVERIFIED=1')",
+     EXIT_BAD_INPUT, "/d/x.gz: its content differs; set FMNIST_DATA_UNVERIFIED=1 [notebook 01_f; the executed notebook is kept: "),
+    ("from fmnist_utils.models import WeightsError\nraise WeightsError('/w.pth: SHA-256 ab... does not start with')",
+     EXIT_BAD_INPUT, "/w.pth: SHA-256 ab... does not start with [notebook 01_f"),
+    ("from fmnist_utils.train import TrainingDiverged\nraise TrainingDiverged(2, 7, float('nan'), hint='lower the learning rate')",
+     EXIT_DIVERGED, "training diverged (epoch 2, step 7): loss is nan; lower the learning rate [notebook 01_f"),
+    ("import errno\nraise OSError(errno.ENOSPC, 'No space left on device', '/full/disk/f.png')",
+     EXIT_FILESYSTEM, "cannot use /full/disk/f.png: No space left on device; the disk holding it is full"),
+])
+def test_a_fault_inside_a_notebook_has_the_clis_status_and_one_line(tmp_path, raised, status, words, capsys):
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs / "01_f.ipynb", raised)
+    assert main(report_args(tmp_path, nbs)) == status
+    line = _one_line(capsys.readouterr().err)
+    assert words in line and str(tmp_path / "run" / "notebooks" / "01_f.ipynb") in line
+    assert (tmp_path / "run" / "notebooks" / "01_f.ipynb").is_file()  # kept for inspection
+
+
+@pytest.mark.parametrize("signum, status, words", [
+    (signal.SIGTERM, EXIT_TERMINATED, "error: terminated (SIGTERM). Finished work is kept"),
+    (signal.SIGINT, EXIT_INTERRUPTED, "error: interrupted. Finished work is kept"),
+])
+def test_sigterm_and_sigint_give_their_status_one_line_and_a_clean_kernel_shutdown(tmp_path, signum, status, words):
+    import subprocess
+    import sys
+
+    nbs = tmp_path / "nbs"
+    started, cleaned = tmp_path / "kernel.pid", tmp_path / "cleaned"
+    # The cell's own clean-up (a sweep re-queues its trials there) must run before the kernel goes.
+    write_notebook(nbs / "01_slow.ipynb", f"import os, time\nopen({str(started)!r}, 'w').write(str(os.getpid()))\n"
+                   f"try:\n    time.sleep(120)\nfinally:\n    time.sleep(1)\n    open({str(cleaned)!r}, 'w').write('yes')")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "fmnist_utils", *report_args(tmp_path, nbs)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (started.is_file() and started.read_text()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    kernel = int(started.read_text())
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status
+    assert err.strip().splitlines() == [err.strip()] and err.startswith(words), err  # the kernel's noise is in its log
+    assert pipeline.kernel_log_path(pipeline.executed_path(tmp_path / "run", "01_slow")).is_file()
+    assert json.loads(pipeline.stamp_path(tmp_path / "run", "01_slow").read_text())["status"] == "interrupted"
+    assert cleaned.read_text() == "yes"
+    for _ in range(50):  # the kernel is shut down with its runner
+        try:
+            os.kill(kernel, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the kernel {kernel} outlived its runner")
+
+
+def test_a_symlink_loop_as_a_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    nbs = tmp_path / "nbs"
+    write_notebook(nbs / "01_a.ipynb", results_cell("01_a", 0.5))
+    os.symlink(tmp_path / "loop_b", tmp_path / "loop_a")
+    os.symlink(tmp_path / "loop_a", tmp_path / "loop_b")
+    for var in ("FMNIST_RUNS", "FMNIST_REPORT"):
+        monkeypatch.setenv(var, str(tmp_path / "loop_a"))
+        args = ["report", "--profile", "smoke", "--notebooks", str(nbs), "--no-pdf"]
+        assert main(args) == EXIT_FILESYSTEM
+        line = _one_line(capsys.readouterr().err)
+        assert f"cannot use {tmp_path / 'loop_a'}" in line and "symbolic links" in line
+        monkeypatch.delenv(var)
+
+
+def test_a_folder_check_names_the_folder_not_its_probe_file(tmp_path, monkeypatch):
+    import tempfile
+
+    real = tempfile.TemporaryFile
+
+    def refuse(*a, dir=None, prefix="", **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(Path(dir) / f"{prefix}abc123"))
+
+    monkeypatch.setattr(paths.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(OSError) as info:
+        paths.writable_dir(tmp_path / "out", "run folder")
+    assert info.value.filename == str(tmp_path / "out") and ".write-test" not in str(info.value)
+    monkeypatch.setattr(paths.tempfile, "TemporaryFile", real)
+
+
+def test_an_unreadable_file_is_not_told_it_cannot_be_written(tmp_path, monkeypatch):
+    from fmnist_utils.__main__ import describe_os_error
+
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == weights else real_access(p, mode))
+    message = describe_os_error(PermissionError(errno.EACCES, "Permission denied", str(weights)))
+    assert message == f"cannot use {weights}: Permission denied; it cannot be read: make it readable (chmod u+r), or give another file"
+    assert "write" not in describe_os_error(PermissionError(errno.EACCES, "Permission denied", str(weights)))
+    assert "no permission to write" in describe_os_error(PermissionError(errno.EACCES, "Permission denied", str(tmp_path)))
+    assert "(the system did not say which)" in describe_os_error(OSError(errno.ENOSPC, "No space left on device"))
+
+
+def test_torchs_unexpected_pos_is_a_full_disk_naming_the_checkpoint(tiny, tmp_path, monkeypatch, capsys):
+    x, y = tiny
+    config = TrainConfig(epochs=1, batch_size=100, device="cpu")
+    ckpt = tmp_path / "ckpt.pt"
+
+    def torch_full(obj, f, *a, **k):
+        Path(f).write_bytes(b"PK half")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 3008 vs 2942")
+
+    monkeypatch.setattr(torch, "save", torch_full)
+    monkeypatch.setattr(train.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})())
+    with pytest.raises(OSError) as info:
+        train.fit(train.build_model(config), x, y, config, progress=False, checkpoint=ckpt)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(ckpt) + ".tmp"
+    assert not list(tmp_path.iterdir())  # no half checkpoint
+
+
+def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(tiny, tmp_path):
+    x, y = tiny
+    steps = []
+    config = TrainConfig(epochs=1, batch_size=100, device="cpu")
+    with pytest.raises(IsADirectoryError if False else OSError, match="the checkpoint path must name a file"):
+        train.fit(train.build_model(config), x, y, config, progress=False, checkpoint=tmp_path)
+    assert not steps
+
+
+def test_absurd_kernel_size_is_refused_before_any_allocation(capsys):
+    assert main(["train", "--kernel-size", "1001", "--epochs", "1"]) == EXIT_BAD_INPUT
+    line = _one_line(capsys.readouterr().err)
+    assert "TrainConfig.kernel_size=1001: must be at most 27" in line
+    assert TrainConfig(kernel_size=27).kernel_size == 27
+
+
+def test_train_out_ending_in_a_slash_is_a_folder_and_records_the_data(tmp_path, capsys, fmnist):
+    out = tmp_path / "newdir"
+    assert main(["train", "--epochs", "1", "--subset", "200", "--batch-size", "50", "--no-progress", "--out", f"{out}/"]) == 0
+    written = json.loads((out / "train_results.json").read_text())
+    assert written["data"] == {"source": fmnist.source, "verified": True}
+    assert set(written["chance"]) >= {"above_chance", "p", "n"} and written["chance"]["n"] == 10_000
+
+
+def test_unverified_data_is_recorded_in_train_results(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["train", "--epochs", "1", "--subset", "200", "--batch-size", "50", "--no-progress", "--no-verify",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["data"]["verified"] is False
+    assert "loaded without the SHA-256 check" in capsys.readouterr().err
+
+
+def test_an_interrupted_train_promises_no_resume():
+    from fmnist_utils.__main__ import EXIT_TERMINATED, Terminated, explain
+
+    message, status = explain(KeyboardInterrupt(), "train")
+    assert status == EXIT_INTERRUPTED and "nothing was saved" in message and "go on from there" not in message
+    message, status = explain(Terminated(), "report")
+    assert status == EXIT_TERMINATED and message.startswith("terminated (SIGTERM). Finished work is kept")
+
+
+def test_a_collapse_to_chance_is_flagged_and_warned(tiny):
+    x, y = tiny
+    config = TrainConfig(optimizer="adam", weight_decay=1e5, epochs=1, batch_size=50, device="cpu", precision="fp32")
+    with pytest.warns(UserWarning, match="not distinguishable from chance"):
+        history = train.fit(train.build_model(config), x, y, config, progress=False)
+    assert history[-1]["not_above_chance"] is True
+    healthy = train.chance_check(0.85, 300)
+    assert healthy["above_chance"] and healthy["note"] == "" and not train.chance_check(0.11, 300)["above_chance"]
+    # Reference: the exact one-sided binomial tail by hand.
+    from math import comb
+
+    n, k = 300, 33
+    p = sum(comb(n, i) * 0.1**i * 0.9 ** (n - i) for i in range(k, n + 1))
+    assert train.chance_check(k / n, n)["p"] == pytest.approx(p, rel=1e-9)
+
+
+def test_fp16_on_a_cpu_is_warned_about():
+    config = TrainConfig(epochs=1, batch_size=50, precision="fp16", device="cpu")
+    x = torch.zeros(100, 1, 28, 28, dtype=torch.uint8)
+    y = torch.arange(100) % 10
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    with pytest.warns(UserWarning, match="precision='fp16' on a CPU.*10 times slower"):
+        train.fit(model, x, y, config, progress=False)
+
+
+def test_weights_are_called_imagenet_only_for_torchvisions_file(tmp_path, monkeypatch):
+    from fmnist_utils import models
+
+    torch.manual_seed(0)
+    path = tmp_path / "mine.pth"
+    torch.save(models.ImageNetResNet18().state_dict(), path)
+    digest = models.sha256_of(path)
+    _, info = models.imagenet_resnet18(path, sha256_prefix="", cache_dir=tmp_path, allow_download=False)
+    assert info.source == models.USER_SUPPLIED_SOURCE == "user-supplied weights (not verified as ImageNet)"
+    assert not info.verified and info.title != "ResNet-18 (ImageNet)" and info.sha256 == digest
+    monkeypatch.setattr(models, "RESNET18_SHA256", digest)  # as if it were torchvision's file
+    _, info = models.imagenet_resnet18(path, sha256_prefix="", cache_dir=tmp_path, allow_download=False)
+    assert info.verified and info.source == models.LOCAL_SOURCE.format(path=path) and info.title == "ResNet-18 (ImageNet)"
+
+
+@pytest.mark.parametrize("storage, words", [
+    ("{tmp}/sweep.sqlite3", "not a readable SQLite database (its first bytes are not SQLite's header): the file is damaged. "
+                            "Move it aside (mv {tmp}/sweep.sqlite3 {tmp}/sweep.sqlite3.damaged)"),
+    ("foo://host/db", "sweep storage foo://host/db: the scheme 'foo' is not supported"),
+    ("postgresql://user:secret@127.0.0.1:1/db", "sweep storage postgresql://user:***@127.0.0.1:1/db: cannot connect"),
+])
+def test_a_storage_fault_is_one_line_naming_it_and_the_way_out(tmp_path, storage, words, monkeypatch):
+    from fmnist_utils import sweep
+    from fmnist_utils.__main__ import explain
+
+    monkeypatch.setattr(sweep.time, "sleep", lambda s: None)  # no pause between connection attempts
+    storage = storage.format(tmp=tmp_path)
+    if storage.endswith(".sqlite3"):
+        Path(storage).write_bytes(b"a file cut short, not a database")
+    with pytest.raises(sweep.StorageError) as info:
+        sweep.open_storage(storage)
+    message, status = explain(info.value)
+    assert status == EXIT_BAD_INPUT and words.format(tmp=tmp_path) in message and "\n" not in message
+    assert "secret" not in message
+    if storage.endswith(".sqlite3"):
+        assert Path(storage).read_bytes() == b"a file cut short, not a database"  # the user's to move, not deleted
+
+
+def test_trials_of_a_dead_worker_on_this_host_are_requeued_at_once(tmp_path):
+    import subprocess
+
+    from fmnist_utils import sweep
+
+    st = sweep.open_storage(tmp_path / "s.sqlite3", heartbeat_interval=10, grace_period=60)
+    study = __import__("optuna").create_study(storage=st, study_name="sweep", direction="maximize")
+    study.enqueue_trial({"lr": 0.1})
+    study.enqueue_trial({"lr": 0.2})
+    dead = subprocess.run(["true"]).returncode == 0 and subprocess.Popen(["true"])
+    dead.wait()
+    held = []
+    for pid in (dead.pid, os.getppid()):  # a finished process, and a live one
+        trial = study.ask()
+        trial.report(0.5, step=0)  # a finished fold
+        st.record_heartbeat(trial._trial_id)
+        st.set_trial_system_attr(trial._trial_id, sweep.HOLDER_ATTR, {"host": socket.gethostname(), "pid": pid})
+        held.append(trial.number)
+    assert sweep.requeue_dead_holders(study, st) == 1  # now, not after the 60 s grace period
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states[held[0]] == "FAIL" and states[held[1]] == "RUNNING"
+    requeued = [t for t in study.get_trials() if t.state.name == "WAITING"]
+    assert len(requeued) == 1 and requeued[0].intermediate_values == {0: 0.5}  # with its finished fold
+
+
+def test_the_report_names_unverified_data_and_a_training_not_above_chance(tmp_path):
+    import report_fixtures as F
+
+    sweep, trained = F.sweep_results(), F.train_results()
+    assert "not distinguishable" not in F.text_of(F.render(tmp_path / "a", {"01_sweep": sweep, "02_train": trained}))
+    trained["history"][-1]["not_above_chance"] = True
+    sweep["data_verified"] = False
+    text = F.text_of(F.render(tmp_path / "b", {"01_sweep": sweep, "02_train": trained}))
+    assert "Unverified data. 01_sweep loaded Fashion-MNIST without its SHA-256 check" in text
+    assert "In 02_train the last epoch's accuracy is not distinguishable from chance" in text
+
+
+def test_make_data_never_installs_over_a_copy_it_found_and_refused(tmp_path, fmnist):
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".installed").touch()  # newer than pyproject.toml: make builds no environment
+    os.utime(venv / ".installed", (time.time() + 3600, time.time() + 3600))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "apt-calls"
+    (bin_dir / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    (bin_dir / "apt-get").chmod(0o755)
+    (bin_dir / "id").write_text("#!/bin/sh\necho 0\n")  # as root, where the recipe would install
+    (bin_dir / "id").chmod(0o755)
+    labels = np.random.default_rng(0).permutation(fmnist.y_test.numpy().astype(np.uint8))
+    bad = _copy_with(tmp_path / "shuffled", fmnist.source, {"test_labels": labels})
+    env = {**os.environ, "FMNIST_DATA": str(bad), "PYTHONPATH": str(root), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.pop(data.UNVERIFIED_ENV, None)
+    done = subprocess.run(["make", "-s", "-C", str(root), "data", f"VENV={venv}", f"PY={sys.executable}"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "its content differs from Fashion-MNIST's" in done.stderr
+    assert not calls.exists() and "installing" not in done.stdout
