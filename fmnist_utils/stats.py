@@ -552,7 +552,7 @@ def record(key: str, claim: str, statistic: str, test: str, verdict: str, *, val
             "n": None if n is None else int(n), "verdict": verdict, "reason": reason, "family": family}
 
 
-def _p_text(p: float) -> str:
+def p_text(p: float) -> str:
     """Return a p-value for a test's description: ``"p = 0.012"``, ``"p < 0.0001"``."""
     return "p < 0.0001" if p < 1e-4 else f"p = {p:.2g}"
 
@@ -724,7 +724,7 @@ def verdict_cv_difference(key: str, scores_a, scores_b, n_train: int, n_test: in
     test = (f"corrected resampled t-test (Nadeau & Bengio 2003) on {result['k']} paired fold differences, "
             f"variance factor 1/k + {n_test:,}/{n_train:,}")
     if comparisons > 1:
-        raw = "" if result["p"] is None else f", unadjusted {_p_text(result['p'])}"
+        raw = "" if result["p"] is None else f", unadjusted {p_text(result['p'])}"
         test += f"; Bonferroni over {comparisons} comparisons{' (' + why + ')' if why else ''}{raw}"
     if result["reason"]:
         return record(key, claim, "mean difference in fold validation accuracy", test, "n/a", value=result["mean"],
