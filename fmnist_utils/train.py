@@ -483,7 +483,8 @@ def val_correctness(history: list[dict], n_val: int) -> np.ndarray:
     missing = [row.get("epoch") for row in history if "val_correct" not in row]
     if missing:
         raise ValueError(f"history rows of epochs {missing} have no val_correct: train with fit(..., val=...) "
-                         "to record per-image validation correctness")
+                         "to record per-image validation correctness (a history resumed from a checkpoint written "
+                         "before it was recorded lacks it: delete that checkpoint and train again)")
     return np.stack([np.unpackbits(np.frombuffer(base64.b64decode(row["val_correct"]), dtype=np.uint8),
                                    count=n_val).astype(bool) for row in history]) if history else np.zeros((0, n_val), bool)
 
