@@ -579,3 +579,19 @@ def summary_table(rows: Sequence[Row], outcomes: dict[str, Outcome], records: di
             "diverged": int(sum(o.diverged)),
         })
     return table
+
+
+def power_note(n_seeds: int, n_primary: int, alpha: float = stats.ALPHA, target: float = 0.8,
+               effect_sd: float = 1.0) -> dict:
+    """Return what the paired t-test across seeds can detect: ``power_at_seeds`` (the power with
+    ``n_seeds`` seeds to detect a mean difference of ``effect_sd`` standard deviations of the
+    per-seed differences at ``alpha``; None with fewer than two seeds), ``seeds`` (the fewest
+    seeds giving ``target`` power at ``alpha``) and ``seeds_strictest`` (at the strictest level
+    Holm uses in a primary family of ``n_primary``, ``alpha_strictest`` = alpha / n_primary), with
+    ``alpha``, ``target`` and ``effect_sd``: the numbers the report's power sentence prints.
+    """
+    strictest = alpha / max(1, n_primary)
+    return {"effect_sd": effect_sd, "target": target, "alpha": alpha, "alpha_strictest": strictest,
+            "power_at_seeds": stats.paired_t_power(n_seeds, effect_sd, alpha) if n_seeds >= 2 else None,
+            "seeds": stats.pairs_for_power(effect_sd, alpha, target),
+            "seeds_strictest": stats.pairs_for_power(effect_sd, strictest, target)}

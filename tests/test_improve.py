@@ -441,3 +441,11 @@ def test_shared_settings_are_the_fields_every_row_has_in_common():
     assert shared["epochs"] == 3 and shared["model"] == "seedcnn"
     assert "lr" not in shared and "momentum" not in shared
     assert all(getattr(c, k) == v for c in configs for k, v in shared.items())
+
+
+def test_power_note_says_how_many_seeds_a_one_sd_effect_needs():
+    note = improve.power_note(3, 2)
+    assert note["seeds"] == stats.pairs_for_power(1.0, 0.05, 0.8) == 10
+    assert note["seeds_strictest"] == stats.pairs_for_power(1.0, 0.025, 0.8) > note["seeds"]
+    assert note["power_at_seeds"] == pytest.approx(stats.paired_t_power(3, 1.0, 0.05)) and note["power_at_seeds"] < 0.8
+    assert improve.power_note(1, 2)["power_at_seeds"] is None
