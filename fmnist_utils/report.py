@@ -182,6 +182,17 @@ def check_verdict(record, where: str) -> dict:
     return out
 
 
+# Words that claim equality from a test that did not reject: no report may print them.
+EQUALITY_CLAIMS = re.compile(r"\btie\b|no overfitting|at chance", re.IGNORECASE)
+
+
+def equality_claims(text: str) -> list[str]:
+    """Return each place in ``text`` (a rendered report, the README's block) that words a
+    non-significant result as equality ("tie", "no overfitting", "at chance"), with 40 characters
+    either side; [] when there is none."""
+    return [text[max(0, m.start() - 40):m.end() + 40] for m in EQUALITY_CLAIMS.finditer(text)]
+
+
 def verdict_word(word: str | None) -> str:
     """Return a verdict word as a reader sees it (:data:`VERDICT_WORDS`): ``"no_significant_difference"``
     -> ``"no significant difference"``; an old word (``"tie"``) reads as its replacement; None -> ``""``.

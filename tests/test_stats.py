@@ -701,3 +701,83 @@ def test_power_of_the_paired_t_test():
 
 def test_level_text():
     assert stats.level_text(0.95) == "95%" and stats.level_text(1 - 0.05 / 3) == "98.3%"
+
+
+# --------------------------------------------------------------------------------------------
+# Every verdict word and sentence, rendered for a significant, a non-significant and an n/a record
+
+
+def _record(word, statistic="difference in accuracy"):
+    if word == "n/a":
+        return stats.record("k", "the claim", statistic, "a test", "n/a", reason="nothing to test")
+    return stats.record("k", "the claim", statistic, "a test", word, value=0.0123, low=-0.004, high=0.0207, p=0.031)
+
+
+def _say(call: str, v: dict) -> str:
+    from fmnist_utils import report
+
+    env = report._jinja()
+    template = env.from_string('{% import "verdicts.html.j2" as say with context %}{{ ' + call + ' }}')
+    return " ".join(template.render(v=v, na=report.not_available, verdict_numbers=report.verdict_numbers,
+                                    verdict_word=report.verdict_word).split())
+
+
+SIGNIFICANT = {"comparison": "higher", "above_chance": "above_chance", "overfitting": "overfits",
+               "matrix_agreement": "agree"}
+NOT_SIGNIFICANT = {"comparison": "no_significant_difference", "above_chance": "not_distinguishable_from_chance",
+                   "overfitting": "no_significant_drop", "matrix_agreement": "no_significant_agreement"}
+CALLS = {"comparison": 'say.comparison(v, "A beats B", "B beats A", "A and B show no significant difference", "Whether A beats B")',
+         "above_chance": 'say.above_chance(v, "Its test accuracy")',
+         "overfitting": 'say.overfitting(v, 3)',
+         "matrix_agreement": 'say.matrix_agreement(v, "the CNN", "random-init ResNet-18")'}
+EXPECTED = {
+    ("comparison", "sig"): "A beats B: the difference in accuracy is 1.23 percentage points (95% interval -0.4 to 2.07; p = 0.031, a test).",
+    ("comparison", "not"): "A and B show no significant difference: the difference in accuracy is 1.23 percentage points (95% interval",
+    ("comparison", "n/a"): "Whether A beats B: n/a (nothing to test).",
+    ("above_chance", "sig"): "Its test accuracy is above chance",
+    ("above_chance", "not"): "Its test accuracy is not distinguishable from chance",
+    ("above_chance", "n/a"): "Whether its test accuracy is above chance: n/a (nothing to test).",
+    ("overfitting", "sig"): "Validation accuracy fell significantly from its best, after epoch 3, to the last epoch",
+    ("overfitting", "not"): "The test finds no significant drop in validation accuracy from the best epoch (epoch 3) to the last; this is not evidence that there is none: the drop",
+    ("overfitting", "n/a"): "Whether validation accuracy fell from its best epoch: n/a (nothing to test).",
+    ("matrix_agreement", "sig"): "The CNN and random-init ResNet-18 rank the pairs of classes alike, more than chance would:",
+    ("matrix_agreement", "not"): "This does not show that the CNN and random-init ResNet-18 rank the pairs of classes alike:",
+    ("matrix_agreement", "n/a"): "Whether the CNN and random-init ResNet-18 rank the pairs of classes alike: n/a (nothing to test).",
+}
+
+
+@pytest.mark.parametrize("macro", list(CALLS))
+@pytest.mark.parametrize("kind", ["sig", "not", "n/a"])
+def test_every_sentence_words_its_verdict_without_claiming_equality(macro, kind):
+    from fmnist_utils import report
+
+    word = {"sig": SIGNIFICANT, "not": NOT_SIGNIFICANT}.get(kind, {}).get(macro, "n/a")
+    statistic = {"overfitting": "drop in validation accuracy", "matrix_agreement": "Spearman rho"}.get(
+        macro, "difference in accuracy")
+    text = _say(CALLS[macro], _record(word, statistic))
+    assert EXPECTED[(macro, kind)] in text, text
+    assert not report.equality_claims(text), text
+    if kind == "not":  # a non-significant result is printed with its interval, the range it leaves open
+        assert "95% interval" in text
+
+
+@pytest.mark.parametrize("word", [w for w in stats.VERDICTS])
+def test_every_verdict_word_reads_without_claiming_equality(word):
+    from fmnist_utils import report
+
+    shown = report.verdict_word(word)
+    assert shown and "_" not in shown and not report.equality_claims(shown)
+    # A record the page words generically (a notebook without a template) also reads cleanly.
+    text = _say("say.other(v)", _record(word))
+    assert not report.equality_claims(text) and (shown in text if word != "n/a" else "n/a (nothing to test)" in text)
+
+
+def test_old_words_in_a_saved_record_are_read_as_the_new_ones():
+    from fmnist_utils import report
+
+    for old, new in stats.LEGACY_VERDICTS.items():
+        assert report.verdict_word(old) == report.verdict_word(new)
+        saved = {**_record(new), "verdict": old}
+        assert report.check_verdict(saved, "x")["verdict"] == new
+    assert report.equality_claims("a tie: 9.69 points") and report.equality_claims("no overfitting; at chance")
+    assert not report.equality_claims("ties go to the lower loss; no significant difference")
