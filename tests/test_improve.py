@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
+import report_fixtures as F
 from fmnist_utils import ensemble, improve, profiles, report, stats, train
 from fmnist_utils.improve import OPTIONS, Outcome, ablation_rows, select_rows
 
@@ -383,6 +384,10 @@ def test_notebook_runs_at_smoke_size_and_its_section_renders(tmp_path):
     page = report.render(run, [stamp])
     assert '<section id="04_improvements"' in page and "Improvements beyond the original study" in page
     assert report.pct(r["table"][1]["accuracy_mean"]) in page
+    # The rendered smoke report claims no equality from a non-significant test, and declares its families.
+    assert not report.equality_claims(F.text_of(page)), report.equality_claims(F.text_of(page))
+    assert r["protocol"]["families"] == improve.families(improve.select_rows(smoke.rows))
+    assert "Declared before the run, the primary comparisons are" in F.text_of(page) and 'id="findings"' in page
 
 
 def test_accuracy_vs_time_figure_puts_each_row_at_its_time_and_accuracy():
