@@ -90,8 +90,9 @@ def sweep_results(verdicts=None) -> dict:
                                        -0.02, 0.045, 0.31, "corrected resampled t-test (Nadeau and Bengio), 3 folds"),
         "chosen_vs_study": verdict("chosen_vs_study", "no_significant_difference", "mean paired difference in accuracy", 0.0125,
                                    -0.02, 0.045, 0.31, "corrected resampled t-test (Nadeau and Bengio), 3 folds"),
-        "above_chance": verdict("above_chance", "above_chance", "cross-validated accuracy", 0.825, 0.8, 0.85, 1e-6,
-                                "one-sample t-test over the folds against one in ten"),
+        "above_chance": verdict("above_chance", "above_chance", "accuracy", 0.79, 0.77, 0.81, 1e-6,
+                                "exact one-sided binomial test against 0.1 on 30 images; Clopper-Pearson interval",
+                                claim="the test accuracy of the chosen configuration, retrained and tested once, is above chance"),
     }
     return {
         "notebook": "01_sweep", "profile": PROFILE, "environment": ENVIRONMENT, "seconds": 100.5,

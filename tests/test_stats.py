@@ -781,3 +781,43 @@ def test_old_words_in_a_saved_record_are_read_as_the_new_ones():
         assert report.check_verdict(saved, "x")["verdict"] == new
     assert report.equality_claims("a tie: 9.69 points") and report.equality_claims("no overfitting; at chance")
     assert not report.equality_claims("ties go to the lower loss; no significant difference")
+
+
+def _whole_report_with(tmp_path, kind: str) -> str:
+    """The whole report from the fixtures with every verdict significant, not significant, or n/a."""
+    import report_fixtures as F
+
+    results = {"01_sweep": F.sweep_results(), "02_train": F.train_results(),
+               "03_resnet_compare": F.compare_results(pretrained=False), "04_improvements": F.improvements_results()}
+    for r in results.values():
+        for key, v in r["verdicts"].items():
+            family = "comparison"
+            for name, macro in (("above_chance", "above_chance"), ("overfitting", "overfitting"),
+                                ("matrix_agreement", "matrix_agreement")):
+                if key == name:
+                    family = macro
+            word = {"sig": SIGNIFICANT, "not": NOT_SIGNIFICANT}.get(kind, {}).get(family, "n/a")
+            r["verdicts"][key] = {**v, "verdict": word, "reason": "nothing to test" if word == "n/a" else None}
+        for t in r.get("table", []):
+            if t.get("verdict"):
+                t["verdict"] = r["verdicts"][f"row:{t['row']}"]["verdict"]
+    return F.render(tmp_path / kind, results)
+
+
+@pytest.mark.parametrize("kind", ["sig", "not", "n/a"])
+def test_the_whole_report_claims_no_equality_and_opens_with_its_findings(tmp_path, kind):
+    import report_fixtures as F
+    from fmnist_utils import report
+
+    page = _whole_report_with(tmp_path, kind)
+    text = F.text_of(page)
+    assert not report.equality_claims(text), report.equality_claims(text)
+    box = page[page.index('<aside id="findings"'):page.index("</aside>")]
+    assert page.index('<aside id="findings"') < page.index('<section id="abstract"')
+    for stem in ("01_sweep", "02_train", "03_resnet_compare", "04_improvements"):
+        assert f'href="#{stem}"' in box  # each finding links to its section
+    items = box.count("<li>")
+    assert items >= 5 and F.text_of(box).count(". ") + 1 >= items  # one sentence each (with its numbers)
+    if kind == "not":
+        assert "no significant difference" in F.text_of(box) and "95% interval" in F.text_of(box)
+    assert "The most accurate row" not in text
