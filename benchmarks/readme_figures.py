@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-from fmnist_utils import notebook, pipeline, provenance, report  # noqa: E402
+from fmnist_utils import notebook, pipeline, provenance, report, stats  # noqa: E402
 from verify_gpu import slug  # noqa: E402  (the results files' naming)
 
 README = ROOT / "README.md"
@@ -81,13 +81,21 @@ def collect(run: str | Path, wall_seconds: float | None = None) -> dict:
         figures["improve"] = {"seeds": i["protocol"]["n_seeds"], "epochs": i["protocol"]["epochs"],
                               "train_images": i["protocol"]["train_images"],
                               "rows": [{k: t.get(k) for k in ("row", "label", "reference", "accuracy_mean", "accuracy_sd",
-                                                              "difference", "low", "high", "p", "verdict")}
+                                                              "difference", "low", "high", "level", "p", "verdict",
+                                                              "family")}
                                        for t in i["table"]]}
     return figures
 
 
 def _word(record: dict) -> str:
-    return f"{record['verdict'].replace('_', ' ')}: {report.verdict_numbers(record)}"
+    # verdict_word reads a recorded run's old words ("tie") as what the test decided.
+    return f"{report.verdict_word(record['verdict'])}: {report.verdict_numbers(record)}"
+
+
+def _mantel(record: dict) -> dict:
+    """The Mantel record without an interval: runs recorded before it was dropped kept the
+    image-bootstrap range of rho as low/high, which is no interval of the test beside its p."""
+    return {**record, "low": None, "high": None}
 
 
 def render(fig: dict, source: str) -> str:
@@ -120,20 +128,23 @@ def render(fig: dict, source: str) -> str:
     if "compare" in fig:
         c = fig["compare"]
         lines.append(f"- `03_resnet_compare`: the class-by-class matrices of the CNN and of {c['resnet_title']}, "
-                     f"{_word(c['matrix_agreement'])}.")
+                     f"{_word(_mantel(c['matrix_agreement']))}.")
     if "improve" in fig:
         i = fig["improve"]
         lines += ["", f"`04_improvements` ({i['seeds']} seeds, {i['epochs']} epochs on {report.num(i['train_images'])} "
                       "images; test accuracy, mean ± sd over seeds; difference from the reference row in points, "
-                      "paired across seeds):", "",
-                  "| row | accuracy | vs | difference (95% interval) | verdict |", "|---|---|---|---|---|"]
+                      "paired across seeds, on these test images; where a family is named, its p is adjusted and its "
+                      "interval at the level the correction decides at):", "",
+                  "| row | accuracy | vs | difference (interval; p) | verdict | family |", "|---|---|---|---|---|---|"]
         for r in i["rows"]:
             sd = f" ± {report.points(r['accuracy_sd'])} points" if r["accuracy_sd"] is not None else ""
             diff = "" if r["difference"] is None else (
-                f"{report.points(r['difference'])} ({report.points(r['low'])} to {report.points(r['high'])}; "
-                f"{report.p_value(r['p'])})")
+                f"{report.points(r['difference'])} ({stats.level_text(r.get('level') or stats.LEVEL)} interval "
+                f"{report.points(r['low'])} to {report.points(r['high'])}; {report.p_value(r['p'])})"
+                if r["low"] is not None else f"{report.points(r['difference'])} ({report.p_value(r['p'])})")
+            family = report.FAMILY_WORDS.get(r.get("family"), "")
             lines.append(f"| {r['label']} | {report.pct(r['accuracy_mean'])}{sd} | {r['reference'] or ''} | {diff} "
-                         f"| {r['verdict'] or ''} |")
+                         f"| {report.verdict_word(r['verdict'])} | {family} |")
     lines += ["", END]
     return "\n".join(lines)
 

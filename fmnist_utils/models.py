@@ -246,6 +246,18 @@ class WeightsInfo:
         return {**asdict(self), "title": self.title}
 
 
+def model_tag(weights_source: str) -> str:
+    """Return the short name a report uses for the ResNet-18 after :func:`model_title` has named it
+    once in full: "random-init ResNet-18" for the offline fallback, "ResNet-18 (ImageNet)" for
+    ImageNet weights, "ResNet-18 (user-supplied weights)" for any other source (a file not verified
+    as ImageNet's). Never a bare "ResNet-18": the tag alone says whether the network learnt anything."""
+    if weights_source == RANDOM_INIT_SOURCE or weights_source.upper().startswith("RANDOM INIT"):
+        return "random-init ResNet-18"
+    if weights_source.startswith("imagenet"):
+        return "ResNet-18 (ImageNet)"
+    return "ResNet-18 (user-supplied weights)"
+
+
 def model_title(weights_source: str) -> str:
     """Return "ResNet-18 (ImageNet)" for pretrained weights, else a title naming the random-init fallback."""
     if weights_source.startswith("imagenet"):

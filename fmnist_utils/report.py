@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple, Sequence
 
 from markupsafe import Markup, escape
 
-from . import profiles, provenance, study
+from . import models, profiles, provenance, stats, study
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PAGE_TEMPLATE = "report.html.j2"
@@ -134,7 +134,23 @@ def p_value(p: float | None) -> str:
 # (fmnist_utils.stats) and written into the notebook's results["verdicts"][key]; the templates
 # choose a sentence by its verdict word and print its numbers with verdict_numbers.
 
-VERDICT_FIELDS = ("key", "claim", "statistic", "value", "low", "high", "level", "p", "test", "n", "verdict", "reason")
+VERDICT_FIELDS = ("key", "claim", "statistic", "value", "low", "high", "level", "p", "test", "n", "verdict", "reason",
+                  "family")
+# How each verdict word reads in a table cell or a list. No entry says "tie", "at chance" or "no
+# overfitting": a test that does not reject shows no difference, not equality.
+VERDICT_WORDS = {
+    stats.HIGHER: "higher",
+    stats.LOWER: "lower",
+    stats.NO_DIFFERENCE: "no significant difference",
+    stats.ABOVE_CHANCE: "above chance",
+    stats.NOT_ABOVE_CHANCE: "not distinguishable from chance",
+    stats.OVERFITS: "significant drop from the best epoch",
+    stats.NO_DROP: "no significant drop from the best epoch",
+    stats.AGREE: "agree",
+    stats.NO_AGREEMENT: "no significant agreement",
+    stats.NOT_AVAILABLE: "n/a",
+}
+FAMILY_WORDS = {stats.PRIMARY: "primary (Holm)", stats.EXPLORATORY: "exploratory (Benjamini-Hochberg)"}
 REQUIRED_VERDICT_FIELDS = ("claim", "statistic", "verdict")
 NOT_AVAILABLE = "n/a"
 DEFAULT_LEVEL = 0.95
@@ -158,9 +174,51 @@ def check_verdict(record, where: str) -> dict:
             raise ReportError(f"{where}: {field} is {value!r}; it must be a number or None")
     out = {field: None for field in VERDICT_FIELDS}
     out.update(record)
+    # A record saved by an earlier version (e.g. the README's recorded run) is read with the new
+    # word for what its test decided, so no page prints the old ones.
+    out["verdict"] = stats.LEGACY_VERDICTS.get(out["verdict"], out["verdict"])
     if out["level"] is None:
         out["level"] = DEFAULT_LEVEL
     return out
+
+
+# Words that claim equality from a test that did not reject: no report may print them.
+EQUALITY_CLAIMS = re.compile(r"\btie\b|no overfitting|at chance", re.IGNORECASE)
+
+
+def equality_claims(text: str) -> list[str]:
+    """Return each place in ``text`` (a rendered report, the README's block) that words a
+    non-significant result as equality ("tie", "no overfitting", "at chance"), with 40 characters
+    either side; [] when there is none."""
+    return [text[max(0, m.start() - 40):m.end() + 40] for m in EQUALITY_CLAIMS.finditer(text)]
+
+
+def verdict_word(word: str | None) -> str:
+    """Return a verdict word as a reader sees it (:data:`VERDICT_WORDS`): ``"no_significant_difference"``
+    -> ``"no significant difference"``; an old word (``"tie"``) reads as its replacement; None -> ``""``.
+    """
+    if word is None:
+        return ""
+    word = stats.LEGACY_VERDICTS.get(word, word)
+    return VERDICT_WORDS.get(word, word.replace("_", " "))
+
+
+def network_tag(weights_source: str) -> str:
+    """Return the short name of the ResNet-18 of ``weights_source`` (:func:`fmnist_utils.models.model_tag`),
+    used everywhere after the long name (:func:`fmnist_utils.models.model_title`) has been given once."""
+    return models.model_tag(weights_source)
+
+
+def retag(value, long: str, tag: str):
+    """Return ``value`` (a text, or a verdict record's claim, statistic and test) with the network's
+    long name ``long`` replaced by its short ``tag`` and every bare "ResNet-18" by the tag as well
+    (:func:`relabel`): ``retag("CNN minus ResNet-18: RANDOM INIT (...)", title, "random-init ResNet-18")``.
+    """
+    if isinstance(value, dict):
+        return {k: retag(v, long, tag) if k in ("claim", "statistic", "test") and isinstance(v, str) else v
+                for k, v in value.items()}
+    text = value.replace(long, tag) if long and long != tag else value
+    return relabel(text, "ResNet-18", tag)
 
 
 def value_unit(statistic: str) -> str:
@@ -191,7 +249,7 @@ def verdict_numbers(record: dict, unit: str | None = None) -> str:
     fmt = formats[unit]
     inside = []
     if record["low"] is not None and record["high"] is not None:
-        inside.append(f"{pct(record['level'], 0)} interval {fmt(record['low'])} to {fmt(record['high'])}")
+        inside.append(f"{stats.level_text(record['level'])} interval {fmt(record['low'])} to {fmt(record['high'])}")
     test = ([p_value(record["p"])] if record["p"] is not None else []) + ([record["test"]] if record["test"] else [])
     if test:
         inside.append(", ".join(test))
@@ -223,7 +281,7 @@ def verdict_rows(results: dict) -> list[dict]:
     rows = []
     for key, record in records.items():
         record = check_verdict(record, f"verdicts[{key!r}]")
-        rows.append({"claim": record["claim"], "verdict": record["verdict"].replace("_", " "),
+        rows.append({"claim": record["claim"], "verdict": verdict_word(record["verdict"]),
                      "estimate": f"{record['statistic']}: {verdict_numbers(record)}"})
     return rows
 
@@ -572,6 +630,7 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
         "pct": pct, "num": num, "secs": secs, "points": points, "points_phrase": points_phrase, "p_value": p_value, "na": not_available,
         "table": make_table(numbering), "verdict": make_verdict(results), "verdict_numbers": verdict_numbers,
         "relabel": relabel, "study": study_figures(), "top_rows": TOP_ROWS,
+        "verdict_word": verdict_word, "family_word": FAMILY_WORDS.get, "tag": network_tag, "retag": retag,
     }
 
     sections = []

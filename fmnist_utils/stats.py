@@ -10,8 +10,15 @@ its ``results.json`` under ``results["verdicts"][key]`` and a template only word
 
 ``value`` is the estimate, ``low``/``high`` its interval at ``level``, ``p`` the p-value (None
 where the test gives none), ``n`` the sample size the test counts (images, folds, classes),
-``verdict`` a word from the function's fixed vocabulary and ``reason`` why it is ``"n/a"``.
-A difference "within noise" is a ``"tie"``. Numbers that cannot be computed are None, never NaN.
+``verdict`` a word from the function's fixed vocabulary (:data:`VERDICTS`) and ``reason`` why it is
+``"n/a"``; ``family`` names the family of comparisons whose error rate the decision controls (None
+for a test that stands alone). Numbers that cannot be computed are None, never NaN.
+
+The vocabulary says what a test can say. Not rejecting the null is absence of evidence, not
+equality, so a difference the test does not detect is ``"no_significant_difference"`` (worded with
+its interval), an accuracy not detectably above chance is ``"not_distinguishable_from_chance"``,
+a fall of validation accuracy that the test does not detect is ``"no_significant_drop"``; no word
+here claims equality (that needs an equivalence test with a margin stated in advance).
 
 The tests, and why these:
 
@@ -54,7 +61,25 @@ MAX_EXACT_PERMUTATIONS = 40_320
 # itself must count as ">= observed" despite float rounding).
 TIE_TOL = 1e-12
 
-RECORD_KEYS = ("key", "claim", "statistic", "value", "low", "high", "level", "p", "test", "n", "verdict", "reason")
+RECORD_KEYS = ("key", "claim", "statistic", "value", "low", "high", "level", "p", "test", "n", "verdict", "reason",
+               "family")
+
+# The verdict words (a record's ``verdict``). None of them claims that two things are equal.
+HIGHER, LOWER, NO_DIFFERENCE = "higher", "lower", "no_significant_difference"
+ABOVE_CHANCE, NOT_ABOVE_CHANCE = "above_chance", "not_distinguishable_from_chance"
+OVERFITS, NO_DROP = "overfits", "no_significant_drop"
+AGREE, NO_AGREEMENT = "agree", "no_significant_agreement"
+NOT_AVAILABLE = "n/a"
+VERDICTS = (HIGHER, LOWER, NO_DIFFERENCE, ABOVE_CHANCE, NOT_ABOVE_CHANCE, OVERFITS, NO_DROP, AGREE, NO_AGREEMENT,
+            NOT_AVAILABLE)
+# Words of earlier versions, which claimed equality from a non-significant test, and what they meant:
+# records written by them (a saved results.json) are read with the new word.
+LEGACY_VERDICTS = {"tie": NO_DIFFERENCE, "at_chance": NOT_ABOVE_CHANCE, "no_overfitting": NO_DROP,
+                   "no_evidence": NO_AGREEMENT}
+# The families a record's decision belongs to: the comparisons declared before the run (their
+# family-wise error rate controlled by Holm) and the rest (their false discovery rate by
+# Benjamini-Hochberg).
+PRIMARY, EXPLORATORY = "primary", "exploratory"
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,8 +250,17 @@ def mcnemar_exact(correct_a, correct_b, level: float = LEVEL) -> dict:
     adjusted Wald interval for paired proportions of Bonett & Price (2012): one pseudo-image
     added to each discordant cell, p_a = (a_only + 1) / (N + 2), p_b = (b_only + 1) / (N + 2),
     se = sqrt((p_a + p_b - (p_a - p_b)^2) / (N + 2)).
-    Keys: ``difference`` (accuracy a - accuracy b), ``low``, ``high``, ``p``, ``a_only``,
-    ``b_only``, ``n`` (images), ``accuracy_a``, ``accuracy_b``, ``level``.
+
+    That interval and the exact p can disagree near alpha (p = 0.057 beside an interval of 0.018 to
+    1.58 points), so the verdict records print ``exact_low``/``exact_high`` instead: the exact
+    interval that inverts the same test. Given the D = a_only + b_only discordant images, the
+    difference is D / N * (2 pi - 1) with pi the chance that a discordant image favours a; the
+    Clopper-Pearson interval of pi maps to it, and it excludes 0 exactly when p < 1 - level (the
+    binomial with pi = 1/2 is symmetric, so the exact two-sided p is twice the smaller tail, the
+    p-value the equal-tailed Clopper-Pearson interval inverts). It is conditional on D, as the test is;
+    None when D = 0 (no discordant image: nothing to estimate pi from).
+    Keys: ``difference`` (accuracy a - accuracy b), ``low``, ``high`` (Bonett-Price), ``exact_low``,
+    ``exact_high``, ``p``, ``a_only``, ``b_only``, ``n`` (images), ``accuracy_a``, ``accuracy_b``, ``level``.
     """
     _check_level(level)
     a, b = _correct(correct_a, "correct_a"), _correct(correct_b, "correct_b")
@@ -239,7 +273,12 @@ def mcnemar_exact(correct_a, correct_b, level: float = LEVEL) -> dict:
     pa, pb = (a_only + 1) / (n + 2), (b_only + 1) / (n + 2)
     se = math.sqrt((pa + pb - (pa - pb) ** 2) / (n + 2))
     z = sps.norm.ppf((1 + level) / 2)
+    exact_low = exact_high = None
+    if discordant:
+        ci = sps.binomtest(a_only, discordant, 0.5).proportion_ci(level, method="exact")
+        exact_low, exact_high = (discordant / n * (2 * ci.low - 1), discordant / n * (2 * ci.high - 1))
     return {"difference": (a_only - b_only) / n, "low": max(-1.0, pa - pb - z * se), "high": min(1.0, pa - pb + z * se),
+            "exact_low": exact_low, "exact_high": exact_high,
             "p": p, "a_only": a_only, "b_only": b_only, "n": n,
             "accuracy_a": float(a.mean()), "accuracy_b": float(b.mean()), "level": level}
 
@@ -383,6 +422,105 @@ def overfitting_test(val_accuracies, n_val: int, correct=None) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# Families of comparisons: Holm, Benjamini-Hochberg, and the level each is decided at
+
+
+def _family_pvalues(pvalues) -> np.ndarray:
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"pvalues must be 1-D (m comparisons,), got shape {p.shape}")
+    if not (np.isfinite(p).all() and np.all((p >= 0) & (p <= 1))):
+        raise ValueError("pvalues must be probabilities in [0, 1]; leave a comparison without a p-value (n/a) out of the family")
+    return p
+
+
+def holm(pvalues, alpha: float = ALPHA) -> dict:
+    """Return Holm's step-down decisions for a family of m p-values (its family-wise error rate <= alpha).
+
+    pvalues: (m,). Sorted ascending, p_(i) is rejected while p_(j) < alpha / (m - j + 1) for every
+    j <= i (Holm 1979). Keys (each (m,), in the input order): ``p_adjusted`` (max over j <= i of
+    min(1, (m - j + 1) p_(j)); rejected exactly when < alpha), ``reject`` (bool) and ``alpha_each``:
+    the level at which each comparison's own test decides, so that an interval at 1 - alpha_each
+    excludes the null value exactly when the comparison is rejected: alpha / (m - i + 1) for a
+    rejected p_(i), and the threshold of the first comparison not rejected for every one not rejected
+    (their p-values are at least that threshold). m = 0 gives empty arrays.
+    """
+    _check_alpha(alpha)
+    p = _family_pvalues(pvalues)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    thresholds = alpha / (m - np.arange(m))  # (m,): alpha / m, alpha / (m - 1), ..., alpha
+    passed = p[order] < thresholds
+    stop = int(np.argmin(passed)) if not passed.all() else m  # the first rank not rejected
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    reject = np.zeros(m, dtype=bool)
+    reject[order[:stop]] = True
+    each = np.empty(m)
+    each[order] = np.where(np.arange(m) < stop, thresholds, thresholds[min(stop, m - 1)] if m else alpha)
+    return {"p_adjusted": adjusted, "reject": reject, "alpha_each": each}
+
+
+def benjamini_hochberg(pvalues, alpha: float = ALPHA) -> dict:
+    """Return Benjamini-Hochberg's decisions for m p-values (false discovery rate <= alpha for
+    independent or positively dependent tests).
+
+    pvalues: (m,). With R the largest rank i such that p_(i) < i alpha / m, the R smallest are
+    rejected (Benjamini & Hochberg 1995; strict ``<`` so that the intervals below agree at the
+    boundary). Keys, in the input order: ``p_adjusted`` (min over j >= i of min(1, m p_(j) / j),
+    the values of ``scipy.stats.false_discovery_control``; rejected exactly when < alpha), ``reject``
+    and ``alpha_each`` = max(R, 1) alpha / m for all: the level of Benjamini and Yekutieli's (2005)
+    false-coverage-rate adjusted intervals, which exclude the null value exactly for the rejected ones.
+    """
+    _check_alpha(alpha)
+    p = _family_pvalues(pvalues)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    ranks = np.arange(1, m + 1)
+    below = np.nonzero(p[order] < ranks * alpha / max(m, 1))[0]
+    r = int(below[-1]) + 1 if len(below) else 0
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(1.0, np.minimum.accumulate((m * p[order] / ranks)[::-1])[::-1])
+    reject = np.zeros(m, dtype=bool)
+    reject[order[:r]] = True
+    return {"p_adjusted": adjusted, "reject": reject, "alpha_each": np.full(m, max(r, 1) * alpha / max(m, 1))}
+
+
+FAMILY_METHODS = {PRIMARY: ("Holm", holm), EXPLORATORY: ("Benjamini-Hochberg", benjamini_hochberg)}
+
+
+def paired_t_power(n: int, effect: float = 1.0, alpha: float = ALPHA) -> float:
+    """Return the power of the two-sided paired t-test with n pairs to detect a mean difference of
+    ``effect`` standard deviations of the differences, at level alpha (noncentral t, df = n - 1,
+    noncentrality effect * sqrt(n))."""
+    _check_alpha(alpha)
+    if not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"n must be an integer >= 2 pairs, got {n!r}")
+    crit = sps.t.ppf(1 - alpha / 2, n - 1)
+    nc = effect * math.sqrt(n)
+    return float(sps.nct.sf(crit, n - 1, nc) + sps.nct.cdf(-crit, n - 1, nc))
+
+
+def pairs_for_power(effect: float = 1.0, alpha: float = ALPHA, power: float = 0.8, max_n: int = 10_000) -> int:
+    """Return the fewest pairs (seeds) with which the two-sided paired t-test at level alpha detects
+    a mean difference of ``effect`` standard deviations with at least ``power`` (:func:`paired_t_power`).
+    At alpha = 0.05 a one-sd effect needs 10 pairs for 80% power."""
+    if not 0 < power < 1 or effect <= 0:
+        raise ValueError(f"need 0 < power < 1 and effect > 0, got power={power}, effect={effect}")
+    for n in range(2, max_n + 1):
+        if paired_t_power(n, effect, alpha) >= power:
+            return n
+    raise ValueError(f"more than {max_n:,} pairs needed for power {power} at effect {effect} and alpha {alpha}")
+
+
+def level_text(level: float) -> str:
+    """Return a confidence level for prose: ``0.95`` -> ``"95%"``, ``0.98333`` -> ``"98.3%"``
+    (one decimal where the whole per cent would round it)."""
+    pct = 100 * float(level)
+    return f"{pct:.0f}%" if abs(pct - round(pct)) < 1e-9 else f"{pct:.1f}%"
+
+
+# --------------------------------------------------------------------------------------------
 # Verdict records
 
 
@@ -395,24 +533,35 @@ def _num(value) -> float | None:
 
 
 def record(key: str, claim: str, statistic: str, test: str, verdict: str, *, value=None, low=None, high=None,
-           level: float | None = LEVEL, p=None, n: int | None = None, reason: str | None = None) -> dict:
+           level: float | None = LEVEL, p=None, n: int | None = None, reason: str | None = None,
+           family: str | None = None) -> dict:
     """Return a verdict record with exactly the keys of :data:`RECORD_KEYS` (numbers as float or None).
 
-    ``level`` belongs to the interval: it is None in a record without one.
+    ``level`` belongs to the interval: it is None in a record without one. ``verdict`` must be one
+    of :data:`VERDICTS`; ``family`` None, :data:`PRIMARY` or :data:`EXPLORATORY`.
     """
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict record {key!r}: {verdict!r} is not a verdict word; choose one of {VERDICTS}")
+    if family not in (None, PRIMARY, EXPLORATORY):
+        raise ValueError(f"verdict record {key!r}: family must be None, {PRIMARY!r} or {EXPLORATORY!r}, got {family!r}")
     if verdict == "n/a" and not reason:
         raise ValueError(f"verdict record {key!r} is n/a: give the reason")
     low, high = _num(low), _num(high)
     return {"key": key, "claim": claim, "statistic": statistic, "value": _num(value), "low": low, "high": high,
             "level": level if low is not None or high is not None else None, "p": _num(p), "test": test,
-            "n": None if n is None else int(n), "verdict": verdict, "reason": reason}
+            "n": None if n is None else int(n), "verdict": verdict, "reason": reason, "family": family}
+
+
+def p_text(p: float) -> str:
+    """Return a p-value for a test's description: ``"p = 0.012"``, ``"p < 0.0001"``."""
+    return "p < 0.0001" if p < 1e-4 else f"p = {p:.2g}"
 
 
 def _direction(p: float | None, estimate: float | None, alpha: float) -> str:
-    """higher / lower when p < alpha (by the sign of the estimate), else tie."""
+    """higher / lower when p < alpha (by the sign of the estimate), else no significant difference."""
     if p is None or estimate is None or p >= alpha or estimate == 0:
-        return "tie"
-    return "higher" if estimate > 0 else "lower"
+        return NO_DIFFERENCE
+    return HIGHER if estimate > 0 else LOWER
 
 
 def verdict_matrix_agreement(matrix_a, matrix_b, name_a: str, name_b: str, *, key: str = "matrix_agreement",
@@ -421,11 +570,14 @@ def verdict_matrix_agreement(matrix_a, matrix_b, name_a: str, name_b: str, *, ke
     """Return the verdict record: do two class-by-class matrices (C, C) rank the class pairs alike?
 
     Mantel test (:func:`mantel_test`, one-sided). Vocabulary: ``"agree"`` (p < alpha: more alike
-    than relabelled classes would be), ``"no_evidence"``, ``"n/a"`` (a matrix has identical
-    off-diagonal entries: no ranking). ``boots``: optional (boots_a, boots_b), each (B, C, C)
-    from ``correlation.bootstrap_matrices`` on the same resamples; ``low``/``high`` are then
-    the percentile interval of rho over them, a description of how rho moves with the image
-    sample, not part of the test. ``n``: the number of classes.
+    than relabelled classes would be), ``"no_significant_agreement"``, ``"n/a"`` (a matrix has
+    identical off-diagonal entries: no ranking). The record has no interval: the test gives none,
+    and the image-bootstrap range of rho is not one (it holds the classes fixed and excludes zero for
+    unrelated networks far more than 5% of the time), so printing it as "95% interval" beside the
+    test's p would contradict the test. ``boots``: optional (boots_a, boots_b), each (B, C, C) from
+    ``correlation.bootstrap_matrices`` on the same resamples; that range is then kept under the
+    extra key ``image_resample_range`` ([low, high] at ``level``), a description of how rho moves
+    with the image sample, never worded as the test's interval. ``n``: the number of classes.
     """
     _check_alpha(alpha)
     claim = f"{name_a} and {name_b} rank the pairs of classes alike (more than relabelled classes would)"
@@ -438,13 +590,13 @@ def verdict_matrix_agreement(matrix_a, matrix_b, name_a: str, name_b: str, *, ke
         return record(key, claim, "Spearman rho", test, "n/a", reason=str(exc), n=len(np.asarray(matrix_a)))
     if result["exact"]:
         test = f"Mantel permutation test of Spearman rho over the class pairs, all {result['n_perm']:,} permutations of the class labels, one-sided"
-    low = high = None
+    verdict = AGREE if result["p"] < alpha else NO_AGREEMENT
+    out = record(key, claim, "Spearman rho", test, verdict, value=result["statistic"], level=None, p=result["p"],
+                 n=result["n_classes"])
     if boots is not None:
         _check_level(level)
-        low, high = correlation.percentile_ci(correlation.bootstrap_spearman(*boots), level)
-    verdict = "agree" if result["p"] < alpha else "no_evidence"
-    return record(key, claim, "Spearman rho", test, verdict, value=result["statistic"], low=low, high=high,
-                  level=level, p=result["p"], n=result["n_classes"])
+        out["image_resample_range"] = [_num(x) for x in correlation.percentile_ci(correlation.bootstrap_spearman(*boots), level)]
+    return out
 
 
 def verdict_paired_bootstrap(key: str, claim: str, statistic: str, value_a: float, value_b: float, samples_a,
@@ -452,14 +604,19 @@ def verdict_paired_bootstrap(key: str, claim: str, statistic: str, value_a: floa
     """Return the verdict record of a difference a - b between two networks on paired resamples.
 
     :func:`paired_bootstrap_difference`. Vocabulary: ``"higher"`` (the interval lies above 0:
-    a's statistic is larger), ``"lower"`` (below 0), ``"tie"`` (it contains 0: within noise).
+    a's statistic is larger), ``"lower"`` (below 0), ``"no_significant_difference"`` (it contains 0).
     ``n``: images resampled. ``value`` is the difference a - b.
+
+    The interval decides, so the record carries no p: the bootstrap p-value (its (1 + count) /
+    (1 + B) form) can read 0.053 beside an interval that excludes zero, and one procedure must
+    decide and print. The claim is about these two trained networks, the images resampled.
     """
     result = paired_bootstrap_difference(value_a, value_b, samples_a, samples_b, level)
-    verdict = "higher" if result["low"] > 0 else ("lower" if result["high"] < 0 else "tie")
-    test = f"paired bootstrap over the images, {result['n_boot']:,} class-stratified resamples shared by both, percentile interval"
+    verdict = HIGHER if result["low"] > 0 else (LOWER if result["high"] < 0 else NO_DIFFERENCE)
+    test = (f"paired bootstrap over the images, {result['n_boot']:,} class-stratified resamples shared by both; "
+            f"decided by whether the {level_text(level)} percentile interval excludes zero")
     return record(key, claim, statistic, test, verdict, value=result["difference"], low=result["low"],
-                  high=result["high"], level=level, p=result["p"], n=n)
+                  high=result["high"], level=level, n=n)
 
 
 def verdict_separation(matrix_a, matrix_b, boots_a, boots_b, name_a: str, name_b: str, *, n: int | None = None,
@@ -469,7 +626,7 @@ def verdict_separation(matrix_a, matrix_b, boots_a, boots_b, name_a: str, name_b
     The statistic is ``correlation.within_between``'s difference (mean within-class minus mean
     between-class entry) of each (C, C) matrix; boots_a, boots_b: (B, C, C) on the same
     resamples. :func:`verdict_paired_bootstrap`: ``"higher"`` (a's classes stand apart more),
-    ``"lower"``, ``"tie"``. ``n``: images resampled.
+    ``"lower"``, ``"no_significant_difference"``. ``n``: images resampled.
     """
     values = [correlation.within_between(m)["difference"] for m in (matrix_a, matrix_b)]
     samples = [correlation.bootstrap_within_between(b)["difference"] for b in (boots_a, boots_b)]
@@ -516,29 +673,47 @@ def verdict_paired_accuracy(key: str, correct_a, correct_b, name_a: str, name_b:
     """Return the verdict record: is classifier a more accurate than b on the same images?
 
     McNemar's exact test (:func:`mcnemar_exact`). Vocabulary: ``"higher"`` / ``"lower"`` (a's
-    accuracy above / below b's, p < alpha), ``"tie"``. ``value``: accuracy a - accuracy b.
+    accuracy above / below b's, p < alpha), ``"no_significant_difference"``. ``value``: accuracy
+    a - accuracy b; the interval is the exact one that inverts the same test (``exact_low`` /
+    ``exact_high`` of :func:`mcnemar_exact`), at level 1 - alpha, so it excludes zero exactly when
+    the verdict is higher or lower; none when no image is discordant.
+
+    What was resampled is the test images: the claim is about these two trained classifiers (one
+    training run each) on images like these, not about their recipes, which would need retraining
+    with other seeds.
     """
     _check_alpha(alpha)
-    result = mcnemar_exact(correct_a, correct_b, level)
-    claim = f"{name_a} and {name_b} differ in accuracy on the same test images"
+    result = mcnemar_exact(correct_a, correct_b, 1 - alpha)
+    claim = f"{name_a} and {name_b}, as trained here, differ in accuracy on these test images"
     test = (f"McNemar's exact test on {result['n']:,} paired images ({result['a_only']:,} right only by {name_a}, "
-            f"{result['b_only']:,} only by {name_b}); Bonett-Price interval")
+            f"{result['b_only']:,} only by {name_b}); exact interval given the discordant images")
     verdict = _direction(result["p"], result["difference"], alpha)
     return record(key, claim, "difference in accuracy", test, verdict, value=result["difference"],
-                  low=result["low"], high=result["high"], level=level, p=result["p"], n=result["n"])
+                  low=result["exact_low"], high=result["exact_high"], level=1 - alpha, p=result["p"], n=result["n"])
 
 
 def verdict_cv_difference(key: str, scores_a, scores_b, n_train: int, n_test: int, name_a: str, name_b: str, *,
-                          alpha: float = ALPHA, level: float = LEVEL) -> dict:
+                          alpha: float = ALPHA, level: float = LEVEL, comparisons: int = 1, why: str = "") -> dict:
     """Return the verdict record: does configuration a score higher than b in cross-validation?
 
     scores_a, scores_b: (k,) validation accuracy of each on the same k folds (fold i of both on
     the same images); None or NaN marks a fold that did not finish, and only folds finished by
     both are paired. Corrected resampled t-test (:func:`corrected_resampled_ttest`).
-    Vocabulary: ``"higher"`` / ``"lower"`` (p < alpha), ``"tie"``, ``"n/a"`` (fewer than two
-    shared folds; ``reason`` says so). ``value``: the mean per-fold difference a - b; ``n``: folds.
+    Vocabulary: ``"higher"`` / ``"lower"`` (p < alpha), ``"no_significant_difference"``, ``"n/a"``
+    (fewer than two shared folds, or no spread; ``reason`` says so). ``value``: the mean per-fold
+    difference a - b; ``n``: folds.
+
+    ``comparisons``: m > 1 makes it one of m comparisons corrected by Bonferroni (``why`` says
+    which): the test decides at alpha / m, the interval is at level 1 - alpha / m (so it excludes
+    zero exactly when the verdict is higher or lower) and ``p`` is the adjusted min(1, m p).
+    A configuration chosen as the best of m + 1 compared with another needs it: its lead is
+    inflated by the choice (the winner's curse).
     """
     _check_alpha(alpha)
+    if not isinstance(comparisons, (int, np.integer)) or comparisons < 1:
+        raise ValueError(f"comparisons must be a positive integer, got {comparisons!r}")
+    if comparisons > 1:
+        alpha, level = alpha / comparisons, 1 - alpha / comparisons
     a = np.array([np.nan if v is None else v for v in scores_a], dtype=np.float64)
     b = np.array([np.nan if v is None else v for v in scores_b], dtype=np.float64)
     if a.ndim != 1 or a.shape != b.shape:
@@ -548,29 +723,39 @@ def verdict_cv_difference(key: str, scores_a, scores_b, n_train: int, n_test: in
     claim = f"{name_a} and {name_b} differ in cross-validated accuracy"
     test = (f"corrected resampled t-test (Nadeau & Bengio 2003) on {result['k']} paired fold differences, "
             f"variance factor 1/k + {n_test:,}/{n_train:,}")
+    if comparisons > 1:
+        raw = "" if result["p"] is None else f", unadjusted {p_text(result['p'])}"
+        test += f"; Bonferroni over {comparisons} comparisons{' (' + why + ')' if why else ''}{raw}"
     if result["reason"]:
         return record(key, claim, "mean difference in fold validation accuracy", test, "n/a", value=result["mean"],
                       level=level, n=result["k"], reason=result["reason"])
     verdict = _direction(result["p"], result["mean"], alpha)
     return record(key, claim, "mean difference in fold validation accuracy", test, verdict, value=result["mean"],
-                  low=result["low"], high=result["high"], level=level, p=result["p"], n=result["k"])
+                  low=result["low"], high=result["high"], level=level, p=min(1.0, comparisons * result["p"]),
+                  n=result["k"])
 
 
 def verdict_above_chance(n_correct: int, n: int, n_classes: int, what: str, *, key: str = "above_chance",
-                         alpha: float = ALPHA, level: float = LEVEL) -> dict:
+                         alpha: float = ALPHA) -> dict:
     """Return the verdict record: is an accuracy above chance (1 / n_classes)?
 
     Exact one-sided binomial test (:func:`binomial_vs_chance`) on n independent images.
-    Vocabulary: ``"above_chance"`` (p < alpha), ``"at_chance"`` (no evidence above it).
-    ``what`` names the accuracy (e.g. "the chosen configuration's test accuracy").
+    Vocabulary: ``"above_chance"`` (p < alpha), ``"not_distinguishable_from_chance"`` (no
+    evidence above it, which is not evidence of being at it). ``what`` names the accuracy (e.g.
+    "the chosen configuration's test accuracy"); it must be measured on images that chose nothing
+    (a test set read once), never on the validation score that picked the configuration.
+    The interval is the two-sided Clopper-Pearson interval at level 1 - 2 alpha, the one whose
+    lower end is the one-sided test's bound: it lies above chance exactly when the verdict is
+    above chance.
     """
     _check_alpha(alpha)
     if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
         raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    level = 1 - 2 * alpha
     result = binomial_vs_chance(n_correct, n, 1 / n_classes, level)
     claim = f"{what} is above chance (one in {n_classes})"
     test = f"exact one-sided binomial test against {1 / n_classes:.3g} on {n:,} images; Clopper-Pearson interval"
-    verdict = "above_chance" if result["p"] < alpha else "at_chance"
+    verdict = ABOVE_CHANCE if result["p"] < alpha else NOT_ABOVE_CHANCE
     return record(key, claim, "accuracy", test, verdict, value=result["accuracy"], low=result["low"],
                   high=result["high"], level=level, p=result["p"], n=n)
 
@@ -580,9 +765,10 @@ def verdict_overfitting(val_accuracies: Sequence[float], n_val: int, *, correct=
     """Return the verdict record: did validation accuracy fall after an earlier epoch?
 
     :func:`overfitting_test` (``correct``: optional (E, n_val) per-image correctness, for
-    the paired version). Vocabulary: ``"overfits"`` (p < alpha), ``"no_overfitting"``,
-    ``"n/a"`` (one epoch: no curve; or no validation split: pass an empty list).
-    ``value``: the drop from the best epoch to the last (a fraction of images).
+    the paired version). Vocabulary: ``"overfits"`` (p < alpha: a significant drop from an earlier
+    epoch to the last), ``"no_significant_drop"`` (the test does not detect one, which is not
+    evidence that there is none), ``"n/a"`` (one epoch: no curve; or no validation split: pass an
+    empty list). ``value``: the drop from the best epoch to the last (a fraction of images).
     """
     _check_alpha(alpha)
     claim = "validation accuracy fell after an earlier epoch (overfitting)"
@@ -599,5 +785,5 @@ def verdict_overfitting(val_accuracies: Sequence[float], n_val: int, *, correct=
     if result["p"] is None:
         return record(key, claim, statistic, test, "n/a", value=result["drop"], n=n_val,
                       reason="only one epoch trained")
-    verdict = "overfits" if result["p"] < alpha else "no_overfitting"
+    verdict = OVERFITS if result["p"] < alpha else NO_DROP
     return record(key, claim, statistic, test, verdict, value=result["drop"], p=result["p"], n=n_val)

@@ -9,6 +9,7 @@ history, and progress display is a layer on top.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import math
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -460,15 +462,39 @@ def evaluate(
     batch_size: int = 2048,
     precision: str = "auto",
     tta_flip: bool = False,
+    per_image: bool = False,
 ) -> dict:
-    """Return ``{"accuracy", "loss"}`` of ``model`` on (x uint8 (N,1,28,28), y (N,))."""
+    """Return ``{"accuracy", "loss"}`` of ``model`` on (x uint8 (N,1,28,28), y (N,)); with
+    ``per_image`` also ``"correct"``: (N,) numpy bool, whether each image was classified right."""
     check_split(x, y, "evaluation")
     logits = predict_logits(model, x, batch_size, precision, tta_flip)
     y = y.cpu()
-    return {
-        "accuracy": (logits.argmax(1) == y).float().mean().item(),
-        "loss": F.cross_entropy(logits, y).item(),
-    }
+    right = logits.argmax(1) == y
+    out = {"accuracy": right.float().mean().item(), "loss": F.cross_entropy(logits, y).item()}
+    if per_image:
+        out["correct"] = right.numpy()
+    return out
+
+
+def pack_correct(correct) -> str:
+    """Return (N,) per-image correctness as text for a history row: base64 of the bits, one per
+    image (N / 6 characters: 10,000 images take about 1.7 kB per epoch)."""
+    bits = np.asarray(correct, dtype=bool)
+    return base64.b64encode(np.packbits(bits).tobytes()).decode("ascii")
+
+
+def val_correctness(history: list[dict], n_val: int) -> np.ndarray:
+    """Return (epochs, n_val) bool: whether each validation image was right after each epoch, from
+    the ``val_correct`` entries :func:`fit` writes into its history (the paired overfitting test,
+    :func:`fmnist_utils.stats.verdict_overfitting`, reads it). Raises ValueError when a row lacks it
+    (a history from before it was recorded, or trained without validation images)."""
+    missing = [row.get("epoch") for row in history if "val_correct" not in row]
+    if missing:
+        raise ValueError(f"history rows of epochs {missing} have no val_correct: train with fit(..., val=...) "
+                         "to record per-image validation correctness (a history resumed from a checkpoint written "
+                         "before it was recorded lacks it: delete that checkpoint and train again)")
+    return np.stack([np.unpackbits(np.frombuffer(base64.b64decode(row["val_correct"]), dtype=np.uint8),
+                                   count=n_val).astype(bool) for row in history]) if history else np.zeros((0, n_val), bool)
 
 
 def capture(model: nn.Module, device: torch.device) -> tuple[nn.Module, str]:
@@ -498,7 +524,9 @@ def fit(
     """Train ``model`` in place on (x uint8 (N,1,28,28), y int64 (N,)) and return its history.
 
     The history has one dict per epoch: ``epoch``, ``train_loss``, ``train_accuracy``,
-    ``val_loss`` / ``val_accuracy`` (when ``val`` is given), ``seconds`` (wall time of the
+    ``val_loss`` / ``val_accuracy`` / ``val_correct`` (when ``val`` is given; ``val_correct`` is
+    each validation image's correctness, packed by :func:`pack_correct`, read back by
+    :func:`val_correctness` for the paired overfitting test), ``seconds`` (wall time of the
     epoch's training and evaluation), ``lr`` (at the epoch's end). ``progress``: False for none,
     True or None for :mod:`fmnist_utils.progress`'s bar (a widget in JupyterLab, a text bar on a
     terminal, one line per epoch elsewhere). ``checkpoint``: a file written after every epoch; when it
@@ -562,8 +590,9 @@ def fit(
             _check_parameters(model, epoch, steps_per_epoch, config)
             if val is not None:
                 scored = ema.module if ema is not None else model
-                metrics = evaluate(scored, *val, config.eval_batch_size, precision, config.tta_flip)
-                row.update(val_loss=metrics["loss"], val_accuracy=metrics["accuracy"])
+                metrics = evaluate(scored, *val, config.eval_batch_size, precision, config.tta_flip, per_image=True)
+                row.update(val_loss=metrics["loss"], val_accuracy=metrics["accuracy"],
+                           val_correct=pack_correct(metrics["correct"]))
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             row["seconds"] = time.perf_counter() - start

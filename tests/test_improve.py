@@ -10,7 +10,8 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from fmnist_utils import ensemble, improve, profiles, report, train
+import report_fixtures as F
+from fmnist_utils import ensemble, improve, profiles, report, stats, train
 from fmnist_utils.improve import OPTIONS, Outcome, ablation_rows, select_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,8 +169,11 @@ def test_paired_difference_edge_cases():
     one = improve.paired_difference([0.9], [0.8])
     assert one["value"] == pytest.approx(0.1) and one["low"] is None and one["p"] is None
     same = improve.paired_difference([0.75, 0.5], [0.5, 0.25])  # exact in binary: the differences are equal
-    assert (same["low"], same["high"], same["p"]) == (0.25, 0.25, 0.0)
-    assert improve.paired_difference([0.5, 0.6], [0.5, 0.6])["p"] == 1.0
+    # No spread: no p of 0 from a handful of equal numbers (as stats.corrected_resampled_ttest).
+    assert (same["low"], same["high"], same["p"]) == (None, None, None) and same["value"] == 0.25
+    assert "same difference" in same["reason"]
+    zero = improve.paired_difference([0.5, 0.6], [0.5, 0.6])
+    assert zero["p"] is None and zero["value"] == 0 and zero["reason"]
     with pytest.raises(ValueError, match="equal-length"):
         improve.paired_difference([0.9, 0.8], [0.8])
 
@@ -183,8 +187,9 @@ def fake_outcome(name, test_acc, val_probs=None, test_probs=None, seconds=10.0):
 @pytest.mark.parametrize("row_acc, verdict", [
     ([0.92, 0.93, 0.925], "higher"),
     ([0.80, 0.81, 0.805], "lower"),
-    ([0.91, 0.89, 0.905], "tie"),
+    ([0.91, 0.89, 0.905], "no_significant_difference"),
     ([0.95], "n/a"),
+    ([0.925, 0.925, 0.925], "n/a"),  # three equal differences: no spread to test against
 ])
 def test_row_verdict_words_the_interval(row_acc, verdict):
     rows = ablation_rows()
@@ -193,6 +198,59 @@ def test_row_verdict_words_the_interval(row_acc, verdict):
     assert record["verdict"] == verdict and record["key"] == "row:modern"
     assert set(record) >= {"claim", "statistic", "value", "low", "high", "level", "p", "test", "n", "reason"}
     assert (record["reason"] is None) == (verdict != "n/a")
+    assert "these test images" in record["claim"] and "averaged over the seeds" in record["test"]
+    if verdict != "n/a":  # the interval printed beside the verdict agrees with it
+        assert (record["low"] > 0 or record["high"] < 0) == (verdict in ("higher", "lower"))
+
+
+def test_families_are_declared_from_the_rows_alone():
+    rows = select_rows(["study", "modern", "modern-nesterov", "study+adam", "study+nesterov"])
+    assert improve.families(rows) == {"primary": ["modern", "study+adam"],
+                                      "exploratory": ["modern-nesterov", "study+nesterov"]}
+    every = improve.families(select_rows())
+    assert every["primary"] == list(improve.PRIMARY_ROWS)
+    assert not set(every["primary"]) & set(every["exploratory"])
+
+
+def test_verdicts_correct_each_family_and_print_adjusted_numbers_that_agree():
+    rows = select_rows(["study", "modern", "modern-nesterov", "study+adam", "study+nesterov"])
+    outcomes = {"study": fake_outcome("study", [0.80, 0.82, 0.81]),
+                "modern": fake_outcome("modern", [0.88, 0.89, 0.875]),
+                "modern-nesterov": fake_outcome("modern-nesterov", [0.87, 0.89, 0.88]),
+                "study+adam": fake_outcome("study+adam", [0.79, 0.83, 0.80]),
+                "study+nesterov": fake_outcome("study+nesterov", [0.85, 0.86, 0.84])}
+    records = improve.verdicts(rows, outcomes)
+    raw = {n: improve.paired_difference(outcomes[n].test_accuracy, outcomes[r.reference].test_accuracy)["p"]
+           for r in rows if r.reference for n in [r.name]}
+    holm = stats.holm([raw["modern"], raw["study+adam"]])
+    assert records["row:modern"]["p"] == pytest.approx(holm["p_adjusted"][0])
+    assert records["row:modern"]["family"] == "primary" and "Holm over 2 comparisons" in records["row:modern"]["test"]
+    assert records["row:study+nesterov"]["family"] == "exploratory"
+    assert "Benjamini-Hochberg over 2" in records["row:study+nesterov"]["test"]
+    for r in records.values():
+        assert (r["p"] < 0.05) == (r["verdict"] in ("higher", "lower")) == (r["low"] > 0 or r["high"] < 0)
+    assert records["row:modern"]["level"] == pytest.approx(1 - holm["alpha_each"][0])
+
+
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_family_wise_error_of_the_primary_family_under_the_global_null(profile):
+    # Every row equally good (a shared seed effect plus independent noise): the chance that any
+    # primary comparison reads "higher" or "lower" must stay at or below 5%, Monte Carlo error allowed.
+    prof = profiles.PROFILES[profile].improve
+    names = list(prof.rows) if prof.rows is not None else list(ablation_rows())
+    primary = [n for n in improve.families(select_rows(names))["primary"]]
+    rows = select_rows(sorted({"study", *primary, *(ablation_rows()[n].reference for n in primary)},
+                              key=list(ablation_rows()).index))
+    assert improve.families(rows)["primary"] == primary and primary
+    rng = np.random.default_rng(7)
+    sims, any_rejected = 600, 0
+    for _ in range(sims):
+        seed_effect = rng.normal(0, 0.02, prof.seeds)
+        outcomes = {r.name: fake_outcome(r.name, 0.85 + seed_effect + rng.normal(0, 0.01, prof.seeds)) for r in rows}
+        records = improve.verdicts(rows, outcomes)
+        any_rejected += any(records[f"row:{n}"]["verdict"] in ("higher", "lower") for n in primary)
+    mc = 3 * np.sqrt(0.05 * 0.95 / sims)
+    assert any_rejected / sims <= 0.05 + mc
 
 
 def test_summary_table_has_one_row_per_row_with_its_reference():
@@ -326,6 +384,10 @@ def test_notebook_runs_at_smoke_size_and_its_section_renders(tmp_path):
     page = report.render(run, [stamp])
     assert '<section id="04_improvements"' in page and "Improvements beyond the original study" in page
     assert report.pct(r["table"][1]["accuracy_mean"]) in page
+    # The rendered smoke report claims no equality from a non-significant test, and declares its families.
+    assert not report.equality_claims(F.text_of(page)), report.equality_claims(F.text_of(page))
+    assert r["protocol"]["families"] == improve.families(improve.select_rows(smoke.rows))
+    assert "Declared before the run, the primary comparisons are" in F.text_of(page) and 'id="findings"' in page
 
 
 def test_accuracy_vs_time_figure_puts_each_row_at_its_time_and_accuracy():
@@ -384,3 +446,11 @@ def test_shared_settings_are_the_fields_every_row_has_in_common():
     assert shared["epochs"] == 3 and shared["model"] == "seedcnn"
     assert "lr" not in shared and "momentum" not in shared
     assert all(getattr(c, k) == v for c in configs for k, v in shared.items())
+
+
+def test_power_note_says_how_many_seeds_a_one_sd_effect_needs():
+    note = improve.power_note(3, 2)
+    assert note["seeds"] == stats.pairs_for_power(1.0, 0.05, 0.8) == 10
+    assert note["seeds_strictest"] == stats.pairs_for_power(1.0, 0.025, 0.8) > note["seeds"]
+    assert note["power_at_seeds"] == pytest.approx(stats.paired_t_power(3, 1.0, 0.05)) and note["power_at_seeds"] < 0.8
+    assert improve.power_note(1, 2)["power_at_seeds"] is None

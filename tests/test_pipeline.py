@@ -393,13 +393,15 @@ def _train_text(tmp_path, **kw):
 
 
 @pytest.mark.parametrize("word, expected", [
-    ("overfits", "Past epoch 2 the network fits the training images better without generalising better, the usual sign "
-                 "of overfitting: the drop in validation accuracy is 6 percentage points (95% interval 3.1 to 8.9; "
-                 "p = 0.0002, one-sided binomial test)."),
-    ("no_overfitting", "The validation curves show no overfitting: the network generalises no worse at its last epoch than "
-                       "at its best: the drop in validation accuracy is 6 percentage points (95% interval 3.1 to 8.9; "
-                       "p = 0.0002, one-sided binomial test)."),
-    ("n/a", "Whether the network overfits: n/a (only one epoch)."),
+    ("overfits", "Validation accuracy fell significantly from its best, after epoch 2, to the last epoch: the network "
+                 "fits the training images better without generalising better, the usual sign of overfitting: the drop "
+                 "in validation accuracy is 6 percentage points (95% interval 3.1 to 8.9; p = 0.0002, one-sided binomial test)."),
+    ("no_significant_drop", "The test finds no significant drop in validation accuracy from the best epoch (epoch 2) to "
+                            "the last; this is not evidence that there is none: the drop in validation accuracy is 6 "
+                            "percentage points (95% interval 3.1 to 8.9; p = 0.0002, one-sided binomial test)."),
+    # A results.json saved with the old word is worded with the new one: never "no overfitting".
+    ("no_overfitting", "The test finds no significant drop in validation accuracy from the best epoch (epoch 2)"),
+    ("n/a", "Whether validation accuracy fell from its best epoch: n/a (only one epoch)."),
     ("wobbles", "the claim tested by overfitting: wobbles; the drop in validation accuracy is 6 percentage points"),
 ])
 def test_train_section_words_the_overfitting_verdict(tmp_path, word, expected):
@@ -412,6 +414,7 @@ def test_train_section_words_the_overfitting_verdict(tmp_path, word, expected):
     assert "Validation loss was lowest after epoch 2 (0.5, accuracy 85.00%) and was 0.55 after the last epoch, 3." in text
     assert "At the last epoch training accuracy was 90.00% and validation accuracy 79.00%" in text
     assert ("usual sign of overfitting" in text) == (word == "overfits")
+    assert not report.equality_claims(text)
 
 
 def test_train_section_leads_with_the_chosen_configuration_beside_the_study_recipe(tmp_path):
@@ -420,8 +423,11 @@ def test_train_section_leads_with_the_chosen_configuration_beside_the_study_reci
     assert "with the configuration that cross-validation on the training split chose in 01_sweep : SGD, learning rate 0.1" in text
     assert "the study's recipe (SGD, learning rate 0.05, batch size 128, dropout 0.5 and weight decay 0.001) was trained" in text
     assert "test, the study's recipe (reference) 30 70.00% 0.713" in text
-    assert ("The chosen configuration classifies more test images correctly than the study's recipe: the difference in "
-            "accuracy is 1.23 percentage points (95% interval 0.4 to 2.07; p = 0.0031, McNemar's exact test).") in text
+    assert ("The network trained with the chosen configuration classifies more of these test images correctly than the "
+            "one trained with the study's recipe: the difference in accuracy is 1.23 percentage points (95% interval 0.4 "
+            "to 2.07; p = 0.0031, McNemar's exact test).") in text
+    assert "these two trained networks, one training run each, on these test images" in text  # what was resampled
+    assert "test, as the study reported" in text and report.pct(study.TEST_ACCURACY, 1) in text  # its figure beside ours
     assert (f"it chose its configuration by the accuracy on that same test set, so its {report.pct(study.TEST_ACCURACY, 1)} "
             "is an optimistic estimate") in text
     assert ("Its test accuracy is above chance, the accuracy of guessing one of the ten classes: the test accuracy is "
@@ -443,8 +449,9 @@ def test_abstract_leads_with_the_cv_choice_and_says_the_study_tuned_on_its_test_
     choice = abstract.index("cross-validated sweep over 3 configurations varying learning rate")
     assert choice < abstract.index("classifies 80.00% of 30 test images correctly")
     assert "chose learning rate 0.1, batch size 128 and dropout 0.5 (mean validation accuracy 82.50% over the folds)" in abstract
-    assert ("Cross-validation does not separate it from the study's configuration: the mean paired difference in "
-            "accuracy is 1.25 percentage points (95% interval -2 to 4.5; p = 0.31, corrected resampled t-test") in abstract
+    assert ("Between it and the study's configuration the folds show no significant difference: the mean paired "
+            "difference in accuracy is 1.25 percentage points (95% interval -2 to 4.5; p = 0.31, corrected resampled "
+            "t-test") in abstract
     assert ("The study reports 90.8% after 10 epochs on all 60,000 training images, but it chose its configuration by "
             "its accuracy on its test set, so its 90.8% is optimistic.") == (
         f"The study reports {report.pct(study.TEST_ACCURACY, 1)} after {study.TEST_EPOCHS} epochs on all "
@@ -453,7 +460,7 @@ def test_abstract_leads_with_the_cv_choice_and_says_the_study_tuned_on_its_test_
     assert ("The study reports 90.8% after 10 epochs on all 60,000 training images, but it chose its configuration by "
             "its accuracy on its test set, so its 90.8% is optimistic.") in abstract
     sweep = text_of(page[page.index('<section id="01_sweep"'):])
-    assert "The folds do not separate the chosen configuration from the runner-up" in sweep
+    assert "Between the chosen configuration and the runner-up the folds show no significant difference" in sweep
     assert "corrected resampled t-test (Nadeau and Bengio)" in sweep
     assert "it is the headline CNN that 02_train trains" in sweep
 
@@ -467,10 +474,10 @@ def test_abstract_words_the_ablation_from_its_verdict_and_table(tmp_path):
     word = improvements["verdicts"]["row:modern"]["verdict"]
     opening = {"higher": "Across seeds the modern recipe is more accurate than the study's",
                "lower": "Across seeds the modern recipe is less accurate than the study's on this budget",
-               "tie": "Across seeds the two recipes cannot be told apart"}[word]
+               "no_significant_difference": "Across seeds, on these test images, the two recipes show no significant "
+                                            "difference"}[word]
     assert f"{opening}: the " in abstract
-    best = max((t for t in improvements["table"]), key=lambda t: t["accuracy_mean"])
-    assert f"The most accurate row is {best['label']} ({report.pct(best['accuracy_mean'])})." in abstract
+    assert "The most accurate row" not in abstract  # an untested argmax over the rows is no finding
     assert "The report also covers" not in abstract  # worded above, not merely listed
 
 
@@ -512,10 +519,11 @@ def _whole_report(tmp_path, pretrained):
     return F.render(tmp_path, results)
 
 
-def bare_mentions(text: str, title: str) -> list[str]:
-    """Each "ResNet-18" in ``text`` that is neither part of ``title`` nor the ResNet-18 trained on
-    Fashion-MNIST (another network), with its surroundings."""
-    rest = re.sub(re.escape(title) + r"|ResNet-18 (?:trained )?on Fashion-MNIST", " ", text)
+def bare_mentions(text: str, title: str, tag: str | None = None) -> list[str]:
+    """Each "ResNet-18" in ``text`` that is neither part of ``title`` (or its short ``tag``) nor the
+    ResNet-18 trained on Fashion-MNIST (another network), with its surroundings."""
+    names = [re.escape(title)] + ([re.escape(tag)] if tag else [])
+    rest = re.sub("|".join(names) + r"|ResNet-18 (?:trained )?on Fashion-MNIST", " ", text)
     return [rest[max(0, m.start() - 60):m.end() + 60] for m in re.finditer("ResNet-18", rest)]
 
 
@@ -534,29 +542,40 @@ def _places(page: str) -> dict[str, list[str]]:
 
 
 def test_fallback_is_named_in_every_place_that_names_the_network(tmp_path):
+    # Named in full where it matters (title, contents, heading, the boxed notice, figure captions) and
+    # by its short tag everywhere else; never a bare "ResNet-18".
     title = models.model_title(models.RANDOM_INIT_SOURCE)
-    assert bare_mentions("By this measure ResNet-18's classes stand apart", title)  # the check can fail
+    tag = models.model_tag(models.RANDOM_INIT_SOURCE)
+    assert bare_mentions("By this measure ResNet-18's classes stand apart", title, tag)  # the check can fail
     page = _whole_report(tmp_path, pretrained=False)
-    assert not bare_mentions(text_of(page), title)
+    assert not bare_mentions(text_of(page), title, tag)
     places = _places(page)
     for place, pieces in places.items():
         found = [text_of(p) for p in pieces if "ResNet" in p]
         assert found, f"the {place} should name the network"
         for piece in found:
-            assert not bare_mentions(piece, title), (place, bare_mentions(piece, title))
-    for place in ("title", "contents", "headings", "abstract"):
+            assert not bare_mentions(piece, title, tag), (place, bare_mentions(piece, title, tag))
+    for place in ("title", "contents", "headings", "captions"):
         assert any(title in text_of(p) for p in places[place]), place
-    assert sum(text_of(cell) == title for cell in places["table cells"]) == 2  # the layer table's network column
-    assert any(text_of(cell).startswith(title + ",") for cell in places["table cells"])  # the probe table
-    comparison = text_of(places["comparison"][0])
-    for sentence in (f"By this measure the CNN's classes stand apart more clearly than those of {title}:",
-                     f"The CNN and {title} rank the pairs of classes alike, more than chance would:",
-                     f"The CNN's features give a linear classifier more correct test images than those of {title}:",
-                     f"This sample does not show which of the CNN and {title} stays closer to the raw pixels:",
-                     f"Raw pixels and the frozen features of {title} cannot be told apart"):
+    assert tag in text_of(places["abstract"][0])
+    assert sum(text_of(cell) == tag for cell in places["table cells"]) == 2  # the layer table's network column
+    assert any(text_of(cell).startswith(tag + ",") for cell in places["table cells"])  # the probe table
+    section = places["comparison"][0]
+    prose = re.sub(r"<h2>.*?</h2>|<figcaption>.*?</figcaption>|<p class=\"warning\">.*?</p>| alt=\".*?\"", " ", section,
+                   flags=re.S)
+    assert title not in text_of(prose)  # the long name only in the heading, the notice and the captions
+    comparison = text_of(section)
+    for sentence in (f"By this measure the CNN's classes stand apart more clearly than those of {tag}:",
+                     f"The CNN and {tag} rank the pairs of classes alike, more than chance would:",
+                     f"The CNN's features give a linear classifier more correct test images than those of {tag}:",
+                     f"The paired bootstrap finds no significant difference between the CNN and {tag} in how close they "
+                     "stay to the raw pixels:",
+                     f"On these test images, linear probes on raw pixels and on the frozen features of {tag} show no "
+                     "significant difference"):
         assert sentence in comparison
-    assert f"difference in within-minus-between correlation, CNN minus {title} is 0.0024" in comparison  # relabelled
+    assert f"difference in within-minus-between correlation, CNN minus {tag} is 0.0024" in comparison  # relabelled
     assert '<p class="warning"><strong>RANDOM INIT (offline fallback: no ImageNet weights).</strong>' in page
+    assert not report.equality_claims(text_of(page))
 
 
 def test_pretrained_network_is_named_as_such_and_no_fallback_is_mentioned(tmp_path):

@@ -66,3 +66,11 @@ def test_the_readme_block_is_the_rendering_of_the_file_it_names():
     fig = provenance.read_json(ROOT / source)
     assert block == readme_figures.render(fig, source), (
         f"README.md's measured figures differ from {source}: run `python benchmarks/readme_figures.py --from {source}`")
+
+
+def test_the_readme_block_claims_no_equality_from_a_non_significant_test(tmp_path):
+    _, block = readme_figures.readme_block((ROOT / "README.md").read_text())
+    assert not report.equality_claims(block), report.equality_claims(block)
+    fresh = readme_figures.render(readme_figures.collect(_run(tmp_path)), "x.json")
+    assert not report.equality_claims(fresh), report.equality_claims(fresh)
+    assert "95% interval" not in fresh.split("03_resnet_compare")[1].split("\n")[0]  # the Mantel test has none

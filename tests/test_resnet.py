@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torchvision.transforms.v2 import functional as TF
 
-from fmnist_utils import features, models, train
+from fmnist_utils import features, models, report, train
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +249,8 @@ def test_notebook_labels_the_offline_fallback(tmp_path, monkeypatch):
     section = html.split('<section id="03_resnet_compare"', 1)[1].split("</section>")[0]
     assert '<p class="warning"><strong>RANDOM INIT (offline fallback: no ImageNet weights).</strong>' in section
     assert section.count("RANDOM INIT (offline fallback: no ImageNet weights)") >= 5  # figure captions too
+    # Named in full in the heading, the notice and the captions; elsewhere the short tag, never a bare "ResNet-18".
+    assert "random-init ResNet-18" in section and not report.equality_claims(section)
 
     # The same results as a machine with the weights would write them: no warning, the source named,
     # and the network's one label (in titles, rows and verdicts) the pretrained one.
@@ -260,3 +262,16 @@ def test_notebook_labels_the_offline_fallback(tmp_path, monkeypatch):
     section = report.render(run, [stamp]).split('<section id="03_resnet_compare"', 1)[1].split("</section>")[0]
     assert "RANDOM INIT" not in section and 'class="warning"' not in section
     assert f"{models.CACHE_SOURCE}, SHA-256 <code>{digest[:16]}" in section and "ResNet-18 (ImageNet)" in section
+
+
+def test_model_tag_names_the_network_short_but_never_bare():
+    assert models.model_tag(models.RANDOM_INIT_SOURCE) == "random-init ResNet-18"
+    for source in (models.CACHE_SOURCE, models.DOWNLOAD_SOURCE, models.LOCAL_SOURCE.format(path="/w.pth")):
+        assert models.model_tag(source) == models.model_title(source) == "ResNet-18 (ImageNet)"
+    assert models.model_tag("user-supplied weights (not verified as ImageNet)") == "ResNet-18 (user-supplied weights)"
+    # The long form is given once; the tag then replaces it and any bare name in a record's words.
+    long = models.model_title(models.RANDOM_INIT_SOURCE)
+    record = {"claim": f"the CNN and {long} agree", "statistic": "CNN minus ResNet-18", "test": "t", "value": 1.0}
+    tagged = report.retag(record, long, report.network_tag(models.RANDOM_INIT_SOURCE))
+    assert tagged["claim"] == "the CNN and random-init ResNet-18 agree"
+    assert tagged["statistic"] == "CNN minus random-init ResNet-18" and tagged["value"] == 1.0

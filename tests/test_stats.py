@@ -198,7 +198,7 @@ def test_paired_bootstrap_holds_its_level_for_equal_networks():
         feats, y = networks([proto, proto], per_class=10, noise=1.5, rng=rng)
         values = [corr.within_between(corr.class_correlation_matrix(x, y, 5))["difference"] for x in feats]
         samples = [corr.bootstrap_within_between(corr.bootstrap_matrices(x, y, 5, 200, seed=s))["difference"] for x in feats]
-        hits += stats.verdict_paired_bootstrap("k", "c", "s", *values, *samples)["verdict"] != "tie"
+        hits += stats.verdict_paired_bootstrap("k", "c", "s", *values, *samples)["verdict"] != "no_significant_difference"
     low, high = band(sims)
     assert low <= hits / sims <= high
 
@@ -451,7 +451,8 @@ def test_overfitting_test_sees_a_real_drop():
 
 
 def check_record(r: dict, vocabulary: set[str]) -> None:
-    assert tuple(r) == stats.RECORD_KEYS
+    assert tuple(r)[:len(stats.RECORD_KEYS)] == stats.RECORD_KEYS
+    assert vocabulary <= set(stats.VERDICTS)
     assert r["verdict"] in vocabulary
     assert (r["verdict"] == "n/a") == (r["reason"] is not None)
     json.dumps(r, allow_nan=False)  # plain JSON: no NaN, no numpy types
@@ -463,19 +464,21 @@ def test_verdict_matrix_agreement():
     rng = np.random.default_rng(24)
     a = symmetric(10, rng)
     agree = stats.verdict_matrix_agreement(a, a + 0.3 * symmetric(10, rng), "the CNN", "ResNet-18", n_perm=999)
-    check_record(agree, {"agree", "no_evidence", "n/a"})
+    check_record(agree, {"agree", "no_significant_agreement", "n/a"})
     assert agree["verdict"] == "agree" and agree["n"] == 10 and "999" in agree["test"]
     assert agree["low"] is None and agree["level"] is None  # no interval without bootstrap matrices
     other = symmetric(10, np.random.default_rng(0))
     boots = (a + 0.1 * rng.normal(size=(30, 10, 10)), other + 0.1 * rng.normal(size=(30, 10, 10)))
     boots = tuple((m + m.transpose(0, 2, 1)) / 2 for m in boots)
     unrelated = stats.verdict_matrix_agreement(a, other, "a", "b", n_perm=999, boots=boots)
-    check_record(unrelated, {"agree", "no_evidence", "n/a"})
-    assert unrelated["verdict"] == "no_evidence"
+    check_record(unrelated, {"agree", "no_significant_agreement", "n/a"})
+    assert unrelated["verdict"] == "no_significant_agreement"
     rhos = [corr.compare_matrices(x, y) for x, y in zip(*boots)]
-    assert (unrelated["low"], unrelated["high"]) == pytest.approx(tuple(np.percentile(rhos, [2.5, 97.5])))
+    # The image-bootstrap range is no test of agreement: kept aside, never the record's interval.
+    assert unrelated["low"] is None and unrelated["high"] is None and unrelated["level"] is None
+    assert unrelated["image_resample_range"] == pytest.approx(list(np.percentile(rhos, [2.5, 97.5])))
     flat = stats.verdict_matrix_agreement(a, np.ones((10, 10)), "a", "b")
-    check_record(flat, {"agree", "no_evidence", "n/a"})
+    check_record(flat, {"agree", "no_significant_agreement", "n/a"})
     assert flat["verdict"] == "n/a" and "identical" in flat["reason"]
 
 
@@ -486,7 +489,7 @@ def test_network_verdicts_are_paired_bootstraps_of_their_statistic():
     xs = [proto[y] + s * rng.normal(size=(32, 12)) for s in (0.5, 1.5)] + [rng.normal(size=(32, 12)) + proto[y] @ rng.normal(size=(12, 12))]
     mats = [corr.class_correlation_matrix(x, y, 4) for x in xs]
     boots = [corr.bootstrap_matrices(x, y, 4, n_boot=60, seed=1) for x in xs]
-    vocabulary = {"higher", "lower", "tie"}
+    vocabulary = {"higher", "lower", "no_significant_difference"}
 
     def wb(m):
         return np.mean(np.diag(m)) - np.mean([m[i, j] for i in range(4) for j in range(4) if i != j])
@@ -497,6 +500,7 @@ def test_network_verdicts_are_paired_bootstraps_of_their_statistic():
     assert sep["value"] == pytest.approx(wb(mats[0]) - wb(mats[1]))
     assert (sep["low"], sep["high"]) == pytest.approx(tuple(np.percentile(d, [2.5, 97.5])))
     assert sep["verdict"] == "higher" and sep["key"] == "separation" and sep["n"] == 32  # less noise: classes apart more
+    assert sep["p"] is None and "interval excludes zero" in sep["test"]  # the interval decides; no second p to disagree
 
     spear = stats.verdict_spearman_vs_pixels(mats[0], mats[1], mats[2], boots[0], boots[1], boots[2], "a", "b")
     check_record(spear, vocabulary)
@@ -519,37 +523,39 @@ def test_verdict_paired_accuracy():
     truth = rng.random(2000)
     better, worse = truth < 0.9, truth < 0.8  # nested: better is right wherever worse is
     r = stats.verdict_paired_accuracy("probe_cnn_vs_pixels", better, worse, "CNN fc2", "raw pixels")
-    check_record(r, {"higher", "lower", "tie"})
+    check_record(r, {"higher", "lower", "no_significant_difference"})
     assert r["verdict"] == "higher" and r["value"] == pytest.approx(better.mean() - worse.mean())
+    assert "as trained here" in r["claim"] and "these test images" in r["claim"]
     assert stats.verdict_paired_accuracy("k", worse, better, "a", "b")["verdict"] == "lower"
-    assert stats.verdict_paired_accuracy("k", better, better, "a", "b")["verdict"] == "tie"
+    same = stats.verdict_paired_accuracy("k", better, better, "a", "b")
+    assert same["verdict"] == "no_significant_difference" and same["low"] is None  # no discordant image
 
 
 def test_verdict_cv_difference():
     a = [0.86, 0.85, 0.87, 0.86, 0.88]
     b = [0.80, 0.81, 0.80, 0.79, 0.82]
     r = stats.verdict_cv_difference("chosen_vs_runner_up", a, b, 4800, 1200, "the chosen", "the runner-up")
-    check_record(r, {"higher", "lower", "tie", "n/a"})
+    check_record(r, {"higher", "lower", "no_significant_difference", "n/a"})
     assert r["verdict"] == "higher" and r["n"] == 5
     assert r["p"] == pytest.approx(stats.corrected_resampled_ttest(np.subtract(a, b), 4800, 1200)["p"])
     noisy = stats.verdict_cv_difference("k", [0.86, 0.80, 0.88], [0.85, 0.84, 0.83], 100, 50, "a", "b")
-    assert noisy["verdict"] == "tie"
+    assert noisy["verdict"] == "no_significant_difference"
     one = stats.verdict_cv_difference("k", [0.86, None, float("nan")], [0.85, 0.84, 0.83], 100, 50, "a", "b")
-    check_record(one, {"higher", "lower", "tie", "n/a"})
+    check_record(one, {"higher", "lower", "no_significant_difference", "n/a"})
     assert one["verdict"] == "n/a" and one["reason"] == "only one fold finished" and one["n"] == 1
 
 
 def test_verdict_above_chance_and_overfitting():
     r = stats.verdict_above_chance(130, 1000, 10, "the test accuracy")
-    check_record(r, {"above_chance", "at_chance"})
+    check_record(r, {"above_chance", "not_distinguishable_from_chance"})
     assert r["verdict"] == "above_chance" and r["value"] == 0.13
-    assert stats.verdict_above_chance(105, 1000, 10, "x")["verdict"] == "at_chance"
-    vocabulary = {"overfits", "no_overfitting", "n/a"}
+    assert stats.verdict_above_chance(105, 1000, 10, "x")["verdict"] == "not_distinguishable_from_chance"
+    vocabulary = {"overfits", "no_significant_drop", "n/a"}
     fall = stats.verdict_overfitting([0.80, 0.90, 0.85], 2000)
     check_record(fall, vocabulary)
     assert fall["verdict"] == "overfits" and fall["value"] == pytest.approx(0.05)
     check_record(stats.verdict_overfitting([0.80, 0.81, 0.805], 500), vocabulary)
-    assert stats.verdict_overfitting([0.80, 0.81, 0.805], 500)["verdict"] == "no_overfitting"
+    assert stats.verdict_overfitting([0.80, 0.81, 0.805], 500)["verdict"] == "no_significant_drop"
     one = stats.verdict_overfitting([0.8], 500)
     check_record(one, vocabulary)
     assert one["reason"] == "only one epoch trained"
@@ -557,11 +563,18 @@ def test_verdict_above_chance_and_overfitting():
 
 
 def test_record_turns_nan_into_none_and_needs_a_reason():
-    r = stats.record("k", "c", "s", "t", "tie", value=float("nan"), low=np.float64(0.1), p=np.float32(0.5), n=np.int64(3))
-    check_record(r, {"tie"})
-    assert r["value"] is None and r["low"] == 0.1 and r["n"] == 3
+    r = stats.record("k", "c", "s", "t", "no_significant_difference", value=float("nan"), low=np.float64(0.1),
+                     p=np.float32(0.5), n=np.int64(3))
+    check_record(r, {"no_significant_difference"})
+    assert r["value"] is None and r["low"] == 0.1 and r["n"] == 3 and r["family"] is None
     with pytest.raises(ValueError, match="give the reason"):
         stats.record("k", "c", "s", "t", "n/a")
+    # The old words claimed equality from a non-significant test: no record can carry them.
+    for old in stats.LEGACY_VERDICTS:
+        with pytest.raises(ValueError, match="not a verdict word"):
+            stats.record("k", "c", "s", "t", old)
+    with pytest.raises(ValueError, match="family"):
+        stats.record("k", "c", "s", "t", "higher", family="secondary")
 
 
 def test_inputs_are_not_modified():
@@ -579,3 +592,232 @@ def test_inputs_are_not_modified():
     for v, old in zip((a, b, k, l, w, correct), before):
         np.testing.assert_array_equal(v, old)
 
+
+
+# --------------------------------------------------------------------------------------------
+# One procedure decides and prints: the interval beside a verdict agrees with it
+
+
+def test_mcnemar_exact_interval_excludes_zero_exactly_when_p_is_below_alpha():
+    # Near alpha the Bonett-Price interval and the exact p can disagree; the exact interval cannot.
+    n = 1000
+    for a_only in range(0, 40):
+        for b_only in (0, 5, 12, 20):
+            a = np.zeros(n, dtype=bool)
+            b = np.zeros(n, dtype=bool)
+            a[:a_only] = True
+            b[a_only:a_only + b_only] = True
+            r = stats.verdict_paired_accuracy("k", a, b, "a", "b")
+            if a_only + b_only == 0:
+                assert r["low"] is None and r["verdict"] == "no_significant_difference"
+                continue
+            excludes = r["low"] > 0 or r["high"] < 0
+            assert excludes == (r["p"] < stats.ALPHA) == (r["verdict"] != "no_significant_difference")
+            assert r["low"] <= r["value"] <= r["high"]
+
+
+def test_above_chance_interval_lies_above_chance_exactly_when_the_verdict_says_so():
+    for k in range(90, 140):
+        r = stats.verdict_above_chance(k, 1000, 10, "x")
+        assert (r["low"] > 0.1) == (r["verdict"] == "above_chance")
+        assert r["level"] == pytest.approx(0.9)
+
+
+def test_cv_difference_with_bonferroni_decides_and_prints_at_the_corrected_level():
+    a = [0.86, 0.85, 0.87, 0.86, 0.88]
+    b = [0.84, 0.84, 0.85, 0.85, 0.85]
+    plain = stats.verdict_cv_difference("k", a, b, 4800, 1200, "a", "b")
+    many = stats.verdict_cv_difference("k", a, b, 4800, 1200, "a", "b", comparisons=59, why="the best of 60")
+    assert many["p"] == pytest.approx(min(1.0, 59 * plain["p"]))
+    assert many["level"] == pytest.approx(1 - 0.05 / 59) and "Bonferroni over 59" in many["test"]
+    assert (many["low"] > 0) == (many["verdict"] == "higher")
+    assert many["high"] - many["low"] > plain["high"] - plain["low"]
+    with pytest.raises(ValueError, match="comparisons"):
+        stats.verdict_cv_difference("k", a, b, 4800, 1200, "a", "b", comparisons=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Families: Holm and Benjamini-Hochberg
+
+
+def holm_loop(p, alpha):
+    """Holm's procedure written out step by step (the reference for the vectorised one)."""
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    reject = [False] * m
+    adjusted = [0.0] * m
+    running = 0.0
+    stopped = False
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+        if not stopped and p[i] < alpha / (m - rank):
+            reject[i] = True
+        else:
+            stopped = True
+    return reject, adjusted
+
+
+def test_holm_against_a_loop_and_its_levels_agree_with_its_decisions():
+    rng = np.random.default_rng(40)
+    for _ in range(300):
+        m = int(rng.integers(1, 9))
+        p = np.where(rng.random(m) < 0.5, rng.random(m) * 0.03, rng.random(m))
+        out = stats.holm(p)
+        reject, adjusted = holm_loop(list(p), 0.05)
+        np.testing.assert_array_equal(out["reject"], reject)
+        np.testing.assert_allclose(out["p_adjusted"], adjusted)
+        np.testing.assert_array_equal(out["reject"], out["p_adjusted"] < 0.05)
+        # Each comparison's own test at its alpha_each gives the family's decision.
+        np.testing.assert_array_equal(p < out["alpha_each"], out["reject"])
+    assert len(stats.holm([])["reject"]) == 0
+    with pytest.raises(ValueError, match="probabilities"):
+        stats.holm([0.1, float("nan")])
+
+
+def test_benjamini_hochberg_matches_scipy_and_its_levels_agree_with_its_decisions():
+    rng = np.random.default_rng(41)
+    for _ in range(300):
+        m = int(rng.integers(1, 12))
+        p = np.where(rng.random(m) < 0.5, rng.random(m) * 0.02, rng.random(m))
+        out = stats.benjamini_hochberg(p)
+        np.testing.assert_allclose(out["p_adjusted"], sps.false_discovery_control(p))
+        np.testing.assert_array_equal(out["reject"], out["p_adjusted"] < 0.05)
+        np.testing.assert_array_equal(p < out["alpha_each"], out["reject"])
+
+
+def test_power_of_the_paired_t_test():
+    # A one-sd effect: 10 pairs for 80% power at 0.05 (the textbook figure), more at a stricter level.
+    assert stats.pairs_for_power(1.0, 0.05, 0.8) == 10
+    assert stats.pairs_for_power(1.0, 0.05 / 3, 0.8) > 10
+    assert 0.05 < stats.paired_t_power(3, 1.0) < 0.3
+    # Against a simulation of the test itself.
+    rng = np.random.default_rng(42)
+    d = rng.normal(1.0, 1.0, size=(4000, 6))
+    t = d.mean(1) / (d.std(1, ddof=1) / np.sqrt(6))
+    simulated = np.mean(np.abs(t) > sps.t.ppf(0.975, 5))
+    assert simulated == pytest.approx(stats.paired_t_power(6, 1.0), abs=0.025)
+
+
+def test_level_text():
+    assert stats.level_text(0.95) == "95%" and stats.level_text(1 - 0.05 / 3) == "98.3%"
+
+
+# --------------------------------------------------------------------------------------------
+# Every verdict word and sentence, rendered for a significant, a non-significant and an n/a record
+
+
+def _record(word, statistic="difference in accuracy"):
+    if word == "n/a":
+        return stats.record("k", "the claim", statistic, "a test", "n/a", reason="nothing to test")
+    return stats.record("k", "the claim", statistic, "a test", word, value=0.0123, low=-0.004, high=0.0207, p=0.031)
+
+
+def _say(call: str, v: dict) -> str:
+    from fmnist_utils import report
+
+    env = report._jinja()
+    template = env.from_string('{% import "verdicts.html.j2" as say with context %}{{ ' + call + ' }}')
+    return " ".join(template.render(v=v, na=report.not_available, verdict_numbers=report.verdict_numbers,
+                                    verdict_word=report.verdict_word).split())
+
+
+SIGNIFICANT = {"comparison": "higher", "above_chance": "above_chance", "overfitting": "overfits",
+               "matrix_agreement": "agree"}
+NOT_SIGNIFICANT = {"comparison": "no_significant_difference", "above_chance": "not_distinguishable_from_chance",
+                   "overfitting": "no_significant_drop", "matrix_agreement": "no_significant_agreement"}
+CALLS = {"comparison": 'say.comparison(v, "A beats B", "B beats A", "A and B show no significant difference", "Whether A beats B")',
+         "above_chance": 'say.above_chance(v, "Its test accuracy")',
+         "overfitting": 'say.overfitting(v, 3)',
+         "matrix_agreement": 'say.matrix_agreement(v, "the CNN", "random-init ResNet-18")'}
+EXPECTED = {
+    ("comparison", "sig"): "A beats B: the difference in accuracy is 1.23 percentage points (95% interval -0.4 to 2.07; p = 0.031, a test).",
+    ("comparison", "not"): "A and B show no significant difference: the difference in accuracy is 1.23 percentage points (95% interval",
+    ("comparison", "n/a"): "Whether A beats B: n/a (nothing to test).",
+    ("above_chance", "sig"): "Its test accuracy is above chance",
+    ("above_chance", "not"): "Its test accuracy is not distinguishable from chance",
+    ("above_chance", "n/a"): "Whether its test accuracy is above chance: n/a (nothing to test).",
+    ("overfitting", "sig"): "Validation accuracy fell significantly from its best, after epoch 3, to the last epoch",
+    ("overfitting", "not"): "The test finds no significant drop in validation accuracy from the best epoch (epoch 3) to the last; this is not evidence that there is none: the drop",
+    ("overfitting", "n/a"): "Whether validation accuracy fell from its best epoch: n/a (nothing to test).",
+    ("matrix_agreement", "sig"): "The CNN and random-init ResNet-18 rank the pairs of classes alike, more than chance would:",
+    ("matrix_agreement", "not"): "This does not show that the CNN and random-init ResNet-18 rank the pairs of classes alike:",
+    ("matrix_agreement", "n/a"): "Whether the CNN and random-init ResNet-18 rank the pairs of classes alike: n/a (nothing to test).",
+}
+
+
+@pytest.mark.parametrize("macro", list(CALLS))
+@pytest.mark.parametrize("kind", ["sig", "not", "n/a"])
+def test_every_sentence_words_its_verdict_without_claiming_equality(macro, kind):
+    from fmnist_utils import report
+
+    word = {"sig": SIGNIFICANT, "not": NOT_SIGNIFICANT}.get(kind, {}).get(macro, "n/a")
+    statistic = {"overfitting": "drop in validation accuracy", "matrix_agreement": "Spearman rho"}.get(
+        macro, "difference in accuracy")
+    text = _say(CALLS[macro], _record(word, statistic))
+    assert EXPECTED[(macro, kind)] in text, text
+    assert not report.equality_claims(text), text
+    if kind == "not":  # a non-significant result is printed with its interval, the range it leaves open
+        assert "95% interval" in text
+
+
+@pytest.mark.parametrize("word", [w for w in stats.VERDICTS])
+def test_every_verdict_word_reads_without_claiming_equality(word):
+    from fmnist_utils import report
+
+    shown = report.verdict_word(word)
+    assert shown and "_" not in shown and not report.equality_claims(shown)
+    # A record the page words generically (a notebook without a template) also reads cleanly.
+    text = _say("say.other(v)", _record(word))
+    assert not report.equality_claims(text) and (shown in text if word != "n/a" else "n/a (nothing to test)" in text)
+
+
+def test_old_words_in_a_saved_record_are_read_as_the_new_ones():
+    from fmnist_utils import report
+
+    for old, new in stats.LEGACY_VERDICTS.items():
+        assert report.verdict_word(old) == report.verdict_word(new)
+        saved = {**_record(new), "verdict": old}
+        assert report.check_verdict(saved, "x")["verdict"] == new
+    assert report.equality_claims("a tie: 9.69 points") and report.equality_claims("no overfitting; at chance")
+    assert not report.equality_claims("ties go to the lower loss; no significant difference")
+
+
+def _whole_report_with(tmp_path, kind: str) -> str:
+    """The whole report from the fixtures with every verdict significant, not significant, or n/a."""
+    import report_fixtures as F
+
+    results = {"01_sweep": F.sweep_results(), "02_train": F.train_results(),
+               "03_resnet_compare": F.compare_results(pretrained=False), "04_improvements": F.improvements_results()}
+    for r in results.values():
+        for key, v in r["verdicts"].items():
+            family = "comparison"
+            for name, macro in (("above_chance", "above_chance"), ("overfitting", "overfitting"),
+                                ("matrix_agreement", "matrix_agreement")):
+                if key == name:
+                    family = macro
+            word = {"sig": SIGNIFICANT, "not": NOT_SIGNIFICANT}.get(kind, {}).get(family, "n/a")
+            r["verdicts"][key] = {**v, "verdict": word, "reason": "nothing to test" if word == "n/a" else None}
+        for t in r.get("table", []):
+            if t.get("verdict"):
+                t["verdict"] = r["verdicts"][f"row:{t['row']}"]["verdict"]
+    return F.render(tmp_path / kind, results)
+
+
+@pytest.mark.parametrize("kind", ["sig", "not", "n/a"])
+def test_the_whole_report_claims_no_equality_and_opens_with_its_findings(tmp_path, kind):
+    import report_fixtures as F
+    from fmnist_utils import report
+
+    page = _whole_report_with(tmp_path, kind)
+    text = F.text_of(page)
+    assert not report.equality_claims(text), report.equality_claims(text)
+    box = page[page.index('<aside id="findings"'):page.index("</aside>")]
+    assert page.index('<aside id="findings"') < page.index('<section id="abstract"')
+    for stem in ("01_sweep", "02_train", "03_resnet_compare", "04_improvements"):
+        assert f'href="#{stem}"' in box  # each finding links to its section
+    items = box.count("<li>")
+    assert items >= 5 and F.text_of(box).count(". ") + 1 >= items  # one sentence each (with its numbers)
+    if kind == "not":
+        assert "no significant difference" in F.text_of(box) and "95% interval" in F.text_of(box)
+    assert "The most accurate row" not in text

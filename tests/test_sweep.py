@@ -695,16 +695,21 @@ def test_cv_verdicts_compare_the_choice_on_paired_folds_and_test_chance():
     study_base = {"lr": 0.05, "batch_size": 128, "dropout": 0.5}
     folds = _folds({0.1: [0.80, 0.82, 0.81], 0.05: [0.70, 0.73, 0.71], 0.003: [0.30, 0.31, 0.29]})
     summary = cv_results.summarize(folds)
-    v = cv_results.verdicts(folds, summary, study_base, 10, k=3)
+    v = cv_results.verdicts(folds, summary, study_base, 10, k=3, final={"test_accuracy": 0.8, "n_test": 300})
     assert set(v) == {"chosen_vs_runner_up", "chosen_vs_study", "above_chance"}
-    # The runner-up is the study's configuration here: the same record twice, on the paired folds.
+    # The runner-up is the study's configuration here: the same record twice, on the paired folds,
+    # Bonferroni-corrected over the two comparisons of the winner with the others.
     from fmnist_utils import stats
     expected = stats.verdict_cv_difference("chosen_vs_study", folds.val_accuracy[:3].to_numpy(),
                                            folds.val_accuracy[3:6].to_numpy(), 200, 100,
-                                           "the chosen configuration", "the study's configuration")
+                                           "the chosen configuration", "the study's configuration", comparisons=2,
+                                           why="the chosen configuration is the best of 3 on these folds")
     assert v["chosen_vs_study"] == expected and v["chosen_vs_study"]["verdict"] == "higher"
     assert v["chosen_vs_runner_up"]["value"] == pytest.approx(expected["value"])
+    # Chance is tested on the final model's test accuracy, not on the selected CV score.
     assert v["above_chance"]["verdict"] == "above_chance" and v["above_chance"]["n"] == 300
+    assert v["above_chance"]["value"] == pytest.approx(0.8) and "tested once" in v["above_chance"]["claim"]
+    assert cv_results.verdicts(folds, summary, study_base, 10, k=3)["above_chance"]["verdict"] == "n/a"
     record = cv_results.cv_record(cv_results.study_row(summary, study_base))
     assert record["lr"] == 0.05 and record["accuracy_mean"] == pytest.approx(np.mean([0.70, 0.73, 0.71])) and record["rank"] == 2
     assert cv_results.records(summary)[0]["lr"] == 0.1 and "config" not in cv_results.records(summary)[0]

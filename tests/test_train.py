@@ -1,11 +1,13 @@
 """The trainer: config validation, learning, determinism, resumption."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fmnist_utils import data, device
-from fmnist_utils.train import TrainConfig, build_model, evaluate, fit, l1_penalty, load_checkpoint, predict_logits
+from fmnist_utils.train import (TrainConfig, build_model, evaluate, fit, l1_penalty, load_checkpoint, predict_logits,
+                                 val_correctness)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,15 @@ def test_one_epoch_learns(small):
     after = evaluate(model, x, y)
     assert after["loss"] < before["loss"] - 0.3
     assert history[0]["val_accuracy"] > 0.4  # chance is 0.1
-    assert set(history[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds", "lr"}
+    assert set(history[0]) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_correct",
+                               "seconds", "lr"}
+    # One bool per validation image per epoch, for the paired overfitting test; it matches the accuracy.
+    right = val_correctness(history, len(yt))
+    assert right.shape == (1, len(yt)) and right.dtype == bool
+    assert right.mean() == pytest.approx(history[0]["val_accuracy"])
+    np.testing.assert_array_equal(right[0], evaluate(model, xt, yt, per_image=True)["correct"])
+    with pytest.raises(ValueError, match="val_correct"):
+        val_correctness([{"epoch": 1, "val_accuracy": 0.5}], len(yt))
 
 
 def test_same_seed_same_history(small):
