@@ -440,7 +440,7 @@ def execute(notebook: Path, output: Path, parameters: dict, log: Callable[[str],
     """
     import papermill
 
-    from . import progress
+    from . import notebook as nbsetup, progress
 
     notebook, output = Path(notebook), Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -450,11 +450,12 @@ def execute(notebook: Path, output: Path, parameters: dict, log: Callable[[str],
     previous = os.environ.get(progress.ENV)
     os.environ.setdefault(progress.ENV, "lines")
     try:
-        papermill.execute_notebook(
-            str(notebook), str(output), parameters=parameters, kernel_name=KERNEL,
-            cwd=str(notebook.parent), progress_bar=False, stdout_file=sink,
-            request_save_on_cell_execute=True,
-        )
+        with nbsetup.kernel_config() as config:  # IPC sockets: no "Kernel is running over TCP" warning
+            papermill.execute_notebook(
+                str(notebook), str(output), parameters=parameters, kernel_name=KERNEL,
+                cwd=str(notebook.parent), progress_bar=False, stdout_file=sink,
+                request_save_on_cell_execute=True, config=config,
+            )
     except papermill.PapermillExecutionError as exc:
         raise NotebookFailed(
             stem, notebook, output, ename=exc.ename, evalue=exc.evalue,
