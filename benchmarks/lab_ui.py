@@ -11,8 +11,9 @@ smoke profile, the study's recipe (no sweep needed) and 2 epochs, starts ``jupyt
 127.0.0.1 only (this checkout's package on ``PYTHONPATH``), runs every cell from the Run menu,
 takes a screenshot while the widget bar is live, saves the notebook, stops the server, starts a
 new one, reopens the notebook and takes a screenshot of the output where the bar was. It exits
-non-zero when no live bar was seen, when the reopened notebook shows "model not found", or when
-the bar's text line is missing.
+non-zero when no live bar was seen, when the saved notebook holds a widget output, when the
+reopened notebook shows "model not found" or a ``PosixPath(...)`` repr, or when the bar's text
+line is missing.
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ def open_notebook(page, port: int, name: str) -> None:
     """Open ``name`` in JupyterLab and wait until its kernel is idle."""
     page.goto(f"http://127.0.0.1:{port}/lab/tree/{name}")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+    news = page.locator(".jp-toast-button:has-text('No')")  # "get notified about Jupyter news?"
+    try:
+        news.first.click(timeout=5000)
+    except Exception:  # not asked this time (playwright's TimeoutError)
+        pass
     deadline = time.monotonic() + 120
     while not kernels_idle(port):
         if time.monotonic() > deadline:
@@ -133,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
             bar = page.wait_for_selector(".widget-hprogress", timeout=300_000)
             bar.scroll_into_view_if_needed()
-            page.wait_for_timeout(1500)  # a few steps in, so the bar has moved
+            output = page.locator(".jp-OutputArea-output:has(.widget-hprogress)").first
+            deadline = time.monotonic() + 120  # a few steps in, so that the bar has moved
+            while time.monotonic() < deadline and not re.search(r"\b[1-9]\d*/\d+", output.inner_text()):
+                page.wait_for_timeout(200)
             page.screenshot(path=str(out / "lab_live_bar.png"))
             print(f"live bar: {out / 'lab_live_bar.png'}")
             page.wait_for_selector(".jp-OutputArea-output :text('results.json after')", timeout=600_000)
@@ -160,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             body = page.locator("body").inner_text()
             if "model not found" in body:
                 failures.append("the reopened notebook shows 'model not found'")
+            if "PosixPath(" in body:
+                failures.append("a PosixPath repr shows in the reopened notebook")
             stop(server)
             browser.close()
         finished = True
