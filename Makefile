@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install "torch==$(TORCH_VERSION)" "torchvision==$(TORCHVISION_VERSION)"
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[pipeline,dev]"
 	@touch $@
 
 venv: $(VENV)/.installed ## create .venv and install the kit with its dependencies

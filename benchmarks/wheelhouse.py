@@ -72,12 +72,14 @@ def wheel_name(filename: str) -> str:
 
 
 def runtime_requirements(pyproject: Path = ROOT / "pyproject.toml", exclude=EXCLUDED, extra=EXTRA) -> list[str]:
-    """Return the ``[project] dependencies`` of ``pyproject`` without ``exclude``, plus ``extra``."""
+    """Return the ``[project] dependencies`` and the ``pipeline`` extra's of ``pyproject`` (the
+    report runs there) without ``exclude``, plus ``extra``."""
     try:
         import tomllib
     except ImportError:  # Python 3.10: pip vendors the same parser
         from pip._vendor import tomli as tomllib
-    deps = tomllib.loads(Path(pyproject).read_text())["project"]["dependencies"]
+    project = tomllib.loads(Path(pyproject).read_text())["project"]
+    deps = project["dependencies"] + project.get("optional-dependencies", {}).get("pipeline", [])
     excluded = {normalize(n) for n in exclude}
     kept = [d for d in deps if requirement_name(d) not in excluded]
     return kept + [e for e in extra if requirement_name(e) not in {requirement_name(d) for d in kept}]

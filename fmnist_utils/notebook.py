@@ -14,6 +14,10 @@ every notebook, the same in each (a test checks it).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,12 +60,13 @@ class Notebook:
     figures: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
-    def save_figure(self, fig, name: str) -> Path:
-        """Write ``fig`` to ``out/<name>.png`` for the report, show it in the notebook, record it;
-        return the file's path.
+    def save_figure(self, fig, name: str) -> None:
+        """Write ``fig`` to ``out/<name>.png`` for the report, show it in the notebook, record it
+        (the file is ``out / figures[name]``).
 
         Shown once wherever the call is (inside a loop too); a pyplot figure is closed afterwards
-        so the inline backend does not show it a second time.
+        so the inline backend does not show it a second time. Returns None so that a call ending a
+        cell leaves the figure alone in the output, without a ``PosixPath('...png')`` under it.
         """
         if not name or "/" in name or name.endswith(".png"):
             raise ValueError(f"figure name {name!r} must be a plain file stem such as 'learning_curves'")
@@ -69,7 +74,6 @@ class Notebook:
         fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight")
         self.figures[name] = path.name
         _show(fig)
-        return path
 
     def write_results(self, results: dict, parameters: dict, device: str = "auto") -> Path:
         """Write ``out/results.json``: ``results`` with ``notebook`` (the stem), ``profile`` (as
@@ -136,10 +140,40 @@ def find_results(run: str | Path, name: str) -> dict:
         raise ValueError(f"{run} holds results of several '{name}' notebooks: {[str(p) for p in found]}")
     if not found:
         raise FileNotFoundError(
-            f"no results of the '{name}' notebook in {run}: run notebooks/NN_{name}.ipynb with the same "
+            f"no results of the '{name}' notebook in {run}: run {_notebook_file(name)} with the same "
             "profile and run_dir first"
         )
     return provenance.read_json(found[0])
+
+
+@contextlib.contextmanager
+def kernel_config():
+    """Yield the traitlets ``Config`` that papermill starts a notebook's kernel with.
+
+    On POSIX the kernel talks over IPC (Unix sockets) instead of TCP on localhost: only this user
+    can reach those sockets, and ipykernel then does not print "Kernel is running over TCP without
+    encryption". The connection file and sockets live in a private temporary folder with a short
+    path (a socket path must stay under about 100 characters, which a deep Jupyter runtime folder
+    can exceed), removed afterwards. Elsewhere (Windows has no IPC transport) the defaults stand.
+    """
+    from traitlets.config import Config
+
+    if os.name != "posix":
+        yield Config()
+        return
+    folder = tempfile.mkdtemp(prefix="fmnist-kernel-")
+    try:
+        yield Config({"KernelManager": {"transport": "ipc", "connection_file": os.path.join(folder, "kernel.json")}})
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _notebook_file(name: str) -> str:
+    """Return the notebook that writes the results called ``name`` (``notebooks/01_sweep.ipynb``),
+    or ``notebooks/NN_<name>.ipynb`` when no notebook of that name is in the kit's notebooks folder.
+    """
+    found = sorted((paths.project_root() / "notebooks").glob(f"[0-9][0-9]_{name}.ipynb"))
+    return f"notebooks/{found[0].name}" if len(found) == 1 else f"notebooks/NN_{name}.ipynb"
 
 
 def base_config(source: str, run: str | Path):

@@ -531,7 +531,7 @@ def execute(notebook: Path, output: Path, parameters: dict, log: Callable[[str],
     """
     import papermill
 
-    from . import progress
+    from . import notebook as nbsetup, progress
 
     notebook, output = Path(notebook), Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -541,11 +541,12 @@ def execute(notebook: Path, output: Path, parameters: dict, log: Callable[[str],
     previous = os.environ.get(progress.ENV)
     os.environ.setdefault(progress.ENV, "lines")
     try:
-        with _stderr_into(kernel_log_path(output)):
+        # IPC sockets: no "Kernel is running over TCP" warning; the kernel's stderr goes to its log.
+        with nbsetup.kernel_config() as config, _stderr_into(kernel_log_path(output)):
             papermill.execute_notebook(
                 str(notebook), str(output), parameters=parameters, kernel_name=KERNEL,
                 cwd=str(notebook.parent), progress_bar=False, stdout_file=sink,
-                request_save_on_cell_execute=True,
+                request_save_on_cell_execute=True, config=config,
             )
     except papermill.PapermillExecutionError as exc:
         raise NotebookFailed(

@@ -1,6 +1,9 @@
 """The kit's one progress display: a tqdm bar, drawn where the person running it looks.
 
-- In JupyterLab (an IPython kernel with ipywidgets): tqdm's widget bar.
+- In JupyterLab (an IPython kernel with ipywidgets): tqdm's widget bar, replaced when it closes by
+  its last meter as a plain text line (:func:`meter_line`). The saved notebook then holds text where
+  the bar was: a widget's output needs its live model, and a notebook reopened later shows
+  "Error displaying widget: model not found" in its place. A kernel without ipywidgets gets lines.
 - On a terminal: tqdm's text bar, redrawn in place on stderr.
 - Anywhere else (a log file, CI, a notebook run by ``make report``): one plain line on stdout each
   time the caller refreshes the bar (``set_postfix`` and ``refresh`` do; ``update`` does not),
@@ -28,11 +31,18 @@ def _in_notebook_kernel() -> bool:
     return "ipykernel" in sys.modules and "IPython" in sys.modules
 
 
+def _widgets_available() -> bool:
+    # tqdm's widget bar needs ipywidgets: without it tqdm.notebook raises at the bar's creation.
+    import importlib.util
+
+    return importlib.util.find_spec("ipywidgets") is not None
+
+
 def mode(enabled: bool | None = None) -> str:
     """Return how a bar is shown: ``off``, ``bar`` (widget or terminal bar) or ``lines``.
 
     ``enabled=False`` is always ``off``; otherwise :data:`ENV` decides when set, then the place:
-    a notebook kernel or a terminal get ``bar``, anything else ``lines``.
+    a notebook kernel with ipywidgets or a terminal get ``bar``, anything else ``lines``.
     """
     if enabled is False:
         return "off"
@@ -41,9 +51,45 @@ def mode(enabled: bool | None = None) -> str:
         if chosen not in MODES:
             raise ValueError(f"{ENV}={chosen!r}; set it to one of {MODES} or unset it")
         return chosen
-    if _in_notebook_kernel() or sys.stderr.isatty():
+    if _in_notebook_kernel():
+        return "bar" if _widgets_available() else "lines"
+    if sys.stderr.isatty():
         return "bar"
     return "lines"
+
+
+def meter_line(bar) -> str:
+    """Return ``bar``'s meter as one plain line in :data:`LINE_FORMAT` (what ``lines`` mode prints)."""
+    return bar.format_meter(**{**bar.format_dict, "bar_format": LINE_FORMAT}).strip()
+
+
+_WIDGET_BAR = None
+
+
+def _widget_bar_class():
+    """Return (built once, on first use: importing this module imports no widget code) tqdm's
+    notebook bar, made to leave its last meter as text in its output when it closes."""
+    global _WIDGET_BAR
+    if _WIDGET_BAR is None:
+        from IPython.display import display
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        class TextLeavingBar(notebook_tqdm):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, display=False, **kwargs)
+                # Shown under a display id, so that close() can replace this very output.
+                self._handle = None if self.disable else display(self.container, display_id=True)
+                self.displayed = True
+
+            def close(self):
+                if self.disable:  # closed already (tqdm closes again when collected)
+                    return
+                super().close()
+                if self._handle is not None:
+                    self._handle.update({"text/plain": meter_line(self)}, raw=True)
+
+        _WIDGET_BAR = TextLeavingBar
+    return _WIDGET_BAR
 
 
 class _LineWriter:
@@ -68,6 +114,8 @@ def bar(total: int | None, *, desc: str | None = None, unit: str = "it", enabled
     printing (end of an epoch, a finished unit), ``close()`` at the end.
     """
     how = mode(enabled)
+    if how == "bar" and _in_notebook_kernel() and _widgets_available():
+        return _widget_bar_class()(total=total, desc=desc, unit=unit, leave=False, initial=initial)
     if how == "bar":
         from tqdm.auto import tqdm
 

@@ -62,9 +62,9 @@ def test_setup_saves_figures_and_writes_one_results_record(tmp_path, capsys):
     assert nb.profile is profiles.get("smoke")
     fig = Figure(figsize=(2, 2))
     fig.subplots().plot([0, 1], [1, 0])
-    path = nb.save_figure(fig, "curve")
-    assert path == nb.out / "curve.png" and path.read_bytes().startswith(b"\x89PNG")
+    assert nb.save_figure(fig, "curve") is None  # a cell ending with the call shows no PosixPath repr
     assert nb.figures == {"curve": "curve.png"}
+    assert (nb.out / "curve.png").read_bytes().startswith(b"\x89PNG")
     for bad in ("", "a/b", "curve.png"):
         with pytest.raises(ValueError, match="plain file stem"):
             nb.save_figure(fig, bad)
@@ -84,7 +84,7 @@ def test_base_config_reads_presets_and_the_sweeps_choice_whatever_its_number(tmp
     run = tmp_path / "run"
     assert notebook.base_config("study", run) == train.TrainConfig()
     assert notebook.base_config("modern", run) == train.preset("modern")
-    with pytest.raises(FileNotFoundError, match="NN_sweep.ipynb"):
+    with pytest.raises(FileNotFoundError, match=r"run notebooks/01_sweep\.ipynb with the same profile"):
         notebook.base_config("sweep", run)
     chosen = train.TrainConfig(lr=0.003, batch_size=64, dropout=0.1)
     provenance.write_json(run / "01_sweep" / "results.json", {"best_config": chosen.to_dict()})
@@ -107,6 +107,21 @@ def test_notebook_starts_with_the_install_cell_and_says_none_for_not_set(path):
     assert not empty, f"{path.name}: {empty} default to an empty string; None is the only 'not set'"
 
 
+def test_papermill_kernels_talk_over_ipc_without_the_tcp_warning(tmp_path, capfd):
+    source = tmp_path / "tiny.ipynb"
+    cell = nbformat.v4.new_code_cell("profile = 'smoke'\nrun_dir = None")
+    cell.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_code_cell(
+        "from ipykernel.kernelapp import IPKernelApp\nprint('transport', IPKernelApp.instance().transport)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, source)
+    lines = []
+    pipeline.execute(source, tmp_path / "out.ipynb", {}, log=lines.append)
+    assert lines == ["tiny | transport ipc"]
+    captured = capfd.readouterr()
+    assert "without encryption" not in captured.err + captured.out
+
+
 # --------------------------------------------------------------------------------------------
 # Smoke runs of the notebooks that need nothing beyond the kit (the sweep and 03 have their own)
 
@@ -124,7 +139,7 @@ def test_the_sweep_runs_before_the_notebook_that_trains_its_choice():
 def test_train_notebook_trains_the_sweeps_choice_beside_the_study_recipe(tmp_path, fmnist):
     run = tmp_path / "run"
     # Without the sweep's results the default refuses to start, and says what to do.
-    with pytest.raises(pipeline.NotebookFailed, match=r"run notebooks/NN_sweep\.ipynb .*\(config_source='study'\)"):
+    with pytest.raises(pipeline.NotebookFailed, match=r"run notebooks/01_sweep\.ipynb .*\(config_source='study'\)"):
         pipeline.execute(ROOT / "notebooks" / "02_train.ipynb", tmp_path / "nosweep.ipynb",
                          {"profile": "smoke", "run_dir": str(run)})
 

@@ -40,7 +40,8 @@ def test_runtime_requirements_are_pyprojects_without_torch():
     except ImportError:  # Python 3.10
         from pip._vendor import tomli as tomllib
 
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + project["optional-dependencies"]["pipeline"]
     got = wheelhouse.runtime_requirements()
     kept = [d for d in deps if not d.startswith(("torch", "torchvision"))]
     names = {wheelhouse.requirement_name(d) for d in kept}
