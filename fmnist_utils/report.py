@@ -779,9 +779,10 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
     return hide_machine_paths(page, labels)
 
 
-def render_notebooks(stamps: list[dict], folder: Path) -> dict[str, str]:
+def render_notebooks(stamps: list[dict], folder: Path, labels: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
     """Render each executed notebook to ``folder/<stem>.html`` with nbconvert; return
-    {stem: link relative to the report folder}.
+    {stem: link relative to the report folder}. ``labels`` (:func:`path_labels`): folders of this
+    machine replaced in the notebooks' text (their parameters and printed lines name the run folder).
     """
     from nbconvert import HTMLExporter
 
@@ -790,6 +791,7 @@ def render_notebooks(stamps: list[dict], folder: Path) -> dict[str, str]:
     links = {}
     for stamp in stamps:
         body, _ = exporter.from_filename(stamp["executed_notebook"])
+        body = hide_machine_paths(body, labels)
         provenance.write_text(folder / f"{stamp['notebook']}.html", body)
         links[stamp["notebook"]] = f"{folder.name}/{stamp['notebook']}.html"
     return links
@@ -803,7 +805,7 @@ def write_report(run: str | Path, stamps: list[dict], report_dir: str | Path, lo
     written to a temporary file and renamed, so ``report.html`` is never half a page.
     """
     report_dir = Path(report_dir)
-    links = render_notebooks(stamps, report_dir / "notebooks")
+    links = render_notebooks(stamps, report_dir / "notebooks", path_labels(Path(run)))
     html = render(run, stamps, links, title=title)
     path = provenance.write_text(report_dir / "report.html", html)
     log(f"wrote {path} ({len(html) / 1e6:.1f} MB) and {len(links)} rendered notebook(s) in {report_dir / 'notebooks'}")
@@ -893,7 +895,7 @@ def write_pdf(html: str | Path, pdf: str | Path, install: bool = True, timeout: 
                 f"report.pdf was NOT written: {chromium} exited with {done.returncode}:\n"
                 f"{done.stderr.strip()[-1500:]}\n  The HTML report is complete: {html}"
             )
-        relative_links(tmp, html.parent, author=author)
+        relative_links(tmp, html.parent, author=author, headings=heading_texts(html.read_text()))
         tmp.replace(pdf)
     finally:
         tmp.unlink(missing_ok=True)
@@ -901,18 +903,56 @@ def write_pdf(html: str | Path, pdf: str | Path, install: bool = True, timeout: 
     return pdf
 
 
-def relative_links(pdf: str | Path, folder: str | Path, author: str | None = None) -> dict[str, str]:
+def heading_texts(html: str) -> list[str]:
+    """Return the text of every ``<h1>``-``<h3>`` of a page, whitespace collapsed, in order."""
+    import html as htmllib
+
+    found = re.findall(r"<h[1-3]\b[^>]*>(.*?)</h[1-3]>", html, re.DOTALL | re.IGNORECASE)
+    return [re.sub(r"\s+", " ", htmllib.unescape(re.sub(r"<[^>]+>", "", h))).strip() for h in found]
+
+
+def _fix_outline(writer, headings: Sequence[str]) -> None:
+    # Chromium titles a bookmark with the heading's laid-out lines and drops the space where a line
+    # wrapped ("cross-validatedhyperparameter"); the page's own heading text is put back in its place.
+    from pypdf.generic import NameObject, TextStringObject
+
+    by_letters = {re.sub(r"\s+", "", h): h for h in headings}
+    stack = [writer._root_object.get("/Outlines")]
+    while stack:
+        node = stack.pop()
+        node = node.get_object() if node is not None else None
+        if node is None:
+            continue
+        if "/Title" in node:
+            title = by_letters.get(re.sub(r"\s+", "", str(node["/Title"])))
+            if title is not None:
+                node[NameObject("/Title")] = TextStringObject(title)
+        stack += [node.get("/First"), node.get("/Next")]
+
+
+def relative_links(pdf: str | Path, folder: str | Path, author: str | None = None,
+                   headings: Sequence[str] = ()) -> dict[str, str]:
     """Rewrite, in place, the ``pdf``'s links to files inside ``folder`` (Chromium prints the page's
     relative links as absolute ``file:`` URLs) as links relative to the PDF, so that they still
     work when the report folder is zipped or moved; drop links to other files of this machine.
-    ``author`` also goes into the document information. Return {old URL: new URL or "" (dropped)}.
+    ``author`` also goes into the document information; ``headings`` (:func:`heading_texts`)
+    title the bookmarks. Return {old URL: new URL or "" (dropped)}.
     """
+    import logging
+
     from pypdf import PdfWriter
     from pypdf.generic import ArrayObject, NameObject, TextStringObject
 
     pdf = Path(pdf)
     base = Path(folder).resolve().as_uri() + "/"
-    writer = PdfWriter(clone_from=str(pdf))
+    # pypdf warns that Chromium's trailer undercounts its objects; it reads the file correctly all the same.
+    quiet = logging.getLogger("pypdf")
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        writer = PdfWriter(clone_from=str(pdf))
+    finally:
+        quiet.setLevel(level)
+    _fix_outline(writer, headings)
     changed = {}
     for page in writer.pages:
         if "/Annots" not in page:

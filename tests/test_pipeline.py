@@ -646,6 +646,10 @@ def test_smoke_report_end_to_end(tmp_path):
     pdf = re.sub(r"\s+", " ", pdf)
     assert pages >= 2
     assert "Training the CNN with the configuration chosen by cross-validation" in pdf and report.pct(r["test"]["accuracy"]) in pdf
+    # Ready to hand in: no machine path or file: link, bookmarks, page numbers (tests/test_report_pdf.py).
+    from test_report_pdf import check_hand_in
+
+    check_hand_in(built["html"], built["pdf"], run)
 
     # Built again: every notebook is reused, nothing executed, the report is complete again.
     mtimes = {stem: pipeline.executed_path(run, stem).stat().st_mtime_ns for stem in stems}

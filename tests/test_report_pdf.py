@@ -86,6 +86,9 @@ def check_hand_in(html: Path, pdf: Path, run: Path) -> None:
     block, the references and the appendix present."""
     page = html.read_text()
     assert not machine_paths(text_of(page), (str(run),)), machine_paths(text_of(page), (str(run),))
+    for notebook in sorted((html.parent / "notebooks").glob("*.html")):  # the executed notebooks it links to
+        text = text_of(re.sub(r"<(style|script)\b.*?</\1>", " ", notebook.read_text(), flags=re.DOTALL))
+        assert not machine_paths(text, (str(run),)), (notebook.name, machine_paths(text, (str(run),)))
     assert not re.findall(r"""href\s*=\s*["']file:""", page, re.IGNORECASE)
     pages = pdf_pages_text(pdf)
     flat = re.sub(r"\s+", " ", " ".join(pages))
@@ -96,6 +99,7 @@ def check_hand_in(html: Path, pdf: Path, run: Path) -> None:
     for i, text in enumerate(pages, 1):
         assert re.search(rf"Page {i} of {len(pages)}\s*$", text.rstrip()), (i, text[-200:])
     titles = [t for _, t in outline_titles(pdf)]
+    assert set(titles) <= set(report.heading_texts(page)), set(titles) - set(report.heading_texts(page))
     for heading in ("Abstract", "Method", "Discussion", "References", "Appendix A. Settings",
                     "Appendix B. Environment, provenance and wall times"):
         assert heading in titles, titles
@@ -204,8 +208,8 @@ def test_method_is_one_paragraph_and_the_settings_an_appendix(tmp_path):
 def test_discussion_words_every_verdict_as_settled_or_open(tmp_path):
     results = {"01_sweep": F.sweep_results(), "02_train": F.train_results()}
     groups = report.discussion_records(results)
-    words = {v["key"]: v["verdict"] for g in groups.values() for v in g}
-    assert words == {k: v["verdict"] for r in results.values() for k, v in r["verdicts"].items()}
+    words = {(v["stem"], v["key"]): v["verdict"] for g in groups.values() for v in g}
+    assert words == {(stem, k): v["verdict"] for stem, r in results.items() for k, v in r["verdicts"].items()}
     assert all(v["verdict"] in report.SETTLED_VERDICTS for v in groups["settled"])
     assert not any(v["verdict"] in report.SETTLED_VERDICTS for v in groups["open"])
     text = text_of(section(F.render(tmp_path, results), "discussion"))
@@ -213,7 +217,8 @@ def test_discussion_words_every_verdict_as_settled_or_open(tmp_path):
     for v in groups["settled"]:
         assert v["claim"][1:] in shows and report.verdict_numbers(v) in shows
     for v in groups["open"]:
-        assert v["claim"][1:] in cannot and "this run cannot tell" in cannot
+        assert v["claim"][1:] in cannot and ("This run cannot tell" in cannot or "Not measured" in cannot)
+    assert f"of the {len(words)} claims this run tested, it settles {len(groups['settled'])}" in text
     # The budget is the run's, beside the study's: numbers from the results, none typed.
     train = results["02_train"]
     assert f"{report.num(train['data']['train_images'])} training images" in cannot
