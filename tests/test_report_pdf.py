@@ -119,6 +119,8 @@ def test_title_block_shows_author_course_and_date(tmp_path):
     assert "No author" not in header and "No course" not in header
     # Both go into the page's margin beside the page number (a CSS string, so quotes cannot end it).
     assert 'content: "Ada Lovelace · Deep Learning 101"' in page
+    # The command that rebuilds it keeps them.
+    assert 'AUTHOR="Ada Lovelace" COURSE="Deep Learning 101"' in text_of(section(page, "reproduce"))
 
 
 def test_title_block_defaults_to_the_run_date_and_says_how_to_add_a_name(tmp_path):
