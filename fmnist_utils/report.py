@@ -6,7 +6,8 @@ The page is ``templates/report.html.j2``; each notebook's part of it is the frag
 results by stem), ``stem`` and the helpers :func:`pct`, :func:`num`, :func:`points`, :func:`points_phrase`,
 :func:`p_value`, :func:`secs`, ``na`` (:func:`not_available`), ``verdict(stem, key)``,
 :func:`verdict_numbers`, :func:`relabel`, ``study`` (the study's reported figures, from
-:mod:`fmnist_utils.study`), ``figure(filename, caption)`` and ``table(rows, columns, caption)``.
+:mod:`fmnist_utils.study`), ``figure(filename, caption)``, ``table(rows, columns, caption)`` and
+``cite(key, ...)`` (a numbered reference to :data:`fmnist_utils.references.REFERENCES`).
 A section's ``{% block title %}`` is its heading and its entry in the contents. A notebook
 without a fragment still gets a section: its verdicts, its scalar results and its figures.
 
@@ -15,8 +16,13 @@ templates), and every conclusion is a verdict record: a tested function decided 
 into ``results["verdicts"][key]``; ``templates/verdicts.html.j2`` only words it.
 
 Figures are embedded as base64 PNG, the CSS is inline, so ``report.html`` is one self-contained
-file; the executed notebooks are rendered beside it (``notebooks/<stem>.html``) by nbconvert.
-The PDF is the page printed by headless Chromium.
+file; the executed notebooks are rendered beside it (``notebooks/<stem>.html``) by nbconvert and
+linked relatively, so the report folder can be zipped. The page opens with a title block
+(:class:`TitleBlock`: author, course, date), cites the source of every method the run used
+(``cite(key)``; :mod:`fmnist_utils.references`), ends its results with a discussion made of the
+verdict records (:func:`discussion_records`) and keeps the settings in an appendix. No folder of
+this machine reaches the text (:func:`hide_machine_paths`). The PDF is the page printed by
+headless Chromium, with bookmarks from the headings and page numbers (:func:`write_pdf`).
 """
 
 from __future__ import annotations
@@ -534,8 +540,8 @@ class TitleBlock:
             try:
                 _dt.date.fromisoformat(self.date)
             except ValueError:
-                raise ValueError(f"date={self.date!r}: give it as YYYY-MM-DD (e.g. 2026-03-14), "
-                                 "or leave it out for the date of the run") from None
+                raise ValueError(f"the date {self.date!r} (--date, DATE=) is not YYYY-MM-DD: give it as e.g. "
+                                 "2026-03-14, or leave it out for the date of the run") from None
         for name in ("author", "course"):
             value = getattr(self, name)
             if value is not None and not value.strip():
