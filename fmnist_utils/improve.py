@@ -300,7 +300,8 @@ class Outcome:
     """What one row gave, seed by seed (arrays have one entry per seed, in ``seeds`` order).
 
     seconds: training time of all seeds of the row (:func:`training_seconds`: the epochs alone,
-    the planner's probes and evaluation excluded); an ensemble's is the sum of its members'. steps: optimizer steps per model (None for the ensemble).
+    the planner's probes and evaluation excluded); an ensemble's is the sum of its members'.
+    steps: optimizer steps per model (None for the ensemble).
     val_probs (S, N_val, C) and test_probs (S, N_test, C) are the final models' probabilities.
     extra: per-row details (the ensemble's weights).
     """
