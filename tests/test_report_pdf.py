@@ -129,6 +129,10 @@ def test_title_block_defaults_to_the_run_date_and_says_how_to_add_a_name(tmp_pat
     assert "1 January 2026" in header
     assert "No author or course given" in header and 'make report AUTHOR="Your Name" COURSE="Course name"' in header
     assert "No course given" in text_of(whole(tmp_path, report.TitleBlock(author="Ada")))
+    # The reminder is for the screen: a report marked anonymously prints without a name and without it.
+    page = whole(tmp_path)
+    assert '<p class="note screen-only">No author or course given' in page
+    assert page.index("@media print") < page.index(".screen-only { display: none; }") < page.index("</style>")
     assert report.run_date([{"finished_utc": "2026-02-03T10:00:00+00:00"}, {"finished_utc": "2026-02-04T01:00:00+00:00"}]) == "2026-02-04"
 
 
