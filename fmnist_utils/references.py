@@ -77,6 +77,13 @@ SETTING_REFERENCES: dict[str, tuple[str, object]] = {
 }
 
 
+def record_methods(record: dict) -> list[str]:
+    """Return the :data:`REFERENCES` keys of the methods one verdict record names in its test or
+    statistic (:data:`TEST_PATTERNS`), in that table's order: what to cite beside its numbers."""
+    text = " ".join(str(record.get(field) or "") for field in ("test", "statistic"))
+    return [key for key, pattern in TEST_PATTERNS.items() if re.search(pattern, text, re.IGNORECASE)]
+
+
 def _texts(results: dict) -> list[str]:
     records = results.get("verdicts") or {}
     return [str(r.get(field) or "") for r in records.values() if isinstance(r, dict)

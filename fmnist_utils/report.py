@@ -765,6 +765,7 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
         "footer_text": css_string(" · ".join(t for t in (cover.author, cover.course) if t)),
         "citations": citations,
         "methods_used": references.methods_used(results),
+        "record_methods": references.record_methods,
         "discussion": discussion_records(results),
         "results": results,
         "sections": sections,

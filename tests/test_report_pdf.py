@@ -225,6 +225,15 @@ def test_discussion_words_every_verdict_as_settled_or_open(tmp_path):
     for v in groups["open"]:
         assert v["claim"][1:] in cannot and ("This run cannot tell" in cannot or "Not measured" in cannot)
     assert f"of the {len(words)} claims this run tested, it settles {len(groups['settled'])}" in text
+    # Each line cites the method its test names, beside its numbers.
+    mcnemar = F.verdict("x", "higher", test="McNemar's exact test on 30 images; Bonett-Price interval")
+    assert references.record_methods(mcnemar) == ["mcnemar", "bonett_price"]
+    assert references.record_methods(F.verdict("x", "n/a")) == ["mcnemar"]  # the fixture's default test
+    assert references.record_methods({"test": "exact one-sided binomial test; Clopper-Pearson interval"}) == ["clopper_pearson"]
+    page = F.render(tmp_path, results)
+    for item in re.findall(r"<li>(.*?)</li>", section(page, "discussion"), re.DOTALL):
+        if "Nadeau" in item or "McNemar" in item:
+            assert 'href="#ref-' in item, item
     # The budget is the run's, beside the study's: numbers from the results, none typed.
     train = results["02_train"]
     assert f"{report.num(train['data']['train_images'])} training images" in cannot
