@@ -602,6 +602,13 @@ def discussion_records(results: dict[str, dict]) -> dict[str, list[dict]]:
     return groups
 
 
+def interval_numbers(record: dict) -> str:
+    """Return a verdict record's value and interval only, for the discussion's plain words:
+    ``"1.23 percentage points (95% interval 0.4 to 2.07)"``; the test and p-value are its
+    section's (:func:`verdict_numbers` prints them)."""
+    return verdict_numbers({**record, "p": None, "test": None})
+
+
 def path_labels(run: Path) -> list[tuple[str, str]]:
     """Return (absolute folder, what the page says instead), longest first: the run folder
     (``runs/quick`` inside the checkout, else ``…/<its name>``), the checkout (``checkout``), the
@@ -766,6 +773,7 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
         "citations": citations,
         "methods_used": references.methods_used(results),
         "record_methods": references.record_methods,
+        "interval_numbers": interval_numbers,
         "discussion": discussion_records(results),
         "results": results,
         "sections": sections,

@@ -221,10 +221,12 @@ def test_discussion_words_every_verdict_as_settled_or_open(tmp_path):
     text = text_of(section(F.render(tmp_path, results), "discussion"))
     shows, cannot = text.split("What it cannot show at this budget")
     for v in groups["settled"]:
-        assert v["claim"][1:] in shows and report.verdict_numbers(v) in shows
+        assert v["claim"][1:] in shows and report.interval_numbers(v) in shows
     for v in groups["open"]:
-        assert v["claim"][1:] in cannot and ("This run cannot tell" in cannot or "Not measured" in cannot)
+        assert v["claim"][1:] in cannot and ("this run cannot tell" in cannot or "not measured" in cannot)
     assert f"of the {len(words)} claims this run tested, it settles {len(groups['settled'])}" in text
+    record = F.verdict("x", "higher", "difference in accuracy", 0.0123, 0.004, 0.0207, 0.0031, "McNemar's exact test")
+    assert report.interval_numbers(record) == "1.23 percentage points (95% interval 0.4 to 2.07)"
     # Each line cites the method its test names, beside its numbers.
     mcnemar = F.verdict("x", "higher", test="McNemar's exact test on 30 images; Bonett-Price interval")
     assert references.record_methods(mcnemar) == ["mcnemar", "bonett_price"]
