@@ -605,7 +605,10 @@ def discussion_records(results: dict[str, dict]) -> dict[str, list[dict]]:
 def interval_numbers(record: dict) -> str:
     """Return a verdict record's value and interval only, for the discussion's plain words:
     ``"1.23 percentage points (95% interval 0.4 to 2.07)"``; the test and p-value are its
-    section's (:func:`verdict_numbers` prints them)."""
+    section's (:func:`verdict_numbers` prints them). A record with neither value nor interval keeps
+    its p-value and test: they are all it has."""
+    if record.get("value") is None and (record.get("low") is None or record.get("high") is None):
+        return verdict_numbers(record)
     return verdict_numbers({**record, "p": None, "test": None})
 
 

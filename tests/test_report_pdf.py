@@ -227,6 +227,8 @@ def test_discussion_words_every_verdict_as_settled_or_open(tmp_path):
     assert f"of the {len(words)} claims this run tested, it settles {len(groups['settled'])}" in text
     record = F.verdict("x", "higher", "difference in accuracy", 0.0123, 0.004, 0.0207, 0.0031, "McNemar's exact test")
     assert report.interval_numbers(record) == "1.23 percentage points (95% interval 0.4 to 2.07)"
+    only_p = {**record, "value": None, "low": None, "high": None}
+    assert report.interval_numbers(only_p) == report.verdict_numbers(only_p) == "p = 0.0031, McNemar's exact test"
     # Each line cites the method its test names, beside its numbers.
     mcnemar = F.verdict("x", "higher", test="McNemar's exact test on 30 images; Bonett-Price interval")
     assert references.record_methods(mcnemar) == ["mcnemar", "bonett_price"]
