@@ -191,6 +191,11 @@ def test_references_follow_what_the_run_did(tmp_path):
     keys = re.findall(r'<li id="ref-(\w+)">', section(alone, "references"))
     assert "optuna" not in keys and "mantel" not in keys and "cka" not in keys and "fashion_mnist" in keys
     assert references.methods_used({}) == {"fashion_mnist"}
+    # Every method used is cited, whichever notebooks ran (here the ablation's ResNet-18 without 03).
+    ablation = {"02_train": F.train_results(), "04_improvements": F.improvements_results()}
+    page = F.render(tmp_path / "c", ablation)
+    assert set(re.findall(r'<li id="ref-(\w+)">', section(page, "references"))) == references.methods_used(ablation)
+    assert "resnet" in references.methods_used(ablation)
     citations = report.Citations()
     with pytest.raises(report.ReportError, match="no such reference"):
         citations.cite("nobody2099")
