@@ -10,6 +10,10 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.14.1
 TORCHVISION_VERSION ?= 0.29.1
 PROFILE ?= auto
+# The title block of report.pdf, e.g. make report AUTHOR="Ada Lovelace" COURSE="Deep Learning" (DATE=YYYY-MM-DD; default: the run's date).
+AUTHOR ?=
+COURSE ?=
+DATE ?=
 PYTEST_ARGS ?=
 # Jupyter refuses to run as root without --allow-root (the usual case in a container).
 LAB_FLAGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
@@ -39,10 +43,10 @@ data: $(VENV)/.installed ## find Fashion-MNIST (data/, FMNIST_DATA, Debian's pac
 	  fi; \
 	  $(PY) -m fmnist_utils data; }
 
-report: data ## run the notebooks (reusing up-to-date ones) into runs/<profile>/ and build report/report.html + .pdf (PROFILE=auto|smoke|quick|full; full without CUDA stops with its estimate unless FMNIST_IGNORE_ESTIMATE=1)
+report: data ## run the notebooks (reusing up-to-date ones) into runs/<profile>/ and build report/report.html + .pdf (PROFILE=auto|smoke|quick|full; AUTHOR="..." COURSE="..." for the title block; full without CUDA stops with its estimate unless FMNIST_IGNORE_ESTIMATE=1)
 	@# make exits 2 whatever a recipe's status: the kit's own status (README, exit statuses) is the
 	@# "Error N" make prints, and the exit status of `$(PY) -m fmnist_utils report` run directly.
-	$(PY) -m fmnist_utils report --profile $(PROFILE)
+	$(PY) -m fmnist_utils report --profile $(PROFILE) $(if $(AUTHOR),--author "$(AUTHOR)") $(if $(COURSE),--course "$(COURSE)") $(if $(DATE),--date "$(DATE)")
 
 lab: data ## open JupyterLab on the notebooks
 	$(PY) -m jupyter lab $(LAB_FLAGS) notebooks/

@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -296,12 +295,24 @@ def accuracy(p: np.ndarray, y) -> float:
     return float((np.asarray(p).argmax(1) == y).mean())
 
 
+def training_seconds(histories: Sequence[list[dict]]) -> float:
+    """Return the seconds spent training: every epoch's ``seconds`` summed over the histories
+    (one per seed, as ``train.fit_many`` returns them; a stacked epoch's time is shared by its units).
+
+    Only epochs count, so the stack planner's timing probes (``stacked.plan_stack_size``, run once
+    per process before the first stack), model building and evaluation are not a row's cost: a
+    wall clock around ``fit_seeds`` charged the probes to whichever row came first.
+    """
+    return float(sum(r.get("seconds", 0.0) for h in histories for r in h))
+
+
 @dataclass
 class Outcome:
     """What one row gave, seed by seed (arrays have one entry per seed, in ``seeds`` order).
 
-    seconds: wall time of training all seeds of the row (evaluation excluded); an ensemble's is
-    the sum of its members'. steps: optimizer steps per model (None for the ensemble).
+    seconds: training time of all seeds of the row (:func:`training_seconds`: the epochs alone,
+    the planner's probes and evaluation excluded); an ensemble's is the sum of its members'.
+    steps: optimizer steps per model (None for the ensemble).
     val_probs (S, N_val, C) and test_probs (S, N_test, C) are the final models' probabilities.
     extra: per-row details (the ensemble's weights).
     """
@@ -337,9 +348,8 @@ def train_row(row: Row, split: Split, seeds: Sequence[int], budget: dict, progre
     ...) on ``split``'s training images; each final model reads the validation and test images once.
     """
     configs = [row.config(**budget, seed=s) for s in seeds]
-    start = time.perf_counter()
     histories, models = fit_seeds(configs, split.x_train, split.y_train, split.train_indices, progress)
-    seconds = time.perf_counter() - start
+    seconds = training_seconds(histories)
     x_val, y_val = split.x_val, split.y_val
     val = np.stack([probabilities(m, x_val, c) for m, c in zip(models, configs)])
     test = np.stack([probabilities(m, split.x_test, c) for m, c in zip(models, configs)])

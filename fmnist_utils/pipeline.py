@@ -930,10 +930,11 @@ def remove_report(report_dir: Path) -> list[Path]:
     return removed
 
 
-def replace_report(run: Path, stamps: list[dict], report_dir: Path, log: Callable[[str], None] = print) -> Path:
+def replace_report(run: Path, stamps: list[dict], report_dir: Path, log: Callable[[str], None] = print,
+                   title=None) -> Path:
     """Write the new report into ``<report_dir>/.building``, then put it in place of the old one
     (HTML and rendered notebooks; an old PDF, no longer of this run, is removed); return ``report.html``.
-    Until the new page exists, the old report stays whole.
+    Until the new page exists, the old report stays whole. ``title``: as for :func:`build`.
     """
     from . import report
 
@@ -942,7 +943,7 @@ def replace_report(run: Path, stamps: list[dict], report_dir: Path, log: Callabl
         shutil.rmtree(staging)
     staging.mkdir()
     try:
-        report.write_report(run, stamps, staging, log=log)
+        report.write_report(run, stamps, staging, log=log, title=title)
         (staging / "notebooks").mkdir(exist_ok=True)
         (staging / "notebooks" / paths.RENDERED_MARKER).write_text("Rendered by the Fashion-MNIST report kit.\n")
         remove_report(report_dir)
@@ -964,6 +965,7 @@ def build(
     progress: bool = True,
     log: Callable[[str], None] = print,
     ignore_estimate: bool = False,
+    title=None,
 ) -> dict:
     """Run the notebooks and build the report; return ``{"html", "pdf", "stamps", "seconds"}``.
 
@@ -977,6 +979,7 @@ def build(
     Before anything runs, :func:`fmnist_utils.estimate.check_budget` raises
     :class:`fmnist_utils.estimate.TooSlow` for a ``full`` report on a machine without CUDA that
     would take hours, unless ``ignore_estimate`` (or ``FMNIST_IGNORE_ESTIMATE=1``).
+    ``title``: the report's author, course and date (:class:`fmnist_utils.report.TitleBlock`).
     """
     from . import estimate, report
 
@@ -997,10 +1000,11 @@ def build(
                 log(f"no new report: the previous one, from an earlier run, is kept: {report_dir / 'report.html'}")
             raise
         paths.mark(report_dir, "report folder")
-        html = replace_report(run, stamps, report_dir, log=log)
+        html = replace_report(run, stamps, report_dir, log=log, title=title)
         out = {"html": html, "pdf": None, "stamps": stamps}
         if pdf:
-            out["pdf"] = report.write_pdf(html, report_dir / "report.pdf", install=install, log=log)
+            out["pdf"] = report.write_pdf(html, report_dir / "report.pdf", install=install, log=log,
+                                          author=title.author if title is not None else None)
     out["seconds"] = time.perf_counter() - start
     return out
 
@@ -1019,6 +1023,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="execute every notebook even when up to date, replacing another profile's results in --run-dir")
     parser.add_argument("--no-pdf", action="store_true", help="build only the HTML")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install Chromium for the PDF")
+    parser.add_argument("--author", default=None, help="the report's author, for its title block")
+    parser.add_argument("--course", default=None, help="the course it is handed in for, for its title block")
+    parser.add_argument("--date", default=None, help="the title block's date, YYYY-MM-DD (default: the run's date)")
     parser.add_argument("--ignore-estimate", action="store_true",
                         help="run the full profile even where its estimate says hours (no CUDA); "
                         "or set FMNIST_IGNORE_ESTIMATE=1")
@@ -1034,9 +1041,12 @@ def cli(args: argparse.Namespace) -> int:
     def log(message: str) -> None:
         print(f"[report] {message}", flush=True)
 
+    from .report import TitleBlock
+
+    title = TitleBlock(args.author, args.course, args.date)  # checked before any notebook runs
     out = build(args.profile, args.run_dir, args.report_dir, args.notebooks, force=args.force,
                 pdf=not args.no_pdf, install=not args.no_install, log=log,
-                ignore_estimate=args.ignore_estimate)
+                ignore_estimate=args.ignore_estimate, title=title)
     ran = sum(s["executed"] for s in out["stamps"])
     log(f"done in {out['seconds']:.1f} s ({ran} notebook(s) executed, {len(out['stamps']) - ran} reused)")
     log(f"HTML: {out['html']}")

@@ -269,6 +269,17 @@ def _value_label(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def in_value_order(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Return ``table``'s rows sorted by ``column`` ascending when every value is a number (an
+    axis of learning rates reads 0.0005, 0.003, 0.05, 0.1), else in their given order (names
+    such as optimizers have no order to impose). Ties keep their order; ``table`` is unchanged.
+    """
+    values = table[column]
+    numeric = all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                  for v in values)
+    return table.sort_values(column, kind="stable") if numeric else table
+
+
 def _search_space():
     # Imported when a sweep figure is drawn: the search space brings Optuna.
     from . import search_space
@@ -315,7 +326,8 @@ def plot_sweep_heatmaps(summary: pd.DataFrame, rows: str = "lr", cols: str = "ba
 def plot_sweep_factors(tables: dict[str, pd.DataFrame], folds: pd.DataFrame) -> Figure:
     """Return one panel per factor (the tables of ``cv_results.factor_tables``, the study's Tables 2-4):
     each fold's validation accuracy (grey dots), the CV mean (diamond, red for the base value)
-    with its sample standard deviation over the folds (error bar).
+    with its sample standard deviation over the folds (error bar). Numeric values run in
+    ascending order along the x axis (:func:`in_value_order`).
 
     folds: one row per (configuration, fold) with ``config`` and ``val_accuracy`` (``cv_results.fold_results``).
     """
@@ -325,6 +337,7 @@ def plot_sweep_factors(tables: dict[str, pd.DataFrame], folds: pd.DataFrame) -> 
     fig = Figure(figsize=(3.6 * len(tables), 3.4), layout="constrained")
     axes = fig.subplots(1, len(tables), squeeze=False, sharey=True)[0]
     for ax, (factor, table) in zip(axes, tables.items()):
+        table = in_value_order(table, factor)  # the tables come ranked by accuracy; an axis reads in value order
         pos = np.arange(len(table))
         ax.errorbar(pos, table["accuracy_mean"], yerr=table["accuracy_std"].fillna(0), fmt="none",
                     ecolor="0.3", capsize=4)

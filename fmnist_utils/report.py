@@ -6,7 +6,8 @@ The page is ``templates/report.html.j2``; each notebook's part of it is the frag
 results by stem), ``stem`` and the helpers :func:`pct`, :func:`num`, :func:`points`, :func:`points_phrase`,
 :func:`p_value`, :func:`secs`, ``na`` (:func:`not_available`), ``verdict(stem, key)``,
 :func:`verdict_numbers`, :func:`relabel`, ``study`` (the study's reported figures, from
-:mod:`fmnist_utils.study`), ``figure(filename, caption)`` and ``table(rows, columns, caption)``.
+:mod:`fmnist_utils.study`), ``figure(filename, caption)``, ``table(rows, columns, caption)`` and
+``cite(key, ...)`` (a numbered reference to :data:`fmnist_utils.references.REFERENCES`).
 A section's ``{% block title %}`` is its heading and its entry in the contents. A notebook
 without a fragment still gets a section: its verdicts, its scalar results and its figures.
 
@@ -15,8 +16,13 @@ templates), and every conclusion is a verdict record: a tested function decided 
 into ``results["verdicts"][key]``; ``templates/verdicts.html.j2`` only words it.
 
 Figures are embedded as base64 PNG, the CSS is inline, so ``report.html`` is one self-contained
-file; the executed notebooks are rendered beside it (``notebooks/<stem>.html``) by nbconvert.
-The PDF is the page printed by headless Chromium.
+file; the executed notebooks are rendered beside it (``notebooks/<stem>.html``) by nbconvert and
+linked relatively, so the report folder can be zipped. The page opens with a title block
+(:class:`TitleBlock`: author, course, date), cites the source of every method the run used
+(``cite(key)``; :mod:`fmnist_utils.references`), ends its results with a discussion made of the
+verdict records (:func:`discussion_records`) and keeps the settings in an appendix. No folder of
+this machine reaches the text (:func:`hide_machine_paths`). The PDF is the page printed by
+headless Chromium, with bookmarks from the headings and page numbers (:func:`write_pdf`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -573,6 +580,143 @@ def figure_files(folder: Path) -> list[str]:
     return sorted(p.name for p in Path(folder).glob("*.png"))
 
 
+# --------------------------------------------------------------------------------------------
+# The title block, the references, the discussion and the paths a reader may see
+
+
+@dataclass(frozen=True)
+class TitleBlock:
+    """Who hands the report in: ``author`` and ``course`` as typed (None: not given), ``date``
+    as ``YYYY-MM-DD`` (None: the run's date, :func:`run_date`)."""
+
+    author: str | None = None
+    course: str | None = None
+    date: str | None = None
+
+    def __post_init__(self):
+        if self.date is not None:
+            try:
+                _dt.date.fromisoformat(self.date)
+            except ValueError:
+                raise ValueError(f"the date {self.date!r} (--date, DATE=) is not YYYY-MM-DD: give it as e.g. "
+                                 "2026-03-14, or leave it out for the date of the run") from None
+        for name in ("author", "course"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(f"{name} is empty: give a name, or leave it out")
+
+
+def run_date(stamps: Sequence[dict]) -> str:
+    """Return the run's date, ``YYYY-MM-DD``: the day its last notebook finished (UTC), else today."""
+    finished = sorted(s["finished_utc"][:10] for s in stamps if s.get("finished_utc"))
+    return finished[-1] if finished else _dt.datetime.now(_dt.timezone.utc).date().isoformat()
+
+
+class Citations:
+    """Numbers references in the order the page first cites them: ``cite("mantel")`` -> ``[3]``
+    linking to the entry; :meth:`entries` lists what was cited, for the References section."""
+
+    def __init__(self):
+        self.order: list[str] = []
+
+    def cite(self, *keys: str) -> Markup:
+        """Return the bracketed, linked numbers of ``keys`` (:data:`references.REFERENCES` keys)."""
+        from . import references
+
+        unknown = [k for k in keys if k not in references.REFERENCES]
+        if unknown:
+            raise ReportError(f"cite({', '.join(map(repr, unknown))}): no such reference; "
+                              f"add it to fmnist_utils/references.py (known: {', '.join(sorted(references.REFERENCES))})")
+        links = []
+        for key in keys:
+            if key not in self.order:
+                self.order.append(key)
+            links.append(f'<a href="#ref-{key}">{self.order.index(key) + 1}</a>')
+        return Markup(f'<span class="cite">[{", ".join(links)}]</span>')
+
+    def entries(self) -> list[dict]:
+        """Return ``[{"key", "number", "text"}]`` for every cited reference, in citation order."""
+        from . import references
+
+        return [{"key": k, "number": i + 1, "text": references.REFERENCES[k]} for i, k in enumerate(self.order)]
+
+
+# Verdict words that settle their claim (stats.py's vocabularies): a difference, an agreement,
+# accuracy above chance, overfitting. Every other word (a tie, no evidence, at chance, n/a, or a
+# word this list does not know) leaves its claim open, and the discussion says so.
+SETTLED_VERDICTS = frozenset({"higher", "lower", "agree", "disagree", "above_chance", "overfits"})
+
+
+def discussion_records(results: dict[str, dict]) -> dict[str, list[dict]]:
+    """Return every notebook's verdict records split into ``"settled"`` (the run decided the claim)
+    and ``"open"`` (it could not, at its budget, or could not measure it), each record with its
+    notebook as ``"stem"``, in notebook then record order.
+    """
+    groups = {"settled": [], "open": []}
+    for stem, r in results.items():
+        for key, record in (r.get("verdicts") or {}).items():
+            record = {**check_verdict(record, f"{stem}/results.json verdicts[{key!r}]"), "stem": stem}
+            groups["settled" if record["verdict"] in SETTLED_VERDICTS else "open"].append(record)
+    return groups
+
+
+def interval_numbers(record: dict) -> str:
+    """Return a verdict record's value and interval only, for the discussion's plain words:
+    ``"1.23 percentage points (95% interval 0.4 to 2.07)"``; the test and p-value are its
+    section's (:func:`verdict_numbers` prints them). A record with neither value nor interval keeps
+    its p-value and test: they are all it has."""
+    if record.get("value") is None and (record.get("low") is None or record.get("high") is None):
+        return verdict_numbers(record)
+    return verdict_numbers({**record, "p": None, "test": None})
+
+
+def path_labels(run: Path) -> list[tuple[str, str]]:
+    """Return (absolute folder, what the page says instead), longest first: the run folder
+    (``runs/quick`` inside the checkout, else ``…/<its name>``), the checkout (``checkout``), the
+    temporary folder (``$TMPDIR``) and the home folder (``~``), none of which mean anything once
+    the report leaves this machine; each resolved and as given, where the two differ.
+    """
+    from . import paths
+
+    run, root = Path(run), paths.project_root()
+    inside = run.resolve().is_relative_to(root.resolve())
+    labels = {}
+    for folder, label in ((Path.home(), "~"), (Path(tempfile.gettempdir()), "$TMPDIR"), (root, "checkout"),
+                          (run, run.resolve().relative_to(root.resolve()).as_posix() if inside else f"…/{run.name}")):
+        for form in {str(folder), str(folder.resolve())}:
+            if form not in ("", "/", "."):
+                labels[form] = label
+    return sorted(labels.items(), key=lambda kv: -len(kv[0]))
+
+
+def _folder_pattern(labels: Sequence[tuple[str, str]]) -> re.Pattern | None:
+    # A folder counts where its name ends: /tmp/x matches in "/tmp/x/y" and "/tmp/x.", not in "/tmp/xy".
+    return re.compile("|".join(re.escape(folder) + r"(?![\w-])" for folder, _ in labels)) if labels else None
+
+
+def public_path(text: str, labels: Sequence[tuple[str, str]]) -> str:
+    """Return plain ``text`` with each folder of ``labels`` (:func:`path_labels`) replaced by its label:
+    ``/tmp/x/run/01_sweep`` -> ``…/run/01_sweep`` where ``/tmp/x/run`` is the run folder."""
+    pattern, lookup = _folder_pattern(labels), dict(labels)
+    return text if pattern is None else pattern.sub(lambda m: lookup[m.group(0)], text)
+
+
+def hide_machine_paths(html: str, labels: Sequence[tuple[str, str]]) -> str:
+    """Return ``html`` with each folder of ``labels`` (:func:`path_labels`) replaced by its label in
+    the text, and ``file:`` URLs dropped from links (a link to a file on this machine breaks as soon
+    as the report moves; its text stays). Other attributes and embedded images are left as they are
+    (a ``data:`` image could hold any characters).
+    """
+    pattern, lookup = _folder_pattern(labels), dict(labels)
+    parts = re.split(r"(<[^>]*>)", html)
+    for i, part in enumerate(parts):
+        if part.startswith("<"):
+            parts[i] = re.sub(r"""\s+href\s*=\s*(["'])file:[^"']*\1""", "", part, flags=re.IGNORECASE)
+        elif pattern is not None:
+            parts[i] = pattern.sub(lambda m: str(escape(lookup[m.group(0)])), part)
+    return "".join(parts)
+
+
 def _environment(results: dict) -> dict:
     for r in results.values():
         if isinstance(r.get("environment"), dict):
@@ -609,17 +753,35 @@ def section_title(env, name: str, context: dict) -> Markup:
         raise ReportError(f"templates/{name}, block title: {type(exc).__name__}: {exc}") from exc
 
 
+def css_string(text: str) -> Markup:
+    """Return ``text`` as a quoted CSS string (for ``content:`` in the page style): backslashes and
+    quotes escaped, and ``<`` and line breaks as CSS escapes, so no text can end the style block."""
+    escaped = "".join(f"\\{ord(c):x} " if c in '<>&\n\r' else "\\" + c if c in '"\\' else c for c in text)
+    return Markup(f'"{escaped}"')
+
+
+def long_date(iso: str) -> str:
+    """Return ``"2026-03-14"`` as ``"14 March 2026"``."""
+    day = _dt.date.fromisoformat(iso)
+    return f"{day.day} {day:%B %Y}"
+
+
 def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] | None = None,
-           generated_utc: str | None = None) -> str:
+           generated_utc: str | None = None, title: TitleBlock | None = None) -> str:
     """Return the report page for the notebooks in ``stamps`` (from :func:`pipeline.run_notebooks`)
     whose results are in the run folder ``run``. ``notebook_links``: {stem: relative link to the
-    rendered notebook}.
+    rendered notebook}. ``title``: author, course and date of the title block (None: none given,
+    the run's date). Folders of this machine are replaced in the text (:func:`hide_machine_paths`).
     """
     import jinja2
+
+    from . import references
 
     run = Path(run)
     env = _jinja()
     numbering = _Numbering()
+    citations = Citations()
+    cover = title or TitleBlock()  # before the loop below, which names each section's title
     results = {}
     for stamp in stamps:
         path = run / stamp["notebook"] / "results.json"
@@ -629,7 +791,7 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
     helpers = {
         "pct": pct, "num": num, "secs": secs, "points": points, "points_phrase": points_phrase, "p_value": p_value, "na": not_available,
         "table": make_table(numbering), "verdict": make_verdict(results), "verdict_numbers": verdict_numbers,
-        "relabel": relabel, "study": study_figures(), "top_rows": TOP_ROWS,
+        "relabel": relabel, "study": study_figures(), "top_rows": TOP_ROWS, "cite": citations.cite,
         "verdict_word": verdict_word, "family_word": FAMILY_WORDS.get, "tag": network_tag, "retag": retag,
     }
 
@@ -665,7 +827,16 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
         })
 
     first = results[stamps[0]["notebook"]] if stamps else {}
+    date = cover.date or run_date(stamps)
+    labels = path_labels(run)
     context = {
+        "title_block": {"author": cover.author, "course": cover.course, "date": date, "date_text": long_date(date)},
+        "footer_text": css_string(" · ".join(t for t in (cover.author, cover.course) if t)),
+        "citations": citations,
+        "methods_used": references.methods_used(results),
+        "record_methods": references.record_methods,
+        "interval_numbers": interval_numbers,
+        "discussion": discussion_records(results),
         "results": results,
         "sections": sections,
         "stamps": stamps,
@@ -675,7 +846,7 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
         "environment": _environment(results),
         "generated_utc": generated_utc or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "notebook_seconds": sum(s.get("seconds", 0.0) for s in stamps),
-        "run_folder": str(run),
+        "run_folder": public_path(str(run), labels),
         # Notebooks whose data skipped the SHA-256 check (FMNIST_DATA_UNVERIFIED): named on the page.
         "unverified_data": sorted(stem for stem, r in results.items() if r.get("data_verified") is False),
         # Notebooks whose training ended not distinguishable from chance (train.fit's flag on its last epoch).
@@ -685,14 +856,16 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
         **helpers,
     }
     try:
-        return env.get_template(PAGE_TEMPLATE).render(**context)
+        page = env.get_template(PAGE_TEMPLATE).render(**context)
     except jinja2.TemplateError as exc:
         raise ReportError(f"templates/{PAGE_TEMPLATE}: {type(exc).__name__}: {exc}") from exc
+    return hide_machine_paths(page, labels)
 
 
-def render_notebooks(stamps: list[dict], folder: Path) -> dict[str, str]:
+def render_notebooks(stamps: list[dict], folder: Path, labels: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
     """Render each executed notebook to ``folder/<stem>.html`` with nbconvert; return
-    {stem: link relative to the report folder}.
+    {stem: link relative to the report folder}. ``labels`` (:func:`path_labels`): folders of this
+    machine replaced in the notebooks' text (their parameters and printed lines name the run folder).
     """
     from nbconvert import HTMLExporter
 
@@ -701,19 +874,22 @@ def render_notebooks(stamps: list[dict], folder: Path) -> dict[str, str]:
     links = {}
     for stamp in stamps:
         body, _ = exporter.from_filename(stamp["executed_notebook"])
+        body = hide_machine_paths(body, labels)
         provenance.write_text(folder / f"{stamp['notebook']}.html", body)
         links[stamp["notebook"]] = f"{folder.name}/{stamp['notebook']}.html"
     return links
 
 
-def write_report(run: str | Path, stamps: list[dict], report_dir: str | Path, log: Callable[[str], None] = print) -> Path:
+def write_report(run: str | Path, stamps: list[dict], report_dir: str | Path, log: Callable[[str], None] = print,
+                 title: TitleBlock | None = None) -> Path:
     """Render the executed notebooks and the report page into ``report_dir``; return ``report.html``.
 
-    The page is written to a temporary file and renamed, so ``report.html`` is never half a page.
+    ``title``: the title block's author, course and date (:class:`TitleBlock`). The page is
+    written to a temporary file and renamed, so ``report.html`` is never half a page.
     """
     report_dir = Path(report_dir)
-    links = render_notebooks(stamps, report_dir / "notebooks")
-    html = render(run, stamps, links)
+    links = render_notebooks(stamps, report_dir / "notebooks", path_labels(Path(run)))
+    html = render(run, stamps, links, title=title)
     path = provenance.write_text(report_dir / "report.html", html)
     log(f"wrote {path} ({len(html) / 1e6:.1f} MB) and {len(links)} rendered notebook(s) in {report_dir / 'notebooks'}")
     return path
@@ -767,9 +943,13 @@ def _missing_message(html: Path) -> str:
 
 
 def write_pdf(html: str | Path, pdf: str | Path, install: bool = True, timeout: float = 180,
-              log: Callable[[str], None] = print) -> Path:
+              log: Callable[[str], None] = print, author: str | None = None) -> Path:
     """Print ``html`` to ``pdf`` with headless Chromium (installed with apt-get when missing,
     root and ``install`` allowing); return the PDF path. Raises :class:`PdfUnavailable`.
+
+    The PDF has bookmarks from the headings (Chromium's document outline), page numbers (the
+    page's ``@page`` margin boxes), links relative to its folder (:func:`relative_links`) and
+    ``author`` in its document information.
     """
     html, pdf = Path(html).resolve(), Path(pdf)
     chromium = find_chromium()
@@ -784,6 +964,7 @@ def write_pdf(html: str | Path, pdf: str | Path, install: bool = True, timeout: 
             cmd = [
                 chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                 "--no-pdf-header-footer", "--print-to-pdf-no-header",  # the flag's newer and older names
+                "--generate-pdf-document-outline",  # bookmarks from the headings (h1-h3)
                 f"--user-data-dir={profile_dir}",  # a private profile: no lock clash with a running browser
                 f"--print-to-pdf={tmp}", html.as_uri(),
             ]
@@ -797,8 +978,82 @@ def write_pdf(html: str | Path, pdf: str | Path, install: bool = True, timeout: 
                 f"report.pdf was NOT written: {chromium} exited with {done.returncode}:\n"
                 f"{done.stderr.strip()[-1500:]}\n  The HTML report is complete: {html}"
             )
+        relative_links(tmp, html.parent, author=author, headings=heading_texts(html.read_text()))
         tmp.replace(pdf)
     finally:
         tmp.unlink(missing_ok=True)
     log(f"wrote {pdf} ({pdf.stat().st_size / 1e6:.1f} MB)")
     return pdf
+
+
+def heading_texts(html: str) -> list[str]:
+    """Return the text of every ``<h1>``-``<h3>`` of a page, whitespace collapsed, in order."""
+    import html as htmllib
+
+    found = re.findall(r"<h[1-3]\b[^>]*>(.*?)</h[1-3]>", html, re.DOTALL | re.IGNORECASE)
+    return [re.sub(r"\s+", " ", htmllib.unescape(re.sub(r"<[^>]+>", "", h))).strip() for h in found]
+
+
+def _fix_outline(writer, headings: Sequence[str]) -> None:
+    # Chromium titles a bookmark with the heading's laid-out lines and drops the space where a line
+    # wrapped ("cross-validatedhyperparameter"); the page's own heading text is put back in its place.
+    from pypdf.generic import NameObject, TextStringObject
+
+    by_letters = {re.sub(r"\s+", "", h): h for h in headings}
+    stack = [writer._root_object.get("/Outlines")]
+    while stack:
+        node = stack.pop()
+        node = node.get_object() if node is not None else None
+        if node is None:
+            continue
+        if "/Title" in node:
+            title = by_letters.get(re.sub(r"\s+", "", str(node["/Title"])))
+            if title is not None:
+                node[NameObject("/Title")] = TextStringObject(title)
+        stack += [node.get("/First"), node.get("/Next")]
+
+
+def relative_links(pdf: str | Path, folder: str | Path, author: str | None = None,
+                   headings: Sequence[str] = ()) -> dict[str, str]:
+    """Rewrite, in place, the ``pdf``'s links to files inside ``folder`` (Chromium prints the page's
+    relative links as absolute ``file:`` URLs) as links relative to the PDF, so that they still
+    work when the report folder is zipped or moved; drop links to other files of this machine.
+    ``author`` also goes into the document information; ``headings`` (:func:`heading_texts`)
+    title the bookmarks. Return {old URL: new URL or "" (dropped)}.
+    """
+    import logging
+
+    from pypdf import PdfWriter
+    from pypdf.generic import ArrayObject, NameObject, TextStringObject
+
+    pdf = Path(pdf)
+    base = Path(folder).resolve().as_uri() + "/"
+    # pypdf warns that Chromium's trailer undercounts its objects; it reads the file correctly all the same.
+    quiet = logging.getLogger("pypdf")
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        writer = PdfWriter(clone_from=str(pdf))
+    finally:
+        quiet.setLevel(level)
+    _fix_outline(writer, headings)
+    changed = {}
+    for page in writer.pages:
+        if "/Annots" not in page:
+            continue
+        kept = ArrayObject()
+        for ref in page["/Annots"]:
+            action = ref.get_object().get("/A")
+            uri = str(action.get_object().get("/URI", "")) if action is not None else ""
+            if uri.lower().startswith("file:"):
+                if not uri.startswith(base):
+                    changed[uri] = ""
+                    continue  # a file outside the report folder: no link can reach it elsewhere
+                changed[uri] = uri[len(base):]
+                action.get_object()[NameObject("/URI")] = TextStringObject(changed[uri])
+            kept.append(ref)
+        page[NameObject("/Annots")] = kept
+    if author:
+        writer.add_metadata({"/Author": author})
+    with open(pdf, "wb") as out:
+        writer.write(out)
+    return changed

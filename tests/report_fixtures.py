@@ -214,8 +214,9 @@ def improvements_results(rows=("study", "modern", "modern-nesterov", "resnet18",
     }
 
 
-def render(tmp_path: Path, results: dict[str, dict], links: dict | None = None) -> str:
-    """Write each notebook's results and figures into a run folder; return the report page."""
+def render(tmp_path: Path, results: dict[str, dict], links: dict | None = None, title: report.TitleBlock | None = None) -> str:
+    """Write each notebook's results and figures into a run folder; return the report page
+    (``title``: its title block, :class:`fmnist_utils.report.TitleBlock`)."""
     run = tmp_path / "run"
     png = (ROOT / "tests" / "test_plots.py").read_bytes()  # any bytes do for embedding
     stamps = []
@@ -227,4 +228,4 @@ def render(tmp_path: Path, results: dict[str, dict], links: dict | None = None) 
             (out / name).write_bytes(png)
         stamps.append({"notebook": stem, "source": str(tmp_path / f"{stem}.ipynb"), "executed_notebook": f"{stem}.ipynb",
                        "seconds": 20.5, "finished_utc": "2026-01-01T00:00:00+00:00", "executed": True})
-    return report.render(run, stamps, links, generated_utc="2026-01-01 00:00 UTC")
+    return report.render(run, stamps, links, generated_utc="2026-01-01 00:00 UTC", title=title)

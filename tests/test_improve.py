@@ -345,6 +345,25 @@ def test_run_rows_pairs_seeds_reads_each_split_once_and_reuses_a_cached_row(fmni
         improve.run_rows(rows, split, [0, 1], {**budget, "epochs": 2}, cache=tmp_path)
 
 
+def test_a_rows_time_is_its_epochs_alone_not_the_planners_probes(fmnist, monkeypatch):
+    """Table 12's time per model: the epochs' seconds, whatever else ran around fit_seeds."""
+    split = improve.make_split(fmnist.x_train, fmnist.y_train, fmnist.x_test, fmnist.y_test, 200, 0.25, 100)
+    histories = [[{"epoch": 1, "train_loss": 0.5, "seconds": 1.5}, {"epoch": 2, "train_loss": 0.25, "seconds": 2.25}],
+                 [{"epoch": 1, "train_loss": 0.5, "seconds": 1.5}, {"epoch": 2, "diverged": "loss is nan", "step": 3}]]
+    planned = []
+
+    def fit_seeds(configs, *args, **kw):
+        planned.append(len(configs))  # stands for the planner's probes: they take time, but record none
+        return histories, [None] * len(configs)
+
+    monkeypatch.setattr(improve, "fit_seeds", fit_seeds)
+    outcome = improve.train_row(select_rows(["study"])[0], split, [0, 1], {"epochs": 2, "device": "cpu"}, progress=False)
+    assert planned == [2]
+    assert outcome.seconds == improve.training_seconds(histories) == 5.25
+    assert outcome.seconds_per_model == 2.625
+    assert improve.training_seconds([]) == 0.0
+
+
 def test_seeds_of_a_row_are_the_single_runs(fmnist):
     """fit_seeds trains what fit trains: seed s of a row is the run TrainConfig(seed=s) would give."""
     x, y = fmnist.x_train[:96], fmnist.y_train[:96]

@@ -481,11 +481,15 @@ def test_abstract_words_the_ablation_from_its_verdict_and_table(tmp_path):
     assert "The report also covers" not in abstract  # worded above, not merely listed
 
 
-def test_method_lists_the_parameters_each_notebook_ran_with(tmp_path):
+def test_settings_appendix_lists_the_parameters_each_notebook_ran_with(tmp_path):
     sweep = {**F.sweep_results(), "parameters": {"profile": "quick", "run_dir": "/r", "n_folds": 3, "space": "oat",
                                                    "factors": ["lr"], "storage": None}}
     page = F.render(tmp_path, {"01_sweep": sweep, "02_train": F.train_results()})
-    method = text_of(page[page.index('<section id="method"'):page.index('<section id="01_sweep"')])
+    # The settings tables sit in Appendix A, after the results; the method is one paragraph without tables.
+    summary = page[page.index('<section id="method"'):page.index('<section id="01_sweep"')]
+    assert "<table" not in summary and summary.count("<p>") == 1
+    assert page.index('<section id="references"') < page.index('<section id="settings"') < page.index('<section id="environment"')
+    method = text_of(page[page.index('<section id="settings"'):page.index('<section id="environment"')])
     assert "The parameters each notebook ran with" in method
     assert 'n_folds = 3; space = "oat"; factors = [\'lr\']; storage = None' in method
     assert "run_dir = " not in method and "02_train" not in method.split("The parameters each notebook ran with")[1]
@@ -661,6 +665,10 @@ def test_smoke_report_end_to_end(tmp_path):
     pdf = re.sub(r"\s+", " ", pdf)
     assert pages >= 2
     assert "Training the CNN with the configuration chosen by cross-validation" in pdf and report.pct(r["test"]["accuracy"]) in pdf
+    # Ready to hand in: no machine path or file: link, bookmarks, page numbers (tests/test_report_pdf.py).
+    from test_report_pdf import check_hand_in
+
+    check_hand_in(built["html"], built["pdf"], run)
 
     # Built again: every notebook is reused, nothing executed, the report is complete again.
     mtimes = {stem: pipeline.executed_path(run, stem).stat().st_mtime_ns for stem in stems}

@@ -197,6 +197,9 @@ def test_sweep_factor_panels_draw_the_means_and_every_fold():
     fig = plots.plot_sweep_factors(tables, folds)
     assert len(fig.axes) == len(tables) == 3
     for ax, (factor, table) in zip(fig.axes, tables.items()):
+        # The x axis runs in value order (0.0005, 0.003, 0.05, 0.1), whatever the tables' (ranked) order.
+        table = table.sort_values(factor)
+        assert [float(t.get_text()) for t in ax.get_xticklabels()] == sorted(table[factor].astype(float))
         means, *fold_dots = ax.collections[1:]  # [0] is the error bars
         np.testing.assert_allclose(means.get_offsets()[:, 1], table["accuracy_mean"])
         dots = np.concatenate([d.get_offsets()[:, 1] for d in fold_dots])
@@ -204,6 +207,17 @@ def test_sweep_factor_panels_draw_the_means_and_every_fold():
         np.testing.assert_allclose(dots, expected)
         assert ax.get_xlabel() == search_space.LABELS[factor]
     assert _png_bytes(fig).startswith(b"\x89PNG")
+
+
+def test_value_order_sorts_numbers_and_keeps_names_as_given():
+    import pandas as pd
+
+    ranked = pd.DataFrame({"lr": [0.05, 0.1, 0.003, 0.0005], "acc": [4, 3, 2, 1]})
+    ordered = plots.in_value_order(ranked, "lr")
+    assert list(ordered["lr"]) == [0.0005, 0.003, 0.05, 0.1] and list(ordered["acc"]) == [1, 2, 4, 3]
+    assert list(ranked["lr"]) == [0.05, 0.1, 0.003, 0.0005]  # the argument is not modified
+    names = pd.DataFrame({"optimizer": ["sgd", "adam", "rmsprop"]})
+    assert list(plots.in_value_order(names, "optimizer")["optimizer"]) == ["sgd", "adam", "rmsprop"]
 
 
 def test_fold_spread_puts_the_best_configuration_on_top_with_all_its_folds():
