@@ -926,13 +926,31 @@ def test_torchs_unexpected_pos_is_a_full_disk_naming_the_checkpoint(tiny, tmp_pa
     assert not list(tmp_path.iterdir())  # no half checkpoint
 
 
-def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(tiny, tmp_path):
+def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(tiny, tmp_path, monkeypatch, capsys):
+    from fmnist_utils.__main__ import explain
+
     x, y = tiny
-    steps = []
+    epochs = []
+    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: epochs.append(1) or {})
     config = TrainConfig(epochs=1, batch_size=100, device="cpu")
-    with pytest.raises(IsADirectoryError if False else OSError, match="the checkpoint path must name a file"):
+    with pytest.raises(OSError, match="the checkpoint path must name a file") as info:
         train.fit(train.build_model(config), x, y, config, progress=False, checkpoint=tmp_path)
-    assert not steps
+    assert not epochs and info.value.filename == str(tmp_path)
+    message, status = explain(info.value)
+    assert status == EXIT_FILESYSTEM and message.startswith(f"cannot use {tmp_path}: Is a directory") and "file name" in message
+
+
+def test_a_write_that_names_no_file_is_reported_with_its_file(tmp_path, monkeypatch):
+    import pathlib
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a failed write() says it: no file name
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    with pytest.raises(OSError) as info:
+        provenance.write_json(tmp_path / "results.json", {"a": 1})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "results.json.tmp")
+    assert not list(tmp_path.iterdir())
 
 
 def test_absurd_kernel_size_is_refused_before_any_allocation(capsys):
