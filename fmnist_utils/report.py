@@ -5,9 +5,11 @@ The page is ``templates/report.html.j2``; each notebook's part of it is the frag
 ...), rendered with ``r`` (that notebook's ``results.json``), ``results`` (every notebook's
 results by stem), ``stem`` and the helpers :func:`pct`, :func:`num`, :func:`points`, :func:`points_phrase`,
 :func:`p_value`, :func:`secs`, ``na`` (:func:`not_available`), ``verdict(stem, key)``,
-:func:`verdict_numbers`, :func:`relabel`, ``study`` (the study's reported figures, from
-:mod:`fmnist_utils.study`), ``figure(filename, caption)``, ``table(rows, columns, caption)`` and
-``cite(key, ...)`` (a numbered reference to :data:`fmnist_utils.references.REFERENCES`).
+:func:`verdict_numbers`, :func:`verdict_word` (a verdict word as a reader sees it), ``family_word``,
+:func:`relabel`, ``tag`` (:func:`network_tag`: the ResNet-18's short name after its full one) and
+:func:`retag`, ``study`` (the study's reported figures, from :mod:`fmnist_utils.study`),
+``figure(filename, caption)``, ``table(rows, columns, caption)`` and ``cite(key, ...)`` (a numbered
+reference to :data:`fmnist_utils.references.REFERENCES`).
 A section's ``{% block title %}`` is its heading and its entry in the contents. A notebook
 without a fragment still gets a section: its verdicts, its scalar results and its figures.
 
@@ -288,7 +290,8 @@ def verdict_rows(results: dict) -> list[dict]:
     rows = []
     for key, record in records.items():
         record = check_verdict(record, f"verdicts[{key!r}]")
-        rows.append({"claim": record["claim"], "verdict": verdict_word(record["verdict"]),
+        family = f" ({FAMILY_WORDS[record['family']]})" if record.get("family") in FAMILY_WORDS else ""
+        rows.append({"claim": record["claim"], "verdict": verdict_word(record["verdict"]) + family,
                      "estimate": f"{record['statistic']}: {verdict_numbers(record)}"})
     return rows
 

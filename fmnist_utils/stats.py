@@ -6,7 +6,7 @@ decision is made here, by a function returning a *verdict record* that a noteboo
 its ``results.json`` under ``results["verdicts"][key]`` and a template only words::
 
     {"key", "claim", "statistic", "value", "low", "high", "level", "p", "test", "n",
-     "verdict", "reason"}
+     "verdict", "reason", "family"}
 
 ``value`` is the estimate, ``low``/``high`` its interval at ``level``, ``p`` the p-value (None
 where the test gives none), ``n`` the sample size the test counts (images, folds, classes),
@@ -35,6 +35,14 @@ The tests, and why these:
 * :func:`corrected_resampled_ttest`: two configurations cross-validated on the same folds; the
   folds share training images, so the plain paired t-test is too confident (Nadeau & Bengio 2003).
 * :func:`binomial_vs_chance` and :func:`overfitting_test`.
+* :func:`holm` and :func:`benjamini_hochberg`: a family of comparisons (a notebook's primary
+  comparisons, declared before it runs, and the exploratory rest), each returning the level at
+  which every comparison is decided, so that its interval agrees with the family's decision.
+* :func:`paired_t_power` and :func:`pairs_for_power`: how many seeds a paired comparison needs.
+
+One procedure decides and prints: the interval in a record excludes the null value exactly when its
+verdict rejects (McNemar's exact interval, the bootstrap's percentile interval, the t interval at
+the level a correction decides at, the Clopper-Pearson interval at 1 - 2 alpha for a one-sided test).
 """
 
 from __future__ import annotations

@@ -636,6 +636,8 @@ def test_smoke_report_end_to_end(tmp_path):
     assert stems == sorted(stems) and set(before) <= set(stems)  # every notebook, in order
     page = built["html"].read_text()
     text = text_of(page)
+    assert not report.equality_claims(text), report.equality_claims(text)  # no "tie", "no overfitting", "at chance"
+    assert 'id="findings"' in page
 
     # Every notebook has its section; sections come in notebook order.
     positions = [page.index(f'<section id="{stem}"') for stem in stems]
