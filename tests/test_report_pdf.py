@@ -85,6 +85,7 @@ def check_hand_in(html: Path, pdf: Path, run: Path) -> None:
     PDF's text or links; bookmarks from the headings; "Page i of n" on every page; the title
     block, the references and the appendix present."""
     page = html.read_text()
+    assert re.search(r'<header class="title-block">\s*<h1>.+?<time datetime="\d{4}-\d{2}-\d{2}">', page, re.DOTALL)
     assert not machine_paths(text_of(page), (str(run),)), machine_paths(text_of(page), (str(run),))
     for notebook in sorted((html.parent / "notebooks").glob("*.html")):  # the executed notebooks it links to
         text = text_of(re.sub(r"<(style|script)\b.*?</\1>", " ", notebook.read_text(), flags=re.DOTALL))
