@@ -177,7 +177,7 @@ def package_digest(package_dir: str | Path | None = None) -> str:
 def notebook_key(source: str, parameters: dict, package: str, previous: list[str], inputs: dict | None = None) -> str:
     """Return the key a notebook's run is identified by: everything its results depend on.
 
-    ``inputs``: the part of :func:`snapshot_inputs` the key covers (see :func:`input_key`).
+    ``previous``: the keys of the notebooks it reads (:func:`declared_reads`). ``inputs``: the part of :func:`snapshot_inputs` the key covers (see :func:`input_key`).
     """
     return _digest({"source": source, "parameters": parameters, "package": package, "previous": previous,
                     "inputs": inputs})
@@ -208,6 +208,34 @@ def declared_inputs(notebook: str | Path) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"{notebook}: metadata fmnist.inputs names {unknown}; the inputs are {sorted(INPUT_ENV)}")
     return tuple(name for name in INPUT_ENV if name in meta)
+
+
+def declared_reads(notebook: str | Path, earlier: list[str]) -> tuple[str, ...]:
+    """Return the earlier notebooks whose results ``notebook`` reads, from its metadata
+    ``{"fmnist": {"reads": ["01_sweep"]}}``; ``earlier``: the stems that run before it.
+
+    These are the edges of the run's graph: a notebook reruns when a notebook it reads ran
+    again, and only then (04 reads none of 01-03, so a change in 01 leaves it as it was). A
+    notebook that declares nothing is taken to read every earlier one (reusing too little costs
+    time, reusing too much gives a stale report). Naming a notebook that is not earlier is an
+    error: the notebooks run in the order of their numbers.
+    """
+    meta = json.loads(Path(notebook).read_text()).get("metadata", {}).get("fmnist", {}).get("reads")
+    if meta is None:
+        return tuple(earlier)
+    if not isinstance(meta, list) or not all(isinstance(m, str) for m in meta):
+        raise ValueError(f"{notebook}: metadata fmnist.reads must be a list of notebook names, got {meta!r}")
+    later = [m for m in meta if m not in earlier]
+    if later:
+        raise ValueError(f"{notebook}: metadata fmnist.reads names {later}, which do not run before it "
+                         f"(the notebooks before it: {earlier or 'none'}); a notebook reads only earlier ones")
+    return tuple(m for m in earlier if m in meta)
+
+
+def read_graph(found: list[Path]) -> dict[str, tuple[str, ...]]:
+    """Return ``{stem: the stems it reads}`` for the notebooks of a run, in run order (checked)."""
+    stems = [nb.stem for nb in found]
+    return {nb.stem: declared_reads(nb, stems[:i]) for i, nb in enumerate(found)}
 
 
 def _file_record(path: Path, seen: dict | None, hasher: Callable[[Path], str]) -> dict:
@@ -393,7 +421,7 @@ def why_rerun(stamp: dict | None, key: str, parts: dict, has_results: bool) -> s
         names = ("source", "parameters", "package", "inputs", "previous")
         changed = [name for name in names if name in parts and old.get(name) != parts[name]]
         words = {"source": ["its cells"], "parameters": ["its parameters"], "package": ["the fmnist_utils code"],
-                 "previous": ["an earlier notebook"]}
+                 "previous": ["a notebook it reads"]}
         if "inputs" in changed:
             words["inputs"] = input_changes(old.get("inputs"), parts["inputs"])
         return ("changed since its last run: " + ", ".join(w for c in changed for w in words[c]) if changed
@@ -778,6 +806,7 @@ def run_notebooks(
     found = discover(notebooks)
     for nb in found:  # before anything runs: a contract error should not cost minutes of training first
         check_parameters(nb)
+    read_graph(found)
     paths.check_roles(run, None, found[0].parent.resolve())
     with run_folder_lock(run):
         replaced, snapshot = check_run(found, name, run, force)
@@ -796,8 +825,9 @@ def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: 
     log(f"profile {name}: {len(found)} notebook(s) from {found[0].parent} into {run}")
 
     stamps: list[dict] = []
-    previous: list[str] = []
-    rerun_rest = False
+    graph = read_graph(found)
+    keys: dict[str, str] = {}  # stem -> the key of its run (this one or the reused one)
+    executed: list[str] = []  # stems run again now
     snapshot = snapshot or {}
     for nb in found:
         stem = nb.stem
@@ -806,9 +836,9 @@ def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: 
         # Hashes are taken from this notebook's last run, else from the notebook before it.
         snapshot = snapshot_inputs(declared_inputs(nb), {**snapshot, **((old or {}).get("input_files") or {})})
         parts = {"source": source_digest(nb), "parameters": parameters, "package": package,
-                 "inputs": input_key(snapshot), "previous": list(previous)}
-        key = notebook_key(parts["source"], parameters, package, previous, parts["inputs"])
-        previous.append(key)
+                 "inputs": input_key(snapshot), "previous": [keys[r] for r in graph[stem]]}
+        key = keys[stem] = notebook_key(parts["source"], parameters, package, parts["previous"], parts["inputs"])
+        reran = [r for r in graph[stem] if r in executed]
         if force:
             reason = "forced"
         elif damage is not None:
@@ -816,8 +846,8 @@ def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: 
             # resume; a checkpoint or sweep made under other settings refuses itself.
             reason = (f"its stamp {stamp_path(run, stem)} is unreadable ({damage}); running it again with its "
                       "output folder kept, so finished work is resumed")
-        elif rerun_rest:
-            reason = "an earlier notebook was executed again"
+        elif reran:
+            reason = f"a notebook it reads ran again ({', '.join(reran)})"
         else:
             reason = why_rerun(old, key, parts, results_path(run, stem).is_file())
         if reason is None:
@@ -827,7 +857,7 @@ def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: 
             stamps.append({**old, "input_files": snapshot, "executed": False})
             continue
 
-        rerun_rest = True
+        executed.append(stem)
         resume = not force and (damage is not None or
                                 (old is not None and old.get("key") == key and old.get("status") != "ok"))
         aside = None if resume else set_aside(run, stem)
@@ -859,7 +889,7 @@ def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: 
         settled = settle_inputs(snapshot, snapshot_inputs(declared_inputs(nb), snapshot))
         if settled != snapshot:  # the notebook fetched an input itself (a download): record it as used
             parts["inputs"] = input_key(settled)
-            key = previous[-1] = notebook_key(parts["source"], parameters, package, parts["previous"], parts["inputs"])
+            key = keys[stem] = notebook_key(parts["source"], parameters, package, parts["previous"], parts["inputs"])
             stamp.update(key=key, parts=parts, input_files=settled)
         stamp.update(status="ok", seconds=time.perf_counter() - start, finished_utc=_now())
         provenance.write_json(stamp_path(run, stem), stamp)

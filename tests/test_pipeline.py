@@ -275,6 +275,47 @@ def test_pipeline_reuses_what_is_up_to_date_and_reruns_from_the_first_change(tmp
     assert (tmp_path / "report" / "report.html").is_file() and not (tmp_path / "report" / "report.pdf").exists()
 
 
+def _declare_reads(path: Path, reads) -> None:
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["fmnist"] = {"inputs": [], "reads": reads}
+    nbformat.write(nb, path)
+
+
+def test_a_change_reruns_what_reads_it_and_nothing_else(tmp_path):
+    # The run is a graph: 02 reads 01, 03 reads 02, 04 reads nothing (as the kit's 04_improvements).
+    nbs = tmp_path / "nbs"
+    reads = {"01_a": [], "02_b": ["01_a"], "03_c": ["02_b"], "04_d": []}
+    for stem, r in reads.items():
+        _declare_reads(write_notebook(nbs / f"{stem}.ipynb", results_cell(stem, 0.5)), r)
+    assert pipeline.read_graph(pipeline.discover(nbs)) == {k: tuple(v) for k, v in reads.items()}
+    assert all(s["executed"] for s in build(tmp_path, nbs)["stamps"])
+    lines = []
+    _declare_reads(write_notebook(nbs / "01_a.ipynb", results_cell("01_a", 0.75)), [])
+    stamps = pipeline.build("smoke", tmp_path / "run", tmp_path / "report", nbs, pdf=False, progress=False,
+                            log=lines.append)["stamps"]
+    assert [s["executed"] for s in stamps] == [True, True, True, False]
+    assert any("02_b: running (a notebook it reads ran again (01_a))" in line for line in lines)
+    _declare_reads(write_notebook(nbs / "04_d.ipynb", results_cell("04_d", 0.25)), [])
+    assert [s["executed"] for s in build(tmp_path, nbs)["stamps"]] == [False, False, False, True]
+
+
+def test_a_notebook_reads_only_earlier_ones_and_says_so_before_anything_runs(tmp_path):
+    nbs = tmp_path / "nbs"
+    _declare_reads(write_notebook(nbs / "01_a.ipynb", results_cell("01_a", 0.5)), ["02_b"])
+    _declare_reads(write_notebook(nbs / "02_b.ipynb", results_cell("02_b", 0.5)), [])
+    with pytest.raises(ValueError, match=r"01_a.ipynb: metadata fmnist.reads names \['02_b'\], which do not run before it"):
+        build(tmp_path, nbs)
+    assert not (tmp_path / "run" / "01_a").exists()  # nothing ran
+    assert pipeline.declared_reads(nbs / "02_b.ipynb", ["01_a"]) == ()
+
+
+def test_the_kits_notebooks_declare_what_they_read():
+    # 04 stands alone: editing 01 reruns 01, 02 (its choice) and 03 (02's network), never 04.
+    graph = pipeline.read_graph(pipeline.discover(ROOT / "notebooks"))
+    assert graph["02_train"] == ("01_sweep",) and graph["03_resnet_compare"] == ("02_train",)
+    assert graph["01_sweep"] == () and graph["04_improvements"] == ()
+
+
 def test_missing_chromium_says_what_to_install(tmp_path, monkeypatch):
     page = tmp_path / "report.html"
     page.write_text("<p>x</p>")
