@@ -227,13 +227,15 @@ def run_report(kit: str | Path, profile: str, budget: str | None, folders: dict[
     """Fetch the data, then run ``python -m fmnist_utils report`` in ``kit``, printing its lines
     as they come (one per training epoch); return its exit status (0 done, 3 HTML but no PDF).
     Raises RuntimeError with the status and its meaning for any other."""
+    # PYDEVD_DISABLE_FILE_VALIDATION: the debugger bundled with Colab's ipykernel 6 prints four lines
+    # about frozen modules at every kernel start; they concern breakpoints, which a report run sets none of.
     env = {**os.environ, "FMNIST_RUNS": str(folders["runs"]), "FMNIST_REPORT": str(folders["report"]),
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
     if chromium:
         env["FMNIST_CHROMIUM"] = chromium
     steps = [[sys.executable, "-m", "fmnist_utils", "data"], report_command(profile, budget, pdf)]
     for command in steps:
-        print("$ " + " ".join(command[1:]), flush=True)
+        print("$ python " + " ".join(command[1:]), flush=True)
         with subprocess.Popen(command, cwd=kit, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, bufsize=1) as process:
             for line in process.stdout:

@@ -75,12 +75,15 @@ class Notebook:
         self.figures[name] = path.name
         _show(fig)
 
-    def write_results(self, results: dict, parameters: dict, device: str = "auto") -> Path:
+    def write_results(self, results: dict, parameters: dict, device: str = "auto") -> None:
         """Write ``out/results.json``: ``results`` with ``notebook`` (the stem), ``profile`` (as
         a dict), ``parameters`` (the resolved record this run used, with the profile name and the
         run folder), ``environment`` (of ``device``), ``data_verified`` (False when the data was
         loaded without its SHA-256 check, ``FMNIST_DATA_UNVERIFIED``), ``figures`` and ``seconds``
-        since set-up. Return its path.
+        since set-up.
+
+        Prints the file it wrote and returns None, so that a cell ending with the call shows that
+        line alone, without a ``PosixPath(...)`` repr under it.
         """
         from . import data
 
@@ -99,7 +102,6 @@ class Notebook:
         }
         path = provenance.write_json(self.out / "results.json", record)
         print(f"wrote {path} after {record['seconds']:.1f} s")
-        return path
 
 
 def _show(fig) -> None:

@@ -236,6 +236,7 @@ def test_launcher_runs_end_to_end_in_a_fresh_venv_pinned_to_colab(tmp_path, monk
         assert f"{stem} | epoch" in text or stem == "03_resnet_compare", stem
     assert (drive / "report" / "report.html").is_file()
     assert "without encryption" not in text  # the report's kernels talk over IPC
+    assert "Debugger warning" not in text and "$ python -m fmnist_utils report --profile smoke" in text
     for executed in (drive / "runs" / "smoke" / "notebooks").glob("*.ipynb"):
         assert "PosixPath(" not in executed.read_text(), executed.name  # no repr under the figures
     assert "iframe srcdoc" in text

@@ -69,8 +69,8 @@ def test_setup_saves_figures_and_writes_one_results_record(tmp_path, capsys):
         with pytest.raises(ValueError, match="plain file stem"):
             nb.save_figure(fig, bad)
 
-    written = nb.write_results({"score": 0.5}, {"seed": 3}, device="cpu")
-    record = provenance.read_json(written)
+    assert nb.write_results({"score": 0.5}, {"seed": 3}, device="cpu") is None  # no PosixPath repr in the cell
+    record = provenance.read_json(nb.out / "results.json")
     assert record["notebook"] == "07_demo" and record["score"] == 0.5
     assert record["profile"] == json.loads(json.dumps(profiles.get("smoke").to_dict()))
     assert record["parameters"] == {"profile": "smoke", "run_dir": str(tmp_path / "run"), "seed": 3}
