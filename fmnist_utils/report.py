@@ -157,6 +157,8 @@ VERDICT_WORDS = {
     stats.NO_DROP: "no significant drop from the best epoch",
     stats.AGREE: "agree",
     stats.NO_AGREEMENT: "no significant agreement",
+    stats.EQUIVALENT: "equivalent within the stated margin",
+    stats.NOT_SHOWN_EQUIVALENT: "not shown equivalent",
     stats.NOT_AVAILABLE: "n/a",
 }
 FAMILY_WORDS = {stats.PRIMARY: "primary (Holm)", stats.EXPLORATORY: "exploratory (Benjamini-Hochberg)"}

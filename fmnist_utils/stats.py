@@ -77,9 +77,11 @@ HIGHER, LOWER, NO_DIFFERENCE = "higher", "lower", "no_significant_difference"
 ABOVE_CHANCE, NOT_ABOVE_CHANCE = "above_chance", "not_distinguishable_from_chance"
 OVERFITS, NO_DROP = "overfits", "no_significant_drop"
 AGREE, NO_AGREEMENT = "agree", "no_significant_agreement"
+# Only an equivalence test with a margin stated before the data (verdict_equivalence) may say "equivalent".
+EQUIVALENT, NOT_SHOWN_EQUIVALENT = "equivalent", "not_shown_equivalent"
 NOT_AVAILABLE = "n/a"
 VERDICTS = (HIGHER, LOWER, NO_DIFFERENCE, ABOVE_CHANCE, NOT_ABOVE_CHANCE, OVERFITS, NO_DROP, AGREE, NO_AGREEMENT,
-            NOT_AVAILABLE)
+            EQUIVALENT, NOT_SHOWN_EQUIVALENT, NOT_AVAILABLE)
 # Words of earlier versions, which claimed equality from a non-significant test, and what they meant:
 # records written by them (a saved results.json) are read with the new word.
 LEGACY_VERDICTS = {"tie": NO_DIFFERENCE, "at_chance": NOT_ABOVE_CHANCE, "no_overfitting": NO_DROP,
@@ -795,3 +797,35 @@ def verdict_overfitting(val_accuracies: Sequence[float], n_val: int, *, correct=
                       reason="only one epoch trained")
     verdict = OVERFITS if result["p"] < alpha else NO_DROP
     return record(key, claim, statistic, test, verdict, value=result["drop"], p=result["p"], n=n_val)
+
+
+def verdict_equivalence(key: str, differences, margin: float, name_a: str, name_b: str, *, alpha: float = ALPHA,
+                        statistic: str = "mean paired difference") -> dict:
+    """Return the verdict record: are a and b equivalent within +-``margin`` (stated before the data)?
+
+    differences: (n,) paired differences a - b (e.g. per seed). Two one-sided t-tests (TOST,
+    Schuirmann 1987): H0 is |mean| >= margin; it is rejected, and the verdict is ``"equivalent"``,
+    when both one-sided tests reject at alpha, which is exactly when the 1 - 2 alpha t interval lies
+    inside (-margin, margin). Otherwise ``"not_shown_equivalent"``; ``"n/a"`` with fewer than two
+    differences or none of their spread. ``p`` is the larger of the two one-sided p-values; the
+    interval is the 1 - 2 alpha one. This is the only function whose words may claim equivalence.
+    """
+    _check_alpha(alpha)
+    if not margin > 0:
+        raise ValueError(f"margin must be a positive difference stated in advance, got {margin!r}")
+    d = np.asarray(differences, dtype=np.float64)
+    if d.ndim != 1 or not np.isfinite(d).all():
+        raise ValueError(f"differences must be a finite 1-D array (n,), got shape {d.shape}")
+    claim = f"{name_a} and {name_b} are equivalent within a margin of {margin:g} stated in advance"
+    test = f"two one-sided t-tests (TOST) against the margin +-{margin:g}, {len(d)} paired differences"
+    n = len(d)
+    sd = float(d.std(ddof=1)) if n > 1 else 0.0
+    if n < 2 or sd == 0:
+        return record(key, claim, statistic, test, "n/a", value=float(d.mean()) if n else None, n=n,
+                      reason="fewer than two differences" if n < 2 else "every difference is the same, so its spread is unknown")
+    mean, se, df = float(d.mean()), sd / math.sqrt(n), n - 1
+    p = float(max(sps.t.sf((mean + margin) / se, df), sps.t.cdf((mean - margin) / se, df)))
+    half = float(sps.t.ppf(1 - alpha, df)) * se
+    verdict = EQUIVALENT if p < alpha else NOT_SHOWN_EQUIVALENT
+    return record(key, claim, statistic, test, verdict, value=mean, low=mean - half, high=mean + half,
+                  level=1 - 2 * alpha, p=p, n=n)

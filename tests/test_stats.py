@@ -821,3 +821,20 @@ def test_the_whole_report_claims_no_equality_and_opens_with_its_findings(tmp_pat
     if kind == "not":
         assert "no significant difference" in F.text_of(box) and "95% interval" in F.text_of(box)
     assert "The most accurate row" not in text
+
+
+def test_equivalence_only_from_tost_with_a_stated_margin():
+    rng = np.random.default_rng(43)
+    for _ in range(200):
+        d = rng.normal(rng.normal(0, 0.01), 0.01, size=int(rng.integers(3, 8)))
+        r = stats.verdict_equivalence("k", d, 0.02, "a", "b")
+        check_record(r, {"equivalent", "not_shown_equivalent", "n/a"})
+        inside = -0.02 < r["low"] and r["high"] < 0.02
+        assert inside == (r["verdict"] == "equivalent") == (r["p"] < 0.05)
+        # Against the two one-sided tests written with scipy.
+        lo = sps.ttest_1samp(d, -0.02, alternative="greater").pvalue
+        hi = sps.ttest_1samp(d, 0.02, alternative="less").pvalue
+        assert r["p"] == pytest.approx(max(lo, hi))
+    assert stats.verdict_equivalence("k", [0.01, 0.01, 0.01], 0.02, "a", "b")["verdict"] == "n/a"
+    with pytest.raises(ValueError, match="margin"):
+        stats.verdict_equivalence("k", [0.0, 0.1], 0.0, "a", "b")
