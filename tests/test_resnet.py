@@ -257,11 +257,20 @@ def test_notebook_labels_the_offline_fallback(tmp_path, monkeypatch):
     digest = "ab" * 32
     results = json.loads(json.dumps(results).replace(label, models.model_title(models.CACHE_SOURCE)))
     results.update(weights_source=models.CACHE_SOURCE, pretrained=True)
-    results["weights"].update(source=models.CACHE_SOURCE, pretrained=True, sha256=digest)
+    results["weights"].update(source=models.CACHE_SOURCE, pretrained=True, sha256=digest, verified=True)
     (run / "03_resnet_compare" / "results.json").write_text(json.dumps(results))
     section = report.render(run, [stamp]).split('<section id="03_resnet_compare"', 1)[1].split("</section>")[0]
     assert "RANDOM INIT" not in section and 'class="warning"' not in section
     assert f"{models.CACHE_SOURCE}, SHA-256 <code>{digest[:16]}" in section and "ResNet-18 (ImageNet)" in section
+    assert "torchvision's ImageNet file (checked in full)" in section
+
+    # A file the user trusted but that is not torchvision's: a notice that says so, never "ImageNet".
+    results["weights"].update(source=models.USER_SUPPLIED_SOURCE, verified=False)
+    results.update(weights_source=models.USER_SUPPLIED_SOURCE)
+    (run / "03_resnet_compare" / "results.json").write_text(json.dumps(results))
+    section = report.render(run, [stamp]).split('<section id="03_resnet_compare"', 1)[1].split("</section>")[0]
+    assert f'<p class="warning"><strong>{models.USER_SUPPLIED_SOURCE}.</strong>' in section
+    assert "is not torchvision's ImageNet file" in section and "checked in full" not in section
 
 
 def test_model_tag_names_the_network_short_but_never_bare():
