@@ -135,6 +135,8 @@ class Profile:
     train: TrainProfile = setting("02_train")
     compare: CompareProfile = setting("03_resnet_compare")
     improve: ImproveProfile = setting("04_improvements")
+    # A budgeted run (fmnist_utils.budget) drops the notebooks that do not fit; fixed profiles run every one.
+    skip: tuple[str, ...] = field(default=(), metadata={"help": "notebooks not run within the budget"})
 
     def to_dict(self) -> dict:
         """Return the settings as nested plain dicts (written into every results.json)."""
