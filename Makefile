@@ -36,8 +36,8 @@ data: $(VENV)/.installed ## find Fashion-MNIST (data/, FMNIST_DATA, Debian's pac
 	  fi; \
 	  $(PY) -m fmnist_utils data; }
 
-report: data ## run the notebooks (reusing up-to-date ones) into runs/<profile>/ and build report/report.html + .pdf (PROFILE=auto|smoke|quick|full; full without CUDA stops with its estimate unless FMNIST_IGNORE_ESTIMATE=1)
-	$(PY) -m fmnist_utils report --profile $(PROFILE)
+report: data ## run the notebooks (reusing up-to-date ones) into runs/<profile>/ and build report/report.html + .pdf (PROFILE=auto|smoke|quick|full, or BUDGET=30m|2h|<minutes>; full without CUDA stops with its estimate unless FMNIST_IGNORE_ESTIMATE=1)
+	$(PY) -m fmnist_utils report --profile $(PROFILE) $(if $(BUDGET),--budget $(BUDGET))
 
 lab: data ## open JupyterLab on the notebooks
 	$(PY) -m jupyter lab $(LAB_FLAGS) notebooks/

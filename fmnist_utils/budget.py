@@ -34,14 +34,16 @@ from pathlib import Path
 
 from . import estimate, paths, profiles, provenance
 
-# The floor of optimizer steps (batch 128) below which no model is trained: the step count at
-# which the study's recipe first reached 80% test accuracy on all 60,000 training images, in
-# benchmarks/results/steps-curve-amd-epyc-2-threads-2026-12-07.json (a curve in steps, so it does
-# not depend on the load of the machine that measured it).
-FLOOR_STEPS = 566
+# The floor of optimizer steps (batch 128) below which no model is trained: the first measured step
+# count at which the study's recipe reached 80% test accuracy on all 60,000 training images (81.1%
+# at 400 steps; 76.7% at 283) in benchmarks/results/steps-curve-amd-epyc-2-threads-2026-12-07.json,
+# one seed scored on 2,000 stratified test images. A curve in steps: the load of the machine that
+# measured it changes how long it took, not the curve.
+FLOOR_STEPS = 400
 FLOOR_SOURCE = "benchmarks/results/steps-curve-amd-epyc-2-threads-2026-12-07.json"
-# The fewest epochs of 02's headline (the study's recipe on all training images): the curve above
-# reaches 85% there, so the report's main network has learnt what the study's did.
+# The fewest epochs of 02's headline (the study's recipe on all 54,000 training images: 1,266 steps),
+# so that the report's main network gets well past the floor (the issue asks 85% of it); the curve's
+# points past 400 steps were still being measured when this was set: check it against them.
 HEADLINE_EPOCHS = 3
 # The study's training: 10 epochs of 60,000 images at batch 128.
 STUDY_STEPS = 10 * math.ceil(60_000 / 128)
@@ -53,6 +55,12 @@ OVERHEAD_S = {"sweep": 30.0, "train": 20.0, "compare": 35.0, "improve": 20.0}
 # Building the report (HTML and PDF) and measuring the pace before anything runs (seconds).
 REPORT_S = 15.0
 PACE_S = 20.0
+# What each part is, in the report's words (the Method section states the order).
+PRIORITY = {"train": "02's headline network on all training images, with as many of the study's epochs as fit",
+            "compare": "03's comparison with ResNet-18", "sweep": "01's cross-validated sweep",
+            "improve": "04's primary comparisons with the study's recipe",
+            "else": "everything else (a ResNet-18 trained on Fashion-MNIST)"}
+FLOOR_REASON = "the optimizer steps after which the study's recipe first reached 80% test accuracy"
 # The parts of a report in priority order, and the notebook each one is.
 PARTS = ("train", "compare", "sweep", "improve")
 NOTEBOOKS = {"sweep": "01_sweep", "train": "02_train", "compare": "03_resnet_compare", "improve": "04_improvements"}

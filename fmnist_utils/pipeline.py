@@ -616,6 +616,8 @@ def run_notebooks(
     name = profiles.resolve_name(profile)
     run = paths.run_folder(name, run_dir)
     found = discover(notebooks)
+    if (run / "budget.json").is_file() and name.startswith("budget-"):  # notebooks the budget left out
+        found = [nb for nb in found if nb.stem not in provenance.read_json(run / "budget.json")["dropped"]]
     for nb in found:  # before anything runs: a contract error should not cost minutes of training first
         check_parameters(nb)
     with run_folder_lock(run):
@@ -739,6 +741,7 @@ def build(
     progress: bool = True,
     log: Callable[[str], None] = print,
     ignore_estimate: bool = False,
+    budget: str | None = None,
 ) -> dict:
     """Run the notebooks and build the report; return ``{"html", "pdf", "stamps", "seconds"}``.
 
@@ -749,12 +752,18 @@ def build(
     :class:`fmnist_utils.report.PdfUnavailable` is raised after the HTML is written.
     Before anything runs, :func:`fmnist_utils.estimate.check_budget` raises
     :class:`fmnist_utils.estimate.TooSlow` for a ``full`` report on a machine without CUDA that
-    would take hours, unless ``ignore_estimate`` (or ``FMNIST_IGNORE_ESTIMATE=1``).
+    would take hours, unless ``ignore_estimate`` (or ``FMNIST_IGNORE_ESTIMATE=1``). ``budget``
+    (``"30m"``): size the report to that time instead (:func:`fmnist_utils.budget.plan`).
     """
-    from . import estimate, report
+    from . import budget as budgets, estimate, report
 
-    estimate.check_budget(profile, ignore=ignore_estimate, log=log)
     start = time.perf_counter()
+    if budget is not None:  # sized before anything runs; the pace is measured once per run folder
+        plan = budgets.plan(budget, run_dir, log=log)
+        log(budgets.describe(plan.record))
+        profile, run_dir = plan.profile.name, plan.run
+    else:
+        estimate.check_budget(profile, ignore=ignore_estimate, log=log)
     name = profiles.resolve_name(profile)
     run = paths.run_folder(name, run_dir)
     report_dir = paths.writable_dir(report_dir if report_dir is not None else paths.report_dir(), "report folder")
@@ -788,6 +797,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ignore-estimate", action="store_true",
                         help="run the full profile even where its estimate says hours (no CUDA); "
                         "or set FMNIST_IGNORE_ESTIMATE=1")
+    parser.add_argument("--budget", default=None,
+                        help="size the whole report to this time (30m, 2h, or minutes) from the pace measured here")
 
 
 def cli(args: argparse.Namespace) -> int:
@@ -802,7 +813,7 @@ def cli(args: argparse.Namespace) -> int:
 
     out = build(args.profile, args.run_dir, args.report_dir, args.notebooks, force=args.force,
                 pdf=not args.no_pdf, install=not args.no_install, log=log,
-                ignore_estimate=args.ignore_estimate)
+                ignore_estimate=args.ignore_estimate, budget=args.budget)
     ran = sum(s["executed"] for s in out["stamps"])
     log(f"done in {out['seconds']:.1f} s ({ran} notebook(s) executed, {len(out['stamps']) - ran} reused)")
     log(f"HTML: {out['html']}")

@@ -203,6 +203,8 @@ PROFILES = {
 
 def resolve_name(name: str = "auto") -> str:
     """Return the profile name ``name`` stands for (``auto``: full with CUDA, else quick)."""
+    if name.startswith("budget-"):  # a budgeted run (fmnist_utils.budget): sized from its run folder's budget.json
+        return name
     if name == "auto":
         import torch
 

@@ -522,6 +522,26 @@ def _environment(results: dict) -> dict:
     return {}
 
 
+def budget_record(run: str | Path) -> dict | None:
+    """Return what templates/budget.html.j2 shows of a budgeted run (``<run>/budget.json``, written by
+    :func:`fmnist_utils.budget.plan`), or None for a run of a fixed profile."""
+    from . import budget
+
+    path = Path(run) / "budget.json"
+    if not path.is_file():
+        return None
+    record = provenance.read_json(path)
+    return {
+        **record,
+        "pace_ms": {kind: s * 1e3 for kind, s in record["pace"].items()},
+        "priority": [budget.PRIORITY[p] for p in budget.PARTS] + [budget.PRIORITY["else"]],
+        "floor_reason": budget.FLOOR_REASON,
+        "model_rows": [{"notebook": m["notebook"], "model": m["model"], "models": m["count"],
+                        "optimizer steps each": m["steps"], "the study's steps": m["study_steps"]}
+                       for m in record["models"]],
+    }
+
+
 def _jinja():
     import jinja2
 
@@ -617,6 +637,7 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
         "generated_utc": generated_utc or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "notebook_seconds": sum(s.get("seconds", 0.0) for s in stamps),
         "run_folder": str(run),
+        "budget": budget_record(run),
         **helpers,
     }
     try:

@@ -133,3 +133,23 @@ def test_a_plan_reuses_its_pace(tmp_path):
 
 def test_the_reference_pace_is_the_committed_file():
     assert budget.reference_pace() == budget.REFERENCE_PACE
+
+
+def test_the_report_states_budget_pace_floor_and_every_models_steps(tmp_path):
+    from markupsafe import escape
+
+    from fmnist_utils import report
+
+    plan = budget.plan("20m", run_dir=tmp_path, pace=dict(CPU), log=lambda m: None)
+    record = report.budget_record(tmp_path)
+    env = report._jinja()
+    html = env.get_template("budget.html.j2").render(
+        budget=record, num=report.num, secs=report.secs, table=report.make_table(report._Numbering()))
+    assert "20m" in html and f"{budget.FLOOR_STEPS:,}" in html and budget.FLOOR_SOURCE in html
+    for kind in budget.REFERENCE_PACE:
+        assert kind in html
+    for m in plan.record["models"]:
+        assert str(escape(m["model"])) in html and f"{m['steps']:,}" in html
+    for stem in plan.profile.skip:
+        assert stem in html
+    assert report.budget_record(tmp_path / "elsewhere") is None
