@@ -1,5 +1,6 @@
 """The sizing rule of fmnist_utils.budget: synthetic paces, no timing."""
 
+import json
 import math
 
 import pytest
@@ -153,3 +154,37 @@ def test_the_report_states_budget_pace_floor_and_every_models_steps(tmp_path):
     for stem in plan.profile.skip:
         assert stem in html
     assert report.budget_record(tmp_path / "elsewhere") is None
+
+
+def test_a_budgeted_report_runs_only_what_fits_and_states_its_budget(tmp_path, monkeypatch):
+    """The pipeline sizes the run once (pace measured into budget.json), the notebooks read the plan
+    from the run folder, and a notebook the budget left out does not run."""
+    from test_pipeline import text_of, write_notebook
+
+    from fmnist_utils import pipeline
+
+    measured = []
+    monkeypatch.setattr(estimate, "measure_seconds_per_image", lambda **kw: measured.append(1) or dict(CPU))
+    cell = """
+from fmnist_utils import notebook
+nb = notebook.setup({stem!r}, profile, run_dir)
+nb.write_results({{"skip": list(nb.profile.skip), "epochs": nb.profile.train.epochs}}, parameters={{}})
+"""
+    nbs = tmp_path / "nbs"
+    for stem in ("01_sweep", "02_headline"):  # 02: a stand-in without a section template
+        write_notebook(nbs / f"{stem}.ipynb", cell.format(stem=stem))
+    expected, record = budget.size(budget.parse("20m"), CPU, name="budget-20m", measured_here=True)
+    assert "01_sweep" in expected.skip and "02_train" not in expected.skip
+    out = pipeline.build("auto", tmp_path / "run", tmp_path / "report", nbs, pdf=False, progress=False,
+                         log=lambda m: None, budget="20m")
+    assert measured == [1]
+    assert [s["notebook"] for s in out["stamps"]] == ["02_headline"]
+    results = json.loads((tmp_path / "run" / "02_headline" / "results.json").read_text())
+    assert results["profile"]["name"] == "budget-20m" and results["epochs"] == expected.train.epochs
+    assert results["skip"] == list(expected.skip)
+    text = text_of(out["html"].read_text())
+    assert "20m" in text and f"{budget.FLOOR_STEPS:,} optimizer steps" in text
+    again = pipeline.build("auto", tmp_path / "run", tmp_path / "report", nbs, pdf=False, progress=False,
+                           log=lambda m: None, budget="20m")
+    assert measured == [1], "the pace is measured once per run folder"
+    assert not again["stamps"][0]["executed"]
