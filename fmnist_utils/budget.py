@@ -393,6 +393,16 @@ def plan(budget: str | float, run_dir: str | Path | None = None, device: str = "
     return Plan(profile, record, run)
 
 
+def quick() -> tuple[profiles.Profile, dict]:
+    """Return (the ``quick`` profile, its record): :data:`QUICK_BUDGET_S` sized at :data:`REFERENCE_PACE`.
+
+    Its sizes are committed in :data:`fmnist_utils.profiles.PROFILES` (a test checks they are this).
+    """
+    profile, record = size(QUICK_BUDGET_S, REFERENCE_PACE, "cpu", name="quick", measured_here=False)
+    record["device_name"] = f"the reference 2-core CPU ({PACE_FILE})"
+    return profile, record
+
+
 def describe(record: dict) -> str:
     """Return the plan in a few lines: budget, pace, what runs, each model's steps, the estimate."""
     lines = [f"budget {record['budget']} on {record.get('device_name') or record['device']}: estimated "
@@ -409,3 +419,37 @@ def reference_pace(path: str | Path | None = None) -> dict[str, float]:
     """Return the pace saved in :data:`PACE_FILE` (the reference 2-core CPU), read from the repository."""
     path = Path(path) if path is not None else Path(__file__).resolve().parent.parent / PACE_FILE
     return json.loads(Path(path).read_text())["seconds_per_image"]
+
+
+def main(argv=None) -> int:
+    """``python -m fmnist_utils.budget 20m``: print the plan a budget gets on this machine (the pace
+    measured now, nothing written); ``--measure-reference``: measure the pace here and write it to
+    :data:`PACE_FILE` (run it on the idle reference CPU, then update :data:`REFERENCE_PACE` and quick)."""
+    import argparse
+    import datetime as dt
+
+    from . import device as devices
+
+    parser = argparse.ArgumentParser(prog="python -m fmnist_utils.budget", description=main.__doc__.splitlines()[0])
+    parser.add_argument("budget", nargs="?", default=None, help="30m, 2h, or minutes")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--measure-reference", action="store_true", help=f"write the measured pace to {PACE_FILE}")
+    args = parser.parse_args(argv)
+    dev = devices.resolve_device(args.device)
+    pace = estimate.measure_seconds_per_image(device=dev, steps=10)
+    if args.measure_reference:
+        path = Path(__file__).resolve().parent.parent / PACE_FILE
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        provenance.write_json(path, {**old, "device_name": devices.describe(dev), "date": dt.date.today().isoformat(),
+                                     "seconds_per_image": pace,
+                                     "how": "estimate.measure_seconds_per_image(steps=10) on the idle machine"})
+        print(f"wrote {path}")
+    if args.budget is not None:
+        _, record = size(parse(args.budget), pace, dev.type)
+        record["device_name"] = devices.describe(dev)
+        print(describe(record))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

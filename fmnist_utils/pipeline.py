@@ -616,8 +616,11 @@ def run_notebooks(
     name = profiles.resolve_name(profile)
     run = paths.run_folder(name, run_dir)
     found = discover(notebooks)
-    if (run / "budget.json").is_file() and name.startswith("budget-"):  # notebooks the budget left out
-        found = [nb for nb in found if nb.stem not in provenance.read_json(run / "budget.json")["dropped"]]
+    # Notebooks the budget left out (a budgeted run's are in its budget.json).
+    budgeted = name.startswith("budget-") and (run / "budget.json").is_file()
+    fixed = profiles.PROFILES.get(name)
+    dropped = provenance.read_json(run / "budget.json")["dropped"] if budgeted else getattr(fixed, "skip", ())
+    found = [nb for nb in found if nb.stem not in dropped]
     for nb in found:  # before anything runs: a contract error should not cost minutes of training first
         check_parameters(nb)
     with run_folder_lock(run):
@@ -764,6 +767,8 @@ def build(
         profile, run_dir = plan.profile.name, plan.run
     else:
         estimate.check_budget(profile, ignore=ignore_estimate, log=log)
+        if profiles.resolve_name(profile) == "quick":  # the Method section states the budget quick was sized to
+            provenance.write_json(paths.run_folder("quick", run_dir) / "budget.json", budgets.quick()[1])
     name = profiles.resolve_name(profile)
     run = paths.run_folder(name, run_dir)
     report_dir = paths.writable_dir(report_dir if report_dir is not None else paths.report_dir(), "report folder")

@@ -188,3 +188,12 @@ nb.write_results({{"skip": list(nb.profile.skip), "epochs": nb.profile.train.epo
                            log=lambda m: None, budget="20m")
     assert measured == [1], "the pace is measured once per run folder"
     assert not again["stamps"][0]["executed"]
+
+
+def test_quick_is_the_15_minute_budget_at_the_reference_pace():
+    from fmnist_utils import profiles
+
+    profile, record = budget.quick()
+    assert profiles.PROFILES["quick"] == profile
+    assert record["estimate_total_seconds"] <= budget.QUICK_BUDGET_S
+    assert all(m["steps"] >= budget.FLOOR_STEPS for m in record["models"])
