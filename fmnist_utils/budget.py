@@ -434,9 +434,19 @@ def main(argv=None) -> int:
     parser.add_argument("budget", nargs="?", default=None, help="30m, 2h, or minutes")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--measure-reference", action="store_true", help=f"write the measured pace to {PACE_FILE}")
+    parser.add_argument("--steps", type=int, default=10, help="timed batches of each kind")
+    parser.add_argument("--json", default=None, help="write the pace and the full profile's estimate here")
     args = parser.parse_args(argv)
     dev = devices.resolve_device(args.device)
-    pace = estimate.measure_seconds_per_image(device=dev, steps=10)
+    pace = estimate.measure_seconds_per_image(device=dev, steps=args.steps)
+    if args.json:
+        full = estimate.estimate("full", pace, dev)
+        cnn = sum(c.get("cnn_train", 0) for c in full["passes"].values())
+        provenance.write_json(args.json, {"device_name": devices.describe(dev), "seconds_per_image": pace,
+                                          "full_seconds": full["total_seconds"], "full_notebooks": full["notebooks"],
+                                          "full_cnn_train_passes": cnn})
+        print(f"pace measured; the full profile ({cnn / 1e6:.1f} M SeedCNN training passes) would take "
+              f"{label(full['total_seconds'])} here")
     if args.measure_reference:
         path = Path(__file__).resolve().parent.parent / PACE_FILE
         old = json.loads(path.read_text()) if path.is_file() else {}
