@@ -130,6 +130,9 @@ def test_a_plan_reuses_its_pace(tmp_path):
     again = budget.plan("20m", run_dir=tmp_path, pace=slower, log=lambda m: None)
     assert again.profile == first.profile
     assert again.record["pace"] == pace
+    other = budget.plan("30m", run_dir=tmp_path, log=lambda m: None)  # same folder, another budget: same pace
+    assert other.record["pace"] == pace and other.record["budget"] == "30m"
+    assert json.loads((tmp_path / "budget.json").read_text())["budget"] == "30m"
 
 
 def test_the_reference_pace_is_the_committed_file():
