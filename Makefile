@@ -43,10 +43,10 @@ data: $(VENV)/.installed ## find Fashion-MNIST (data/, FMNIST_DATA, Debian's pac
 	  fi; \
 	  $(PY) -m fmnist_utils data; }
 
-report: data ## run the notebooks (reusing up-to-date ones) into runs/<profile>/ and build report/report.html + .pdf (PROFILE=auto|smoke|quick|full; AUTHOR="..." COURSE="..." for the title block; full without CUDA stops with its estimate unless FMNIST_IGNORE_ESTIMATE=1)
+report: data ## run the notebooks (reusing up-to-date ones) into runs/<profile>/ and build report/report.html + .pdf (PROFILE=auto|smoke|quick|full, or BUDGET=30m|2h|<minutes>; AUTHOR="..." COURSE="..." for the title block; full without CUDA stops with its estimate unless FMNIST_IGNORE_ESTIMATE=1)
 	@# make exits 2 whatever a recipe's status: the kit's own status (README, exit statuses) is the
 	@# "Error N" make prints, and the exit status of `$(PY) -m fmnist_utils report` run directly.
-	$(PY) -m fmnist_utils report --profile $(PROFILE) $(if $(AUTHOR),--author "$(AUTHOR)") $(if $(COURSE),--course "$(COURSE)") $(if $(DATE),--date "$(DATE)")
+	$(PY) -m fmnist_utils report --profile $(PROFILE) $(if $(BUDGET),--budget $(BUDGET)) $(if $(AUTHOR),--author "$(AUTHOR)") $(if $(COURSE),--course "$(COURSE)") $(if $(DATE),--date "$(DATE)")
 
 lab: data ## open JupyterLab on the notebooks
 	$(PY) -m jupyter lab $(LAB_FLAGS) notebooks/

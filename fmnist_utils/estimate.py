@@ -71,6 +71,7 @@ def profile_sizes(profile: profiles.Profile) -> dict[str, dict]:
                     "fmnist_resnet_epochs": c.fmnist_resnet_epochs},
         "improve": {"rows": i.rows, "seeds": i.seeds, "subset": i.subset, "val_fraction": i.val_fraction,
                     "epochs": i.epochs, "test_subset": i.test_subset},
+        "skip": tuple(profile.skip),
     }
 
 
@@ -106,13 +107,17 @@ def image_passes(sizes: dict[str, dict]) -> dict[str, dict[str, int]]:
     and the probe images from the CNN and the ImageNet ResNet-18, the CNN's own test accuracy on
     the probe's test images, and optionally a ResNet-18 trained on Fashion-MNIST, used likewise.
     improve: every seed of every trained ablation row (:func:`fmnist_utils.improve.image_passes`).
+    A notebook in ``sizes["skip"]`` (a budgeted run dropped it) counts nothing; without the sweep,
+    train has one CNN (the study's recipe).
     """
     from . import improve
 
     t, s, c, i = sizes["train"], sizes["sweep"], sizes["compare"], sizes["improve"]
     n = t["subset"] or TRAIN_IMAGES
     n_val = round(t["val_fraction"] * n)
-    models = 2  # the chosen configuration and the study's recipe (one when they coincide: an upper bound)
+    skip = sizes.get("skip", ())
+    # the chosen configuration and the study's recipe (one when they coincide: an upper bound); without a sweep, one
+    models = 1 if "01_sweep" in skip else 2
     train = {"cnn_train": models * (n - n_val) * t["epochs"],
              "cnn_eval": models * (n_val * t["epochs"] + (t["test_subset"] or TEST_IMAGES))}
 
@@ -133,7 +138,9 @@ def image_passes(sizes: dict[str, dict]) -> dict[str, dict[str, int]]:
     rows = improve.select_rows(i["rows"])
     ablation = improve.image_passes(rows, i["seeds"], i["subset"], i["val_fraction"], i["epochs"], i["test_subset"],
                                     TRAIN_IMAGES, TEST_IMAGES)
-    return {"train": train, "sweep": sweep, "compare": compare, "improve": ablation}
+    out = {"train": train, "sweep": sweep, "compare": compare, "improve": ablation}
+    stems = {"sweep": "01_sweep", "train": "02_train", "compare": "03_resnet_compare", "improve": "04_improvements"}
+    return {name: ({} if stems[name] in skip else counts) for name, counts in out.items()}
 
 
 def _sync(dev: torch.device) -> None:
@@ -223,9 +230,11 @@ def estimate(profile: str | profiles.Profile, seconds_per_image: dict[str, float
         raise ValueError(f"seconds_per_image lacks {missing}; measure them with measure_seconds_per_image")
     notebooks = {}
     for name, counts in passes.items():
+        if not counts:  # dropped by a budgeted run: its notebook does not run
+            continue
         seconds = sum(n * seconds_per_image[kind] for kind, n in counts.items())
         if name == "sweep":
-            seconds -= counts["cnn_train"] * seconds_per_image["cnn_train"] * (1 - 1 / sweep_speedup)
+            seconds -= counts.get("cnn_train", 0) * seconds_per_image["cnn_train"] * (1 - 1 / sweep_speedup)
         notebooks[name] = NOTEBOOK_OVERHEAD_S + seconds
     return {"profile": prof.name, "device": devices.describe(dev), "notebooks": notebooks,
             "total_seconds": sum(notebooks.values()), "passes": passes, "seconds_per_image": dict(seconds_per_image)}

@@ -119,15 +119,24 @@ def _show(fig) -> None:
         plt.close(fig)
 
 
-def setup(stem: str, profile: str = "auto", run_dir: str | Path | None = None) -> Notebook:
+def setup(stem: str, profile: str = "auto", run_dir: str | Path | None = None, budget: str | None = None) -> Notebook:
     """Return the :class:`Notebook` of ``stem``: profile ``profile`` resolved (``auto``: full with
     CUDA, else quick), run folder ``run_dir`` (None: ``runs/<profile>``), output folder created.
+    With a ``budget`` (``"30m"``), or a budgeted profile name (``budget-30m``), the sizes are
+    :func:`fmnist_utils.budget.plan`'s, read from (or measured into) the run folder's budget.json.
     """
-    name = profiles.resolve_name(profile)
+    from . import budget as budgets
+
+    if budget is not None or budgets.is_budget_name(profile):
+        plan = budgets.plan(budget if budget is not None else profile.removeprefix("budget-"), run_dir)
+        name, prof = plan.profile.name, plan.profile
+    else:
+        name = profiles.resolve_name(profile)
+        prof = profiles.get(name)
     run = paths.run_folder(name, run_dir)
     out = run / stem
     out.mkdir(parents=True, exist_ok=True)
-    nb = Notebook(stem=stem, profile=profiles.get(name), run=run, out=out)
+    nb = Notebook(stem=stem, profile=prof, run=run, out=out)
     print(f"profile {name}, writing into {out}")
     return nb
 

@@ -97,7 +97,7 @@ REPORT_MARKER = ".fmnist-report"  # in every report folder the kit writes
 RENDERED_MARKER = ".fmnist-rendered"  # in <report folder>/notebooks, the rendered notebooks
 # What the kit itself puts in each kind of folder: a folder holding only these (and no marker)
 # was written by a version of the kit from before the markers, and is adopted.
-_RUN_ENTRIES = re.compile(r"^(\d\d_.+|notebooks|\.lock|\.replaced|\.write-test-.*)$")
+_RUN_ENTRIES = re.compile(r"^(\d\d_.+|notebooks|budget\.json|\.lock|\.replaced|\.write-test-.*)$")
 _REPORT_ENTRIES = re.compile(r"^(report\.html|report\.pdf|report\.pdf\.tmp\.pdf|notebooks|README\.md|template|"
                              r"\.lock|\.building|\.write-test-.*)$")
 ROLES = {"run folder": (RUN_MARKER, _RUN_ENTRIES, "--run-dir or FMNIST_RUNS"),

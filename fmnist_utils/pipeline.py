@@ -804,6 +804,11 @@ def run_notebooks(
     name = profiles.resolve_name(profile)
     run = paths.run_folder(name, run_dir)
     found = discover(notebooks)
+    # Notebooks the budget left out (a budgeted run's are in its budget.json).
+    budgeted = name.startswith("budget-") and (run / "budget.json").is_file()
+    fixed = profiles.PROFILES.get(name)
+    dropped = provenance.read_json(run / "budget.json")["dropped"] if budgeted else getattr(fixed, "skip", ())
+    found = [nb for nb in found if nb.stem not in dropped]
     for nb in found:  # before anything runs: a contract error should not cost minutes of training first
         check_parameters(nb)
     read_graph(found)
@@ -996,6 +1001,7 @@ def build(
     log: Callable[[str], None] = print,
     ignore_estimate: bool = False,
     title=None,
+    budget: str | None = None,
 ) -> dict:
     """Run the notebooks and build the report; return ``{"html", "pdf", "stamps", "seconds"}``.
 
@@ -1008,20 +1014,30 @@ def build(
     :class:`fmnist_utils.report.PdfUnavailable` is raised after the HTML is written.
     Before anything runs, :func:`fmnist_utils.estimate.check_budget` raises
     :class:`fmnist_utils.estimate.TooSlow` for a ``full`` report on a machine without CUDA that
-    would take hours, unless ``ignore_estimate`` (or ``FMNIST_IGNORE_ESTIMATE=1``).
+    would take hours, unless ``ignore_estimate`` (or ``FMNIST_IGNORE_ESTIMATE=1``). ``budget``
+    (``"30m"``): size the report to that time instead (:func:`fmnist_utils.budget.plan`).
     ``title``: the report's author, course and date (:class:`fmnist_utils.report.TitleBlock`).
     """
-    from . import estimate, report
+    from . import budget as budgets, estimate, report
 
-    estimate.check_budget(profile, ignore=ignore_estimate, log=log)
     start = time.perf_counter()
-    name = profiles.resolve_name(profile)
+    if budget is not None:
+        name = budgets.profile_name(budgets.parse(budget))
+    else:
+        estimate.check_budget(profile, ignore=ignore_estimate, log=log)
+        name = profiles.resolve_name(profile)
     run = paths.run_folder(name, run_dir)
     report_dir = paths.writable_dir(report_dir if report_dir is not None else paths.report_dir(), "report folder")
     found = discover(notebooks)
     paths.check_roles(run, report_dir, found[0].parent.resolve())
     with run_folder_lock(run), folder_lock(report_dir, "report folder"):
         check_report_folder(report_dir)
+        paths.check_owned(run, "run folder")  # before budget.json is written into it
+        if budget is not None:  # sized before anything runs; the pace is measured once per run folder
+            plan = budgets.plan(budget, run, log=log)
+            log(budgets.describe(plan.record))
+        elif name == "quick":  # the Method section states the budget quick was sized to
+            provenance.write_json(run / "budget.json", budgets.quick()[1])
         check_profile(run, name, force)
         try:
             stamps = run_notebooks(name, run, notebooks, force=force, progress=progress, log=log)
@@ -1059,6 +1075,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ignore-estimate", action="store_true",
                         help="run the full profile even where its estimate says hours (no CUDA); "
                         "or set FMNIST_IGNORE_ESTIMATE=1")
+    parser.add_argument("--budget", default=None,
+                        help="size the whole report to this time (30m, 2h, or minutes) from the pace measured here")
 
 
 def cli(args: argparse.Namespace) -> int:
@@ -1076,7 +1094,7 @@ def cli(args: argparse.Namespace) -> int:
     title = TitleBlock(args.author, args.course, args.date)  # checked before any notebook runs
     out = build(args.profile, args.run_dir, args.report_dir, args.notebooks, force=args.force,
                 pdf=not args.no_pdf, install=not args.no_install, log=log,
-                ignore_estimate=args.ignore_estimate, title=title)
+                ignore_estimate=args.ignore_estimate, title=title, budget=args.budget)
     ran = sum(s["executed"] for s in out["stamps"])
     log(f"done in {out['seconds']:.1f} s ({ran} notebook(s) executed, {len(out['stamps']) - ran} reused)")
     log(f"HTML: {out['html']}")

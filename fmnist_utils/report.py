@@ -729,6 +729,26 @@ def _environment(results: dict) -> dict:
     return {}
 
 
+def budget_record(run: str | Path) -> dict | None:
+    """Return what templates/budget.html.j2 shows of a budgeted run (``<run>/budget.json``, written by
+    :func:`fmnist_utils.budget.plan`), or None for a run of a fixed profile."""
+    from . import budget
+
+    path = Path(run) / "budget.json"
+    if not path.is_file():
+        return None
+    record = provenance.read_json(path)
+    return {
+        **record,
+        "pace_ms": {kind: s * 1e3 for kind, s in record["pace"].items()},
+        "priority": [budget.PRIORITY[p] for p in budget.PARTS] + [budget.PRIORITY["else"]],
+        "floor_reason": budget.FLOOR_REASON,
+        "model_rows": [{"notebook": m["notebook"], "model": m["model"], "models": m["count"],
+                        "optimizer steps each": m["steps"], "the study's steps": m["study_steps"]}
+                       for m in record["models"]],
+    }
+
+
 def _jinja():
     import jinja2
 
@@ -858,6 +878,7 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
         "not_above_chance": sorted(stem for stem, r in results.items() if any(
             isinstance(r.get(k), list) and r[k] and isinstance(r[k][-1], dict) and r[k][-1].get("not_above_chance")
             for k in ("history", "final_history"))),
+        "budget": budget_record(run),
         **helpers,
     }
     try:

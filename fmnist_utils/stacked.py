@@ -717,6 +717,8 @@ def fit_many(
     val_idx = None if val_indices is None else [_as_indices(i, len(x), f"val_indices[{u}]")
                                                 for u, i in enumerate(val_indices)]
     dev = devices.resolve_device(configs[0].device)
+    if dev.type == "cuda":  # fixed shapes within a stack: cuDNN times its kernels once, as fit does
+        torch.backends.cudnn.benchmark = True
     precision = devices.resolve_precision(configs[0].precision, dev)
 
     groups: dict[tuple, list[int]] = {}

@@ -70,7 +70,8 @@ class TrainConfig:
     aug_flip: random horizontal flips. aug_erase: probability of random erasing.
     ema_decay: exponential moving average of the weights (0 = off; the final model is the
     average). tta_flip: evaluation averages the image and its mirror. compile: capture the
-    model with ``torch.compile`` (CUDA graphs on a GPU), falling back to eager where it fails.
+    model with ``torch.compile`` (CUDA graphs on a GPU); a backend that cannot compile raises at
+    the first step (compilation is lazy), so leave it off where Inductor does not work.
     """
 
     model: str = "seedcnn"
@@ -498,11 +499,14 @@ def val_correctness(history: list[dict], n_val: int) -> np.ndarray:
 
 
 def capture(model: nn.Module, device: torch.device) -> tuple[nn.Module, str]:
-    """Return (the model compiled for ``device``, how) or (``model``, reason) where capture fails.
+    """Return (the model compiled for ``device``, how), or (``model``, reason) where ``torch.compile``
+    itself is unavailable.
 
     On CUDA ``mode="reduce-overhead"`` records CUDA graphs, so a small network is no longer
     bound by kernel launches; batch shapes are static (the last partial batch compiles once more).
     Compiled code is cached on disk by Inductor, so a second run skips most compilation.
+    ``torch.compile`` is lazy: a backend that fails (no compiler, an unsupported GPU) raises at the
+    model's first call, not here, and is not caught: a silent fall-back would time the wrong loop.
     """
     mode = "reduce-overhead" if device.type == "cuda" else "default"
     try:
@@ -549,6 +553,8 @@ def fit(
         check_checkpoint_path(checkpoint)  # before the first epoch, not after it
         trained_on = {"train": data_fingerprint(x, y), "val": data_fingerprint(*val) if val is not None else None}
     dev = devices.resolve_device(config.device)
+    if dev.type == "cuda":  # fixed shapes (one batch size of 28x28 images): cuDNN times its kernels once
+        torch.backends.cudnn.benchmark = True
     precision = devices.resolve_precision(config.precision, dev)
     if precision == "fp16" and dev.type == "cpu":
         warnings.warn(FP16_ON_CPU, stacklevel=2)
