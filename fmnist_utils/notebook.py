@@ -27,9 +27,9 @@ from . import paths, profiles, provenance
 # The first code cell of every notebook, word for word: it installs the kit only where it is not
 # importable (a fresh Colab runtime), and only from inside a clone of the kit.
 INSTALL_CELL = '''\
-# Installs the kit when it is not importable (a fresh kernel, or Colab). On Colab, clone the kit first:
-#   !git clone <the kit's repository URL> fmnist-kit
-#   %cd fmnist-kit/notebooks
+# Installs the kit when it is not importable (a fresh kernel inside a clone of the kit). On Colab, open
+# notebooks/colab.ipynb from the README's "Open in Colab" badge instead: it clones the kit and runs every
+# notebook in one session (each Colab notebook runs on its own machine, and 02 reads 01's results).
 import importlib.util
 import sys
 from pathlib import Path
