@@ -179,25 +179,11 @@ def output_folders(drive_folder: str | None, kit: str | Path) -> dict[str, Path]
     return {"runs": folder / "runs", "report": folder / "report"}
 
 
-def supports_budget() -> bool:
-    """Return whether this kit's ``report`` command takes ``--budget``."""
-    from . import pipeline
-
-    parser = argparse.ArgumentParser()
-    pipeline.add_arguments(parser)
-    return any("--budget" in action.option_strings for action in parser._actions)
-
-
 def report_command(profile: str, budget: str | None, pdf: bool = True, python: str = sys.executable) -> list[str]:
-    """Return the command that runs every notebook and builds the report in one process, within
-    ``budget`` (``"60m"``; None: no limit) where given."""
-    command = [python, "-m", "fmnist_utils", "report", "--profile", profile]
-    if budget is not None:
-        if not supports_budget():
-            raise ValueError(f"budget={budget!r}, but this clone's `fmnist_utils report` has no --budget option: "
-                             "set budget = None and choose a profile that fits the session (quick: about 15 "
-                             "minutes on a 2-core CPU, less on a GPU)")
-        command += ["--budget", budget]
+    """Return the command that runs every notebook and builds the report in one process: sized to
+    ``budget`` (``"60m"``, see :mod:`fmnist_utils.budget`) where given, else the fixed ``profile``."""
+    command = [python, "-m", "fmnist_utils", "report"]
+    command += ["--budget", budget] if budget is not None else ["--profile", profile]
     return command + ([] if pdf else ["--no-pdf"])
 
 

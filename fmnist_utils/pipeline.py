@@ -1092,6 +1092,9 @@ def cli(args: argparse.Namespace) -> int:
     from .report import TitleBlock
 
     title = TitleBlock(args.author, args.course, args.date)  # checked before any notebook runs
+    if args.budget is not None and args.profile != "auto":
+        raise ValueError(f"--budget {args.budget} sizes the whole report itself; drop --profile {args.profile} "
+                         "(or drop --budget to run that profile's fixed sizes)")
     out = build(args.profile, args.run_dir, args.report_dir, args.notebooks, force=args.force,
                 pdf=not args.no_pdf, install=not args.no_install, log=log,
                 ignore_estimate=args.ignore_estimate, title=title, budget=args.budget)

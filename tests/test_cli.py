@@ -28,3 +28,12 @@ def test_module_entry_point_runs():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "60000 train / 10000 test" in done.stdout
+
+
+def test_a_budget_and_a_profile_together_are_refused_before_anything_runs(tmp_path, capsys):
+    rc = main(["report", "--budget", "20m", "--profile", "smoke", "--run-dir", str(tmp_path / "run"),
+               "--report-dir", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--budget 20m sizes the whole report itself; drop --profile smoke" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists() and not (tmp_path / "report").exists()

@@ -119,14 +119,11 @@ def test_install_holds_every_kept_package_at_its_version(tmp_path):
     assert command[-2:] == ["--editable", f"{tmp_path / 'kit'}[pipeline]"]
 
 
-def test_report_command_passes_the_budget_only_where_the_kit_takes_it(monkeypatch):
+def test_report_command_runs_a_budget_or_else_a_profile():
     assert colab.report_command("smoke", None, python="/py") == ["/py", "-m", "fmnist_utils", "report", "--profile", "smoke"]
     assert colab.report_command("quick", None, pdf=False, python="/py")[-1] == "--no-pdf"
-    monkeypatch.setattr(colab, "supports_budget", lambda: True)
-    assert colab.report_command("auto", "60m", python="/py")[-2:] == ["--budget", "60m"]
-    monkeypatch.setattr(colab, "supports_budget", lambda: False)
-    with pytest.raises(ValueError, match="has no --budget option: set budget = None"):
-        colab.report_command("auto", "60m")
+    # A budget sizes the whole run: no profile beside it (the CLI refuses the two together).
+    assert colab.report_command("auto", "60m", python="/py") == ["/py", "-m", "fmnist_utils", "report", "--budget", "60m"]
 
 
 def test_output_folders_are_in_the_clone_or_a_resumable_folder(tmp_path, monkeypatch):
@@ -216,7 +213,7 @@ def test_launcher_runs_end_to_end_in_a_fresh_venv_pinned_to_colab(tmp_path, monk
 
     kit = _copy_kit(tmp_path / "work" / "fmnist-kit")
     drive = tmp_path / "drive"
-    parameters = {"kit_dir": str(kit), "profile": "smoke", "budget": "60m" if colab.supports_budget() else None,
+    parameters = {"kit_dir": str(kit), "profile": "smoke", "budget": None,
                   "drive_folder": str(drive)}
     out = tmp_path / "launcher.ipynb"
     papermill.execute_notebook(str(LAUNCHER), str(out), parameters=parameters, kernel_name="colab-pinned",
