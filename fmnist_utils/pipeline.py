@@ -1033,12 +1033,12 @@ def build(
     with run_folder_lock(run), folder_lock(report_dir, "report folder"):
         check_report_folder(report_dir)
         paths.check_owned(run, "run folder")  # before budget.json is written into it
+        check_profile(run, name, force)
         if budget is not None:  # sized before anything runs; the pace is measured once per run folder
             plan = budgets.plan(budget, run, log=log)
             log(budgets.describe(plan.record))
         elif name == "quick":  # the Method section states the budget quick was sized to
             provenance.write_json(run / "budget.json", budgets.quick()[1])
-        check_profile(run, name, force)
         try:
             stamps = run_notebooks(name, run, notebooks, force=force, progress=progress, log=log)
         except BaseException:

@@ -529,8 +529,9 @@ class _Stack:
 
     @torch.inference_mode()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, indices: Sequence[torch.Tensor], batch_size: int) -> list[dict]:
-        """Return each unit's ``{"accuracy", "loss"}`` on its own indices into (x, y), as train.evaluate
-        (of the moving average with EMA; with ``tta_flip`` over the image and its mirror)."""
+        """Return each unit's ``{"accuracy", "loss", "correct"}`` on its own indices into (x, y), as
+        train.evaluate with ``per_image`` (of the moving average with EMA; with ``tta_flip`` over the
+        image and its mirror)."""
         net = self.scored()
         longest = max(len(i) for i in indices)
         padded = torch.stack([torch.cat([i, i[:1].expand(longest - len(i))]) for i in indices]).to(self.dev)  # (M, N)
@@ -549,7 +550,8 @@ class _Stack:
         results = []
         for m, i in enumerate(indices):
             unit_logits, labels = logits[m, : len(i)], y[i].cpu()
-            results.append({"accuracy": (unit_logits.argmax(1) == labels).float().mean().item(),
+            right = unit_logits.argmax(1) == labels
+            results.append({"accuracy": right.float().mean().item(), "correct": right.numpy(),
                             "loss": F.cross_entropy(unit_logits, labels).item()})
         return results
 
@@ -612,13 +614,18 @@ def _train_stack(configs, units, x, y, train_idx, val_idx, dev, precision, progr
                 if not live[i]:
                     continue
                 row = {"epoch": epoch, "train_loss": train_loss[i] / sizes[i], "train_accuracy": train_correct[i] / sizes[i]}
-                if val_idx is not None:
-                    row.update(val_loss=scored[i]["loss"], val_accuracy=scored[i]["accuracy"])
+                if val_idx is not None:  # the same row as fit's (train.fit), per-image correctness included
+                    row.update(val_loss=scored[i]["loss"], val_accuracy=scored[i]["accuracy"],
+                               val_correct=train.pack_correct(scored[i]["correct"]))
                 row.update(seconds=seconds, lr=schedules[i][epoch * unit_steps[i]])  # fit's lr at the epoch's end
                 histories[i].append(row)
             bar.set_postfix(live=f"{sum(live)}/{m}")
     finally:
         bar.close()
+    for i in range(m):  # fit's closing check: a unit that ends not distinguishable from chance is flagged
+        if live[i] and histories[i]:
+            split, n = ("val", len(val_idx[i])) if val_idx is not None else ("train", sizes[i])
+            train._flag_chance(histories[i], n, split, int(torch.unique(y[train_idx[i]]).numel()))
     out_models = []
     final = stack.scored()  # fit ends holding the moving average, where there is one
     for i, model in enumerate(models):

@@ -128,7 +128,7 @@ def compare_results(pretrained: bool, fmnist_resnet: bool = True) -> dict:
     return {
         "notebook": "03_resnet_compare", "profile": PROFILE, "environment": ENVIRONMENT, "seconds": 60.25,
         "weights_source": source, "pretrained": pretrained, "resnet_title": models.model_title(source),
-        "weights": {"source": source, "pretrained": pretrained, "sha256": "ab" * 32 if pretrained else None,
+        "weights": {"source": source, "pretrained": pretrained, "verified": pretrained, "sha256": "ab" * 32 if pretrained else None,
                     "note": "found the file" if pretrained else "No ImageNet weights: no file in the cache, and downloading was "
                     "not allowed. To use them, put resnet18-f37072fd.pth there."},
         "cnn": {"source": "02_train checkpoint", "n_parameters": 1234567, "layer": "fc2", "config": {"epochs": 3}},

@@ -440,7 +440,9 @@ def test_improve_profile_checks_its_sizes_and_explains_every_field():
         with pytest.raises(ValueError, match=f"ImproveProfile.{next(iter(bad))}"):
             dataclasses.replace(good, **bad)
     full = profiles.get("full").improve
-    assert full.rows is None and full.subset is None and full.seeds == 3
+    # full runs the study's recipe, its primary comparisons and the ResNet-18 ensemble (improve.rows=all: every row).
+    assert full.subset is None and full.seeds == 3 and full.rows[0] == "study"
+    assert set(improve.PRIMARY_ROWS) <= set(full.rows) and {"resnet18", "ensemble"} <= set(full.rows)
 
 
 def test_image_passes_count_what_the_rows_read(fmnist):
