@@ -232,10 +232,18 @@ def declared_reads(notebook: str | Path, earlier: list[str]) -> tuple[str, ...]:
     return tuple(m for m in earlier if m in meta)
 
 
-def read_graph(found: list[Path]) -> dict[str, tuple[str, ...]]:
-    """Return ``{stem: the stems it reads}`` for the notebooks of a run, in run order (checked)."""
+def read_graph(found: list[Path], running: list[Path] | None = None) -> dict[str, tuple[str, ...]]:
+    """Return ``{stem: the stems it reads}`` for the notebooks of a run, in run order (checked).
+
+    ``found``: every notebook of the folder, in order; ``running``: those this run executes (a
+    budget may leave some out; default: all). Reads are checked against ``found`` and kept only
+    where the notebook read runs too: one left out adds nothing to the key (the notebook reading
+    it says what it does without it, as 02 trains the study's recipe without 01's choice).
+    """
     stems = [nb.stem for nb in found]
-    return {nb.stem: declared_reads(nb, stems[:i]) for i, nb in enumerate(found)}
+    kept = {nb.stem for nb in (found if running is None else running)}
+    graph = {nb.stem: declared_reads(nb, stems[:i]) for i, nb in enumerate(found)}
+    return {stem: tuple(r for r in reads if r in kept) for stem, reads in graph.items() if stem in kept}
 
 
 def _file_record(path: Path, seen: dict | None, hasher: Callable[[Path], str]) -> dict:
@@ -803,7 +811,7 @@ def run_notebooks(
     """
     name = profiles.resolve_name(profile)
     run = paths.run_folder(name, run_dir)
-    found = discover(notebooks)
+    found = everything = discover(notebooks)
     # Notebooks the budget left out (a budgeted run's are in its budget.json).
     budgeted = name.startswith("budget-") and (run / "budget.json").is_file()
     fixed = profiles.PROFILES.get(name)
@@ -811,7 +819,7 @@ def run_notebooks(
     found = [nb for nb in found if nb.stem not in dropped]
     for nb in found:  # before anything runs: a contract error should not cost minutes of training first
         check_parameters(nb)
-    read_graph(found)
+    graph = read_graph(everything, found)
     paths.check_roles(run, None, found[0].parent.resolve())
     with run_folder_lock(run):
         replaced, snapshot = check_run(found, name, run, force)
@@ -820,17 +828,18 @@ def run_notebooks(
             log(f"--force: replacing the results of another profile in {run}: {', '.join(replaced)}")
         for debris in (run / "notebooks").glob("*.tmp"):  # a stamp write cut short by a kill
             debris.unlink(missing_ok=True)
-        return _run_locked(found, name, run, force, progress, log, snapshot)
+        return _run_locked(found, name, run, force, progress, log, snapshot, graph)
 
 
 def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: bool,
-                log: Callable[[str], None], snapshot: dict | None = None) -> list[dict]:
+                log: Callable[[str], None], snapshot: dict | None = None,
+                graph: dict[str, tuple[str, ...]] | None = None) -> list[dict]:
     package = package_digest()
     parameters = {"profile": name, "run_dir": str(run)}
     log(f"profile {name}: {len(found)} notebook(s) from {found[0].parent} into {run}")
 
     stamps: list[dict] = []
-    graph = read_graph(found)
+    graph = read_graph(found) if graph is None else graph
     keys: dict[str, str] = {}  # stem -> the key of its run (this one or the reused one)
     executed: list[str] = []  # stems run again now
     snapshot = snapshot or {}

@@ -314,6 +314,10 @@ def test_the_kits_notebooks_declare_what_they_read():
     graph = pipeline.read_graph(pipeline.discover(ROOT / "notebooks"))
     assert graph["02_train"] == ("01_sweep",) and graph["03_resnet_compare"] == ("02_train",)
     assert graph["01_sweep"] == () and graph["04_improvements"] == ()
+    # A budget that leaves 01 out: 02 runs without it (the study's recipe), and 01 adds nothing to its key.
+    found = pipeline.discover(ROOT / "notebooks")
+    without = pipeline.read_graph(found, [nb for nb in found if nb.stem != "01_sweep"])
+    assert "01_sweep" not in without and without["02_train"] == () and without["03_resnet_compare"] == ("02_train",)
 
 
 def test_missing_chromium_says_what_to_install(tmp_path, monkeypatch):
