@@ -150,8 +150,10 @@ def test_train_notebook_trains_the_sweeps_choice_beside_the_study_recipe(tmp_pat
                      {"profile": "smoke", "run_dir": str(run)}, log=lines.append)
     results = provenance.read_json(run / "02_train" / "results.json")
     smoke = profiles.get("smoke").train
-    # The keys the report's section reads (tests/report_fixtures.py), and the resolved parameters.
-    assert set(results) == set(F.train_results()) | {"parameters"}
+    # The keys the report's section reads (tests/report_fixtures.py), the resolved parameters, and
+    # whether the data passed its SHA-256 check (write_results adds both).
+    assert set(results) == set(F.train_results()) | {"parameters", "data_verified"}
+    assert results["data_verified"] is True
     assert results["config_source"] == "sweep" and results["parameters"]["config_source"] == "sweep"
     assert (results["config"]["lr"], results["config"]["dropout"]) == (0.1, 0.3)
     assert len(results["history"]) == smoke.epochs and results["config"]["epochs"] == smoke.epochs

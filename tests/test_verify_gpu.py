@@ -269,4 +269,4 @@ def test_the_estimate_stage_writes_pace_and_full_estimate_and_the_summary_names_
     full = estimate.estimate("full", pace, "cpu")
     assert fig["full_seconds"] == pytest.approx(full["total_seconds"])
     line = verify_gpu.summarize("estimate", {"status": "ok", "figures": fig})
-    assert "cnn_train 1.5 ms" in line and "M SeedCNN training passes" in line
+    assert f"cnn_train {pace['cnn_train'] * 1e3:.3g} ms" in line and "M SeedCNN training passes" in line
