@@ -930,6 +930,7 @@ def _record_failure(exc: BaseException, stamp: dict, run: Path, stem: str, secon
 
 REPORT_FILES = ("report.html", "report.pdf", "report.pdf.tmp.pdf")
 STAGING = ".building"  # <report folder>/.building: the new report, until it replaces the old one
+STAGING_MARKER = ".fmnist-building"  # inside .building: the kit made it, so a leftover one may be removed
 
 
 def _rendered_is_ours(folder: Path) -> bool:
@@ -983,9 +984,13 @@ def replace_report(run: Path, stamps: list[dict], report_dir: Path, log: Callabl
     from . import report
 
     staging = report_dir / STAGING
-    if staging.exists():  # a build cut short: only the kit writes there
+    if staging.exists():  # a build cut short: removed only when it carries the kit's marker
+        if not (staging / STAGING_MARKER).is_file():
+            raise paths.FolderRoleError(f"refusing to delete {staging}: it carries no {STAGING_MARKER} marker, so the "
+                                        "kit did not make it; move it out of the report folder")
         shutil.rmtree(staging)
     staging.mkdir()
+    (staging / STAGING_MARKER).write_text("A report being built by the Fashion-MNIST report kit.\n")
     try:
         report.write_report(run, stamps, staging, log=log, title=title)
         (staging / "notebooks").mkdir(exist_ok=True)

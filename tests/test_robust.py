@@ -1116,3 +1116,22 @@ def test_make_data_never_installs_over_a_copy_it_found_and_refused(tmp_path, fmn
                           capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "its content differs from Fashion-MNIST's" in done.stderr
     assert not calls.exists() and "installing" not in done.stdout
+
+
+def test_a_leftover_staging_folder_is_removed_only_when_the_kit_made_it(tmp_path, monkeypatch):
+    from fmnist_utils import report
+
+    report_dir = tmp_path / "report"
+    foreign = report_dir / pipeline.STAGING
+    foreign.mkdir(parents=True)
+    (foreign / "thesis.tex").write_text("years of work")
+    with pytest.raises(paths.FolderRoleError, match=r"refusing to delete .*\.building: it carries no"):
+        pipeline.replace_report(tmp_path / "run", [], report_dir, log=lambda m: None)
+    assert (foreign / "thesis.tex").read_text() == "years of work"
+
+    (foreign / "thesis.tex").unlink()
+    (foreign / pipeline.STAGING_MARKER).write_text("a build cut short")  # the kit's own leftover
+    monkeypatch.setattr(report, "write_report",
+                        lambda run, stamps, folder, log, title: (Path(folder) / "report.html").write_text("<p>new</p>"))
+    assert pipeline.replace_report(tmp_path / "run", [], report_dir, log=lambda m: None).read_text() == "<p>new</p>"
+    assert not foreign.exists() and (report_dir / "notebooks" / paths.RENDERED_MARKER).is_file()
