@@ -12,9 +12,12 @@ stated order of priority:
 4. ``improve`` (04): its primary comparisons with the study's recipe;
 5. everything else (03's ResNet-18 trained on Fashion-MNIST).
 
-First every part gets its smallest useful size, in that order, where it still fits (a part that
-does not fit is dropped: its notebook does not run); then every kept part grows, in the same
-order, one step at a time while the estimate still fits. No trained model is ever given fewer
+02 starts at :data:`HEADLINE_EPOCHS` and 03 is added where it fits; then 02 grows, an epoch at a
+time, up to the study's 10 epochs while the estimate fits, before 01 or 04 get any time (so a
+larger budget never gives the report's main network fewer epochs). Then 01 and 04 get their
+smallest useful size, in that order, where it still fits (a part that does not fit is dropped: its
+notebook does not run), and every kept part grows, in the same order, one step at a time while the
+estimate still fits. No trained model is ever given fewer
 than :data:`FLOOR_STEPS` optimizer steps: rows, folds, configurations and seeds go first.
 
 The estimate is :func:`fmnist_utils.estimate.image_passes` times the pace, plus
@@ -29,6 +32,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -280,16 +284,22 @@ def size(budget_s: float, pace: dict[str, float], device: str = "cpu", floor: in
             f"for {first.train} epoch(s), {floor} steps at least) is estimated at {label(total(first))}; "
             f"give at least that, or use PROFILE=smoke for a test run")
     levels = first
-    # 1. the smallest useful size of every part, in priority order, where it fits
-    for part, smallest in (("compare", 0), ("sweep", (0, 0)), ("improve", (IMPROVE_FIRST, 2, 0))):
+    # 1. 03 (one size) where it fits; then the headline grows to the study's 10 epochs before 01 or
+    # 04 get any time: a larger budget never gives the report's main network fewer epochs.
+    if total(with_compare := dataclasses.replace(levels, compare=0)) <= budget_s:
+        levels = with_compare
+    while (bigger := _grow(levels, "train", floor)) is not None and total(bigger) <= budget_s:
+        levels = bigger
+    # 2. the smallest useful size of 01 and 04, in priority order, where it fits
+    for part, smallest in (("sweep", (0, 0)), ("improve", (IMPROVE_FIRST, 2, 0))):
         trial = dataclasses.replace(levels, **{part: smallest})
         if total(trial) <= budget_s:
             levels = trial
-    # 2. every kept part grows, in priority order, while it fits
+    # 3. every kept part grows, in priority order, while it fits
     for part in PARTS:
         while (bigger := _grow(levels, part, floor)) is not None and total(bigger) <= budget_s:
             levels = bigger
-    # 3. everything else: the ResNet-18 trained on Fashion-MNIST, at the floor and beyond
+    # 4. everything else: the ResNet-18 trained on Fashion-MNIST, at the floor and beyond
     if levels.compare is not None:
         resnet = Levels(**{**dataclasses.asdict(levels), "compare": _epochs_for(floor, TRAIN_SPLIT, 128)})
         while resnet.compare <= STUDY_EPOCHS and total(resnet) <= budget_s:
@@ -429,11 +439,13 @@ def main(argv=None) -> int:
     parser.add_argument("budget", nargs="?", default=None, help="30m, 2h, or minutes")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--measure-reference", action="store_true", help=f"write the measured pace to {PACE_FILE}")
+    parser.add_argument("--reference-pace", action="store_true",
+                        help=f"plan at the reference CPU's committed pace ({PACE_FILE}) instead of measuring this machine")
     parser.add_argument("--steps", type=int, default=10, help="timed batches of each kind")
     parser.add_argument("--json", default=None, help="write the pace and the full profile's estimate here")
     args = parser.parse_args(argv)
     dev = devices.resolve_device(args.device)
-    pace = estimate.measure_seconds_per_image(device=dev, steps=args.steps)
+    pace = reference_pace() if args.reference_pace else estimate.measure_seconds_per_image(device=dev, steps=args.steps)
     if args.json:
         full = estimate.estimate("full", pace, dev)
         cnn = sum(c.get("cnn_train", 0) for c in full["passes"].values())
@@ -450,8 +462,12 @@ def main(argv=None) -> int:
                                      "how": "estimate.measure_seconds_per_image(steps=10) on the idle machine"})
         print(f"wrote {path}")
     if args.budget is not None:
-        _, record = size(parse(args.budget), pace, dev.type)
-        record["device_name"] = devices.describe(dev)
+        try:
+            _, record = size(parse(args.budget), pace, dev.type, measured_here=not args.reference_pace)
+        except ValueError as exc:  # a budget too small, or one that does not parse: one line, no traceback
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        record["device_name"] = "the reference CPU's committed pace" if args.reference_pace else devices.describe(dev)
         print(describe(record))
     return 0
 
