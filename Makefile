@@ -54,7 +54,7 @@ lab: data ## open JupyterLab on the notebooks
 test: data ## run the test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: data ## the inner loop: every test not marked slow or heavy, in about a minute (make test runs them all)
+test-fast: data ## the inner loop: every test not marked slow or heavy (make test runs them all)
 	$(PY) -m pytest -m "not slow and not heavy" $(PYTEST_ARGS)
 
 train: data ## train the study's CNN briefly from the command line and print test accuracy
