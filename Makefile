@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 # Jupyter refuses to run as root without --allow-root (the usual case in a container).
 LAB_FLAGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: help venv data test report lab train bench bench-sweep bench-gpu clean
+.PHONY: help venv data test test-fast report lab train bench bench-sweep bench-gpu clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ lab: data ## open JupyterLab on the notebooks
 
 test: data ## run the test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: data ## the inner loop: every test not marked slow or heavy (make test runs them all)
+	$(PY) -m pytest -m "not slow and not heavy" $(PYTEST_ARGS)
 
 train: data ## train the study's CNN briefly from the command line and print test accuracy
 	$(PY) -m fmnist_utils train --epochs 1 --subset 5000

@@ -16,6 +16,7 @@ import os
 import pandas as pd
 
 from . import sweep
+from .config_labels import hyperparameter_names  # here too: the notebooks call cv_results.hyperparameter_names
 from .search_space import SearchSpace, config_key
 from .train import TrainConfig
 
@@ -46,15 +47,6 @@ def fold_results(storage: str | os.PathLike, study_name: str = "sweep") -> pd.Da
     first = df.groupby("config", sort=False)["trial"].min()
     df["_order"] = [order.get(c, len(order) + first[c]) for c in df["config"]]
     return df.sort_values(["_order", "fold"], kind="stable").drop(columns="_order").reset_index(drop=True)
-
-
-def hyperparameter_names(table: pd.DataFrame) -> list[str]:
-    """Return the hyperparameter columns of a fold or summary table, in column order (they are
-    the keys of its ``config`` column)."""
-    if table.empty:
-        return []
-    keys = json.loads(table["config"].iloc[0])
-    return [c for c in table.columns if c in keys]
 
 
 def summarize(folds: pd.DataFrame) -> pd.DataFrame:

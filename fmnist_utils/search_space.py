@@ -19,13 +19,13 @@ import numpy as np
 from optuna.distributions import CategoricalDistribution
 
 from . import study
+from .config_labels import LABELS, describe_config  # here too, where the notebooks and the sweep use them
 from .train import TrainConfig
 
 KINDS = ("grid", "oat", "random", "tpe")
 # TrainConfig fields that change how a run executes, not what it learns.
 NOT_HYPERPARAMETERS = ("device", "eval_batch_size", "compile")
 HYPERPARAMETERS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_HYPERPARAMETERS)
-LABELS = {"lr": "learning rate", "batch_size": "batch size", "dropout": "dropout"}
 # The study's base configuration: its recipe's values of the factors its Tables 2-4 vary.
 STUDY_BASE = {name: getattr(TrainConfig(), name) for name in study.VALUES}
 
@@ -198,10 +198,3 @@ def study_space(kind: str = "oat", n_configs: int | None = None, seed: int = 0,
 def config_key(params: dict) -> str:
     """Return the canonical name of a configuration: its JSON with sorted keys."""
     return json.dumps({k: _plain(v) for k, v in params.items()}, sort_keys=True)
-
-
-def describe_config(params: dict) -> str:
-    """Return a short label such as ``lr=0.05 batch=128 dropout=0.5``."""
-    short = {"batch_size": "batch"}
-    return " ".join(f"{short.get(k, k)}={v:g}" if isinstance(v, float) else f"{short.get(k, k)}={v}"
-                    for k, v in params.items())

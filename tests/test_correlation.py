@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
+from fmnist_utils import bootstrap, cka, class_matrices
 from fmnist_utils import correlation as corr
 
 
@@ -70,7 +71,7 @@ def test_float32_and_integer_numpy_input():
 def test_chunking_does_not_change_the_result(monkeypatch):
     x, y = random_case(50, 11, 3, seed=3)
     whole = corr.class_correlation_matrix(x, y, 3)
-    monkeypatch.setattr(corr, "CHUNK", 7)
+    monkeypatch.setattr(class_matrices, "CHUNK", 7)  # where the matrices look it up
     np.testing.assert_allclose(corr.class_correlation_matrix(x, y, 3), whole, atol=1e-13)
     np.testing.assert_allclose(corr.image_correlations(x), np.corrcoef(x), atol=1e-13)
 
@@ -248,7 +249,7 @@ def test_debiased_hsic_matches_u_statistic_loop():
     rng = np.random.default_rng(15)
     x, y = rng.normal(size=(7, 3)), rng.normal(size=(7, 4))
     k, l = x @ x.T, y @ y.T
-    assert corr._hsic_unbiased(k, l) == pytest.approx(hsic_unbiased_loop(k, l), rel=1e-10)
+    assert cka._hsic_unbiased(k, l) == pytest.approx(hsic_unbiased_loop(k, l), rel=1e-10)
 
 
 def test_debiased_cka_removes_small_sample_inflation():
@@ -308,8 +309,8 @@ def slow_weighted_matrix(x, y, weights, n_classes):
 def test_bootstrap_resample_matches_loop(monkeypatch):
     x, y = random_case(18, 5, 3, seed=18)
     rng = np.random.default_rng(0)
-    weights = corr._resample_weights(y, 3, 2, rng)
-    monkeypatch.setattr(corr, "_resample_weights", lambda *args: weights)
+    weights = bootstrap._resample_weights(y, 3, 2, rng)
+    monkeypatch.setattr(bootstrap, "_resample_weights", lambda *args: weights)
     boots = corr.bootstrap_matrices(x, y, 3, n_boot=2)
     for b in range(2):
         np.testing.assert_allclose(boots[b], slow_weighted_matrix(x, y, weights[b], 3), atol=1e-12)
@@ -317,13 +318,13 @@ def test_bootstrap_resample_matches_loop(monkeypatch):
 
 def test_bootstrap_with_unit_weights_is_the_matrix(monkeypatch):
     x, y = random_case(30, 6, 3, seed=19)
-    monkeypatch.setattr(corr, "_resample_weights", lambda y_, c, n_boot, rng: np.ones((n_boot, len(y_))))
+    monkeypatch.setattr(bootstrap, "_resample_weights", lambda y_, c, n_boot, rng: np.ones((n_boot, len(y_))))
     np.testing.assert_allclose(corr.bootstrap_matrices(x, y, 3, n_boot=3)[1], corr.class_correlation_matrix(x, y, 3), atol=1e-13)
 
 
 def test_resamples_keep_class_sizes_and_two_distinct_images():
     y = np.repeat(np.arange(3), [2, 5, 3])
-    w = corr._resample_weights(y, 3, 200, np.random.default_rng(1))
+    w = bootstrap._resample_weights(y, 3, 200, np.random.default_rng(1))
     for c in range(3):
         assert np.all(w[:, y == c].sum(1) == (y == c).sum())
         assert np.all((w[:, y == c] > 0).sum(1) >= 2)
