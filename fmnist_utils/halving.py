@@ -27,6 +27,7 @@ that the bound holds.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 
@@ -160,6 +161,14 @@ def _pruner_promotes(sched: Schedule, values: dict[str, list[float]], rung: int,
     return decision
 
 
+@functools.lru_cache(maxsize=64)
+def _promoted(sched: Schedule, values: tuple, rung: int) -> tuple[str, ...]:
+    """Return the keys the pruner promotes at ``rung`` (cached: workers ask again at every poll)."""
+    as_dict = {key: list(v) for key, v in values}
+    with _optuna_quiet():
+        return tuple(key for key in as_dict if _pruner_promotes(sched, as_dict, rung, key))
+
+
 def decide(values: dict[str, list[float]], losses: dict[str, float], sched: Schedule, rung: int) -> dict[str, bool]:
     """Return key -> promoted? for the configurations at ``rung`` (an index into ``sched.rungs``
     below the last).
@@ -177,8 +186,7 @@ def decide(values: dict[str, list[float]], losses: dict[str, float], sched: Sche
     short = [key for key, v in values.items() if len(v) != rung + 1]
     if short:
         raise ValueError(f"configurations {short} lack a value at some rung up to {sched.rungs[rung]} epochs")
-    with _optuna_quiet():
-        promoted = [key for key in values if _pruner_promotes(sched, values, rung, key)]
+    promoted = list(_promoted(sched, tuple((key, tuple(v)) for key, v in values.items()), rung))
     keep = max(1, len(values) // sched.reduction_factor)
     if len(promoted) > keep:
         order = {key: i for i, key in enumerate(values)}

@@ -328,6 +328,18 @@ def train_stack(w: Worker, units: list[tuple[Held, int, int]]) -> None:
         w.bar.set_postfix_str(f"{describe_config(h.params)} fold {fold + 1}/{w.k}, {epochs} epochs: {what}")
 
 
+def _blocking(w: Worker, units: dict, st: halving.RungState) -> list:
+    """Return the running trials of other workers that hold units of the open rung: what this
+    worker waits for (none: the rung cannot finish now, e.g. a configuration failed too often)."""
+    if st.open is None:
+        return []
+    epochs = w.schedule.rungs[st.open]
+    missing = {key for key in st.alive[st.open] if any((key, f, epochs) not in units for f in range(w.k))}
+    mine = {h.trial.number for h in w.held}
+    return [t for t in w.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number not in mine and t.user_attrs.get(CONFIG_ATTR) in missing]
+
+
 def bound_units(w: Worker) -> int:
     """Return the most (configuration, fold, rung) units the schedule trains (for the progress bar)."""
     return w.k * sum(halving.survivors(w.space.n_configs_total(), w.schedule))
@@ -363,9 +375,9 @@ def work(w: Worker) -> None:
             if pending:
                 train_stack(w, pending)
                 continue
-            mine = {h.trial.number for h in w.held}
-            others = [t for t in w.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                      if t.number not in mine]
+            if w.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                continue  # the configurations just claimed had their units (a re-queued trial): claim on
+            others = _blocking(w, units, st)
             if not w.wait or not others:
                 release(w)  # held at a rung that cannot finish now: free to be claimed by a later call
                 return
