@@ -64,7 +64,8 @@ def profile_sizes(profile: profiles.Profile) -> dict[str, dict]:
     return {
         "train": {"subset": t.subset, "val_fraction": t.val_fraction, "epochs": t.epochs, "test_subset": t.test_subset},
         "sweep": {"space": s.space, "n_configs": s.n_configs, "factors": tuple(s.factors), "k": s.k,
-                  "subset": s.subset, "epochs": s.epochs, "final_subset": s.final_subset,
+                  "subset": s.subset, "epochs": s.epochs, "min_epochs": s.min_epochs,
+                  "reduction_factor": s.reduction_factor, "final_subset": s.final_subset,
                   "final_epochs": s.final_epochs, "test_subset": s.test_subset},
         "compare": {"per_class": c.per_class, "probe_train": c.probe_train, "probe_test": c.probe_test,
                     "fmnist_resnet": c.fmnist_resnet, "fmnist_resnet_subset": c.fmnist_resnet_subset,
@@ -97,12 +98,34 @@ def count_configs(space: str, n_configs: int | None, factors: tuple[str, ...]) -
     raise ValueError(f"unknown sweep space {space!r}; choose oat, grid, random or tpe")
 
 
+def sweep_schedule(sweep_sizes: dict):
+    """Return the rung schedule (:class:`fmnist_utils.halving.Schedule`) of the sweep sizes of :func:`profile_sizes`."""
+    from . import halving
+
+    return halving.schedule(sweep_sizes["epochs"], sweep_sizes.get("min_epochs"), sweep_sizes.get("reduction_factor", 4),
+                            sweep_sizes["space"])
+
+
+def sweep_config_epochs(sweep_sizes: dict) -> int:
+    """Return the most configuration-epochs (per fold) the sweep of ``sweep_sizes`` trains:
+    its configurations times its epochs, or with successive halving each rung's most survivors
+    times the rung's epochs (:func:`fmnist_utils.halving.units_epochs`)."""
+    from . import halving
+
+    s = sweep_sizes
+    return halving.units_epochs(count_configs(s["space"], s["n_configs"], s["factors"]), sweep_schedule(s))
+
+
 def image_passes(sizes: dict[str, dict]) -> dict[str, dict[str, int]]:
     """Return ``{notebook: {kind: image-passes}}`` for the sizes of :func:`profile_sizes`.
 
     train: two CNNs (the CV-chosen configuration and the study's recipe beside it) trained on the
-    training part of the subset for ``epochs``, validated every epoch, tested once. sweep: every configuration on k folds, each fold's model trained on the
-    other k-1 folds for ``epochs`` and validated every epoch, then the final model and its test.
+    training part of the subset for ``epochs``, validated every epoch, tested once. sweep: every
+    configuration on k folds, each fold's model trained on the other k-1 folds and validated every
+    epoch, for the most configuration-epochs its rung schedule can train (successive halving with
+    ``min_epochs``: each rung's survivors retrained from scratch, :func:`fmnist_utils.halving.units_epochs`,
+    a bound, not an expectation; without it every configuration for ``epochs``), then the final model
+    and its test.
     compare: the CNN comes from the train notebook's checkpoint; features of the per-class sample
     and the probe images from the CNN and the ImageNet ResNet-18, the CNN's own test accuracy on
     the probe's test images, and optionally a ResNet-18 trained on Fashion-MNIST, used likewise.
@@ -121,12 +144,12 @@ def image_passes(sizes: dict[str, dict]) -> dict[str, dict[str, int]]:
     train = {"cnn_train": models * (n - n_val) * t["epochs"],
              "cnn_eval": models * (n_val * t["epochs"] + (t["test_subset"] or TEST_IMAGES))}
 
-    configs = count_configs(s["space"], s["n_configs"], s["factors"])
     pool = s["subset"] or TRAIN_IMAGES
+    config_epochs = sweep_config_epochs(s)
     sweep = {
         # Over k folds each image is trained on k-1 times and validated once, every epoch.
-        "cnn_train": configs * (s["k"] - 1) * pool * s["epochs"] + (s["final_subset"] or TRAIN_IMAGES) * s["final_epochs"],
-        "cnn_eval": configs * pool * s["epochs"] + (s["test_subset"] or TEST_IMAGES),
+        "cnn_train": config_epochs * (s["k"] - 1) * pool + (s["final_subset"] or TRAIN_IMAGES) * s["final_epochs"],
+        "cnn_eval": config_epochs * pool + (s["test_subset"] or TEST_IMAGES),
     }
 
     features = c["per_class"] * CLASSES + c["probe_train"] + (c["probe_test"] or TEST_IMAGES)

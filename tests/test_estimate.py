@@ -54,9 +54,13 @@ def test_sweep_passes_match_a_loop_over_real_folds():
 
 def test_full_profile_is_the_study_protocol_within_25_million_cnn_training_passes():
     passes = estimate.image_passes(estimate.profile_sizes(profiles.PROFILES["full"]))
-    # The study's 10 one-factor-at-a-time configurations x 5 folds x 48,000 images x 5 epochs, plus the final model.
+    # The study's 10 one-factor-at-a-time configurations x 5 folds x 48,000 images, by successive halving up
+    # to the study's 10 epochs: all 10 for 3 epochs, then at most 10 // 4 = 2 retrained for 10; plus the final model.
     assert estimate.count_configs("oat", None, ("lr", "batch_size", "dropout")) == 10
-    assert passes["sweep"]["cnn_train"] == 10 * 5 * 48_000 * 5 + 60_000 * 10
+    sweep = profiles.PROFILES["full"].sweep
+    assert (sweep.epochs, sweep.min_epochs, sweep.reduction_factor) == (10, 3, 4)
+    assert passes["sweep"]["cnn_train"] == (10 * 3 + 2 * 10) * 5 * 48_000 + 60_000 * 10
+    assert passes["sweep"]["cnn_eval"] == (10 * 3 + 2 * 10) * 60_000 + 10_000
     assert passes["train"]["cnn_train"] == 2 * 54_000 * 10  # chosen and study recipe; 10% held out
     assert passes["compare"]["resnet_train"] == 60_000 * 10
     # 04's primary comparisons: 6 CNN rows and ResNet-18 over 3 seeds, 54,000 images, 10 epochs.
@@ -71,10 +75,39 @@ def test_the_grid_and_every_ablation_row_stay_reachable_and_counted():
     sizes["sweep"]["space"] = "grid"
     sizes["improve"]["rows"] = None
     passes = estimate.image_passes(sizes)
-    # 60 configurations x 5 folds x 48,000 images x 5 epochs: the 72 million of issue 9, plus the final model.
-    assert passes["sweep"]["cnn_train"] == 72_000_000 + 60_000 * 10
+    # 60 configurations x 5 folds x 48,000 images: all for 3 epochs, then at most 60 // 4 = 15 for 10, plus the final model.
+    assert passes["sweep"]["cnn_train"] == (60 * 3 + 15 * 10) * 5 * 48_000 + 60_000 * 10
+    sizes["sweep"]["min_epochs"] = None  # the grid without halving: every configuration for 10 epochs
+    assert estimate.image_passes(sizes)["sweep"]["cnn_train"] == 60 * 10 * 5 * 48_000 + 60_000 * 10
     cnn_rows = sum(1 for r in improve.ablation_rows().values() if r.settings is not None and r.settings.get("model") != "resnet18")
     assert passes["improve"]["cnn_train"] == 3 * cnn_rows * 54_000 * 10
+
+
+def reference_halving_passes(n_configs: int, epochs: int, min_epochs: int, eta: int, k: int, pool: int) -> int:
+    """Fold training passes of successive halving, simulated: every rung keeps the best n // eta (at
+    least one) of random scores, and each promoted configuration is retrained from scratch."""
+    rungs = [min_epochs * eta ** i for i in range(epochs) if min_epochs * eta ** i < epochs] + [epochs]
+    rng = np.random.default_rng(0)
+    alive, passes = list(range(n_configs)), 0
+    for i, rung in enumerate(rungs):
+        passes += len(alive) * (k - 1) * pool // k * k * rung
+        if i < len(rungs) - 1:
+            scores = rng.random(len(alive))
+            alive = [alive[j] for j in np.argsort(-scores)[:max(1, len(alive) // eta)]]
+    return passes
+
+
+@pytest.mark.parametrize("space, epochs, min_epochs, eta", [("oat", 10, 3, 4), ("oat", 10, 1, 2), ("grid", 10, 3, 3),
+                                                          ("oat", 5, 5, 2), ("oat", 2, None, 4), ("grid", 27, 1, 3)])
+def test_sweep_passes_bound_what_the_rung_schedule_can_train(space, epochs, min_epochs, eta):
+    sizes = estimate.profile_sizes(profiles.PROFILES["full"])
+    sizes["sweep"].update(space=space, epochs=epochs, min_epochs=min_epochs, reduction_factor=eta)
+    n = estimate.count_configs(space, None, sizes["sweep"]["factors"])
+    passes = estimate.image_passes(sizes)["sweep"]["cnn_train"] - 60_000 * sizes["sweep"]["final_epochs"]
+    if min_epochs is None or min_epochs >= epochs:  # no rung before the last: every configuration trains every epoch
+        assert passes == n * epochs * 5 * 48_000
+    else:
+        assert passes == reference_halving_passes(n, epochs, min_epochs, eta, 5, 60_000)
 
 
 def test_quick_improve_passes_count_the_profile_rows_seeds_and_tta():

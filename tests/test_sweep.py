@@ -23,7 +23,7 @@ import torch
 from optuna.trial import TrialState
 
 import sweep_helpers
-from fmnist_utils import cv_results, data, search_space, study, sweep, train
+from fmnist_utils import cv_results, data, halving, search_space, study, sweep, train
 from fmnist_utils.search_space import config_key
 from fmnist_utils.train import TrainConfig
 
@@ -293,7 +293,10 @@ def test_selection_ignores_the_test_set(fmnist, tiny, tmp_path, monkeypatch):
     summary = cv_results.summarize(cv_results.fold_results(storage))
     scores = {}
     for t in trials(storage, (TrialState.COMPLETE,)):
-        folds = [(t.intermediate_values[f], t.user_attrs[sweep.fold_attr(f)]["val_loss"]) for f in range(2)]
+        units = [t.user_attrs[sweep.fold_attr(f, 1)] for f in range(2)]
+        folds = [(u["val_accuracy"], u["val_loss"]) for u in units]
+        # The trial reports the mean over its folds after each epoch, and is valued at the last one's.
+        assert t.intermediate_values == {1: pytest.approx(statistics.mean(a for a, _ in folds))}
         assert t.value == pytest.approx(statistics.mean(a for a, _ in folds))
         scores[t.user_attrs["config"]] = folds
     # Highest mean validation accuracy; ties go to the lower mean validation loss.
@@ -333,15 +336,15 @@ def test_summary_equals_the_stored_trials(fmnist, tiny, tmp_path):
     assert list(summary["config"]) == [config_key(c) for c in space.configs()]
     for _, row in summary.iterrows():
         (t,) = [t for t in done if t.user_attrs["config"] == row["config"]]
-        acc = [t.intermediate_values[f] for f in range(3)]
-        loss = [t.user_attrs[sweep.fold_attr(f)]["val_loss"] for f in range(3)]
+        acc = [t.user_attrs[sweep.fold_attr(f, 1)]["val_accuracy"] for f in range(3)]
+        loss = [t.user_attrs[sweep.fold_attr(f, 1)]["val_loss"] for f in range(3)]
         assert t.value == pytest.approx(statistics.mean(acc))
         np.testing.assert_allclose(row["accuracy_mean"], statistics.mean(acc))
         np.testing.assert_allclose(row["accuracy_std"], statistics.stdev(acc))
         np.testing.assert_allclose(row["loss_mean"], statistics.mean(loss))
         np.testing.assert_allclose(row["loss_std"], statistics.stdev(loss))
-        np.testing.assert_allclose(row["seconds"], sum(t.user_attrs[sweep.fold_attr(f)]["seconds"] for f in range(3)))
-        assert (row["n_folds"], row["n_diverged"], row["epochs"]) == (3, 0, 1)
+        np.testing.assert_allclose(row["seconds"], sum(t.user_attrs[sweep.fold_attr(f, 1)]["seconds"] for f in range(3)))
+        assert (row["n_folds"], row["n_diverged"], row["epochs"], row["rung_epochs"], row["pruned"]) == (3, 0, 1, 1, False)
     tables = cv_results.factor_tables(summary, {"lr": 0.05, "dropout": 0.5})
     assert list(tables) == ["lr", "dropout"]
     assert list(tables["lr"]["lr"]) == [0.05, 0.1, 0.01] and list(tables["lr"]["is_base"]) == [True, False, False]
@@ -421,8 +424,8 @@ def _dead_worker_trial(storage, fold_done: int, accuracy: float, beat: bool):
     s = optuna.load_study(study_name="sweep", storage=st)
     with sweep._quiet():
         trial = s.ask(search_space.grid(lr=[0.1, 0.05]).distributions())
-    trial.set_user_attr(sweep.fold_attr(fold_done), {"val_accuracy": accuracy, "val_loss": 1.0, "seconds": 0.5})
-    trial.report(accuracy, step=fold_done)
+    trial.set_user_attr(sweep.fold_attr(fold_done, 1), {"val_accuracy": accuracy, "val_loss": 1.0, "seconds": 0.5,
+                                                         "val_accuracy_by_epoch": [accuracy]})
     if beat:
         st.record_heartbeat(st.get_trial_id_from_study_id_trial_number(st.get_study_id_from_name("sweep"),
                                                                        trial.number))
@@ -454,8 +457,9 @@ def test_a_dead_workers_trial_resumes_with_its_finished_fold(fmnist, tiny, tmp_p
     assert (run.trained, run.reused, run.pending) == (1, 3, 0) and sweep.require_complete(run) == ()
     assert [(k, fold_of(fmnist)[v]) for k, v in spy.units(("lr",))] == [(key, 0)]  # the dead worker's fold kept
     (t,) = [t for t in trials(storage, (TrialState.COMPLETE,)) if t.user_attrs["config"] == key]
-    assert t.intermediate_values[1] == 0.123 and t.user_attrs[sweep.fold_attr(1)]["seconds"] == 0.5
-    assert t.value == pytest.approx((t.intermediate_values[0] + 0.123) / 2)
+    done = [t.user_attrs[sweep.fold_attr(f, 1)] for f in range(2)]
+    assert done[1]["val_accuracy"] == 0.123 and done[1]["seconds"] == 0.5
+    assert t.value == pytest.approx((done[0]["val_accuracy"] + 0.123) / 2) == t.intermediate_values[1]
 
 
 @pytest.mark.slow
@@ -725,3 +729,165 @@ def test_cv_verdicts_are_n_a_with_a_reason_when_there_is_nothing_to_compare():
     v = cv_results.verdicts(other, cv_results.summarize(other), study_base, 10)
     assert v["chosen_vs_study"]["reason"] == "the study's configuration was not part of this sweep"
     assert cv_results.study_row(cv_results.summarize(other), study_base) is None and cv_results.cv_record(None) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Successive halving over epochs
+
+
+def test_rung_schedule_follows_optunas_rungs_and_says_when_there_is_no_halving():
+    assert halving.schedule(10, 3, 4).rungs == (3, 10)  # the full profile: 3 * 4 = 12 is past 10
+    assert halving.schedule(10, 1, 2).rungs == (1, 2, 4, 8, 10)
+    assert halving.schedule(27, 1, 3).rungs == (1, 3, 9, 27)
+    for sched, why in ((halving.schedule(2, None), "off"), (halving.schedule(2, 2, 4), "not below"),
+                       (halving.schedule(10, 3, 4, "tpe"), "TPE")):
+        assert not sched.halving and sched.rungs == (sched.epochs,) and why in sched.reason
+        assert halving.describe(sched).startswith("no successive halving")
+    assert halving.survivors(10, halving.schedule(10, 3, 4)) == (10, 2)
+    assert halving.survivors(10, halving.schedule(10, 1, 2)) == (10, 5, 2, 1, 1)
+    assert halving.units_epochs(10, halving.schedule(10, 3, 4)) == 10 * 3 + 2 * 10
+    with pytest.raises(ValueError, match="reduction_factor"):
+        halving.schedule(10, 3, 1)
+
+
+@pytest.mark.parametrize("n, eta", [(1, 4), (3, 4), (4, 4), (10, 4), (10, 2), (7, 3), (60, 4)])
+def test_each_rung_decision_is_the_pruners_synchronous_rule_in_any_order(n, eta):
+    sched = halving.schedule(10, 1, eta)
+    rng = np.random.default_rng(n * eta)
+    values = {f"c{i}": [float(v)] for i, v in enumerate(rng.random(n))}
+    decided = halving.decide(values, {}, sched, 0)
+    # Reference: the best max(1, n // eta) of the n values at the rung, all of them known.
+    best = sorted(values, key=lambda key: -values[key][0])[:max(1, n // eta)]
+    assert {key for key, promoted in decided.items() if promoted} == set(best)
+    shuffled = dict(sorted(values.items(), key=lambda item: rng.random()))
+    assert halving.decide(shuffled, {}, sched, 0) == decided  # the order of arrival does not matter
+
+
+def test_a_tie_at_the_cut_is_broken_by_loss_then_order_so_the_bound_holds():
+    sched = halving.schedule(10, 3, 4)
+    values = {f"c{i}": [0.5] for i in range(10)}  # the pruner promotes every one of equal values
+    losses = {f"c{i}": 1.0 for i in range(10)} | {"c7": 0.9}
+    decided = halving.decide(values, losses, sched, 0)
+    assert [key for key, promoted in decided.items() if promoted] == ["c0", "c7"]  # 10 // 4 = 2 go on
+
+
+def _scripted_fit_many(delay=0.0):
+    """A stand-in for train.fit_many whose validation accuracy is a fixed function of (configuration,
+    fold, epoch), after ``delay`` s at most (drawn at random: workers then finish in any order)."""
+    def fit_many(configs, x, y, train_indices, val_indices=None, **kw):
+        time.sleep(delay * np.random.default_rng().random())  # workers finish in any order
+        out = []
+        for c, va in zip(configs, val_indices):
+            fold = int(va[0]) % 7
+            acc = [0.5 + 0.4 * (1 - np.exp(-e * c.lr * 20)) - 0.05 * c.dropout + 0.001 * fold for e in range(1, c.epochs + 1)]
+            out.append([{"epoch": e + 1, "train_loss": 1 - a, "train_accuracy": a, "val_loss": 1 - a,
+                         "val_accuracy": float(a), "seconds": 0.0, "lr": c.lr} for e, a in enumerate(acc)])
+        return out
+    return fit_many
+
+
+HALVING = dict(space=search_space.grid(lr=[0.1, 0.05, 0.01, 0.005], dropout=[0.1, 0.5]), min_epochs=1,
+               reduction_factor=2)
+
+
+def _fates(storage):
+    """config -> (trial state, decisions at rungs), for the latest trial of each configuration."""
+    out = {}
+    for t in sorted(trials(storage), key=lambda t: t.number):
+        if t.state != TrialState.FAIL:
+            out[t.user_attrs["config"]] = (t.state.name, {n: v for n, v in t.user_attrs.items() if n.startswith("rung_")})
+    return out
+
+
+def test_halving_is_rung_synchronous_and_its_promotions_do_not_depend_on_stacks_or_interruptions(
+        fmnist, tiny, tmp_path, monkeypatch):
+    args = {**tiny, **HALVING, "base": tiny["base"].replace(epochs=4)}  # rungs 1, 2, 4: 8 -> 4 -> 2 configurations
+    runs = {}
+    for name, stack_size in (("one at a time", 1), ("stacks of 5", 5)):
+        monkeypatch.setattr(train, "fit_many", _scripted_fit_many())
+        spy = Spy(monkeypatch)
+        run = sweep.run_sweep(fmnist.x_train, fmnist.y_train, storage=tmp_path / f"{stack_size}.sqlite3",
+                              stack_size=stack_size, **args)
+        # Every unit of a rung is trained before any unit of the next: decisions wait for the whole rung.
+        epochs = [c.epochs for call in spy.calls for c in call["configs"]]
+        assert epochs == sorted(epochs) and epochs.count(1) == 8 * 2 and epochs.count(2) == 4 * 2
+        assert epochs.count(4) == 2 * 2 and (run.trained, run.pending, run.pruned) == (28, 0, 6)
+        runs[name] = _fates(tmp_path / f"{stack_size}.sqlite3")
+    # Killed mid-rung (after its second stack), then resumed: the same promotions.
+    monkeypatch.setattr(train, "fit_many", _scripted_fit_many())
+    Spy(monkeypatch, fail_after=2)
+    with pytest.raises(Interrupted):
+        sweep.run_sweep(fmnist.x_train, fmnist.y_train, storage=tmp_path / "i.sqlite3", stack_size=3, **args)
+    monkeypatch.setattr(train, "fit_many", _scripted_fit_many())
+    again = sweep.run_sweep(fmnist.x_train, fmnist.y_train, storage=tmp_path / "i.sqlite3", stack_size=3, **args)
+    assert (again.reused, again.reused + again.trained) == (6, 28)
+    runs["interrupted"] = _fates(tmp_path / "i.sqlite3")
+    assert runs["one at a time"] == runs["stacks of 5"] == runs["interrupted"]
+    fates = runs["interrupted"]
+    assert sorted(state for state, _ in fates.values()) == ["COMPLETE"] * 2 + ["PRUNED"] * 6
+
+    # The decisions are the reference rule on the stored means at each rung; the survivors are the best at the last.
+    folds = cv_results.fold_results(tmp_path / "i.sqlite3", rungs="all")
+    means = folds.groupby(["config", "rung_epochs"])["val_accuracy"].mean()
+    alive = list(fates)
+    for epochs in (1, 2):
+        best = sorted(alive, key=lambda c: -means[c, epochs])[:len(alive) // 2]
+        assert {c for c in alive if fates[c][1][f"rung_{epochs}"] == "promoted"} == set(best)
+        alive = best
+    summary = cv_results.summarize(cv_results.fold_results(tmp_path / "i.sqlite3"))
+    assert sorted(summary["rung_epochs"]) == [1] * 4 + [2] * 2 + [4] * 2
+    assert list(summary["pruned"]) == [summary["rung_epochs"].iloc[i] < 4 for i in range(8)]
+    top = cv_results.ranked(summary).iloc[0]
+    assert top["rung_epochs"] == 4 and top["config"] == max(alive, key=lambda c: means[c, 4])
+    assert cv_results.ranked(summary)["rung_epochs"].tolist() == sorted(summary["rung_epochs"], reverse=True)
+    # Each trial reports the mean over its folds after every epoch it reached.
+    (t,) = [t for t in trials(tmp_path / "i.sqlite3", (TrialState.COMPLETE,)) if t.user_attrs["config"] == top["config"]]
+    assert sorted(t.intermediate_values) == [1, 2, 3, 4] and t.value == pytest.approx(means[top["config"], 4])
+
+
+def test_two_workers_wait_for_each_other_at_each_rung_and_promote_the_same(fmnist, tiny, tmp_path, monkeypatch):
+    import threading
+
+    args = {**tiny, **HALVING, "base": tiny["base"].replace(epochs=4), "stack_size": 2, "heartbeat_interval": 1}
+    monkeypatch.setattr(train, "fit_many", _scripted_fit_many())
+    sweep.run_sweep(fmnist.x_train, fmnist.y_train, storage=tmp_path / "alone.sqlite3", **args)
+    monkeypatch.setattr(train, "fit_many", _scripted_fit_many(delay=0.3))
+    errors = []
+
+    def worker():
+        try:
+            sweep.run_sweep(fmnist.x_train, fmnist.y_train, storage=tmp_path / "two.sqlite3", **args)
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert _fates(tmp_path / "two.sqlite3") == _fates(tmp_path / "alone.sqlite3")
+    assert len(sweep.recorded_units(sweep.load_study(tmp_path / "two.sqlite3"))) == 28  # each unit once
+
+
+def test_the_verdicts_compare_a_survivor_with_a_pruned_configuration_after_the_same_epochs(
+        fmnist, tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "fit_many", _scripted_fit_many())
+    storage = tmp_path / "s.sqlite3"
+    space = search_space.grid(lr=[0.1, 0.01, 0.001])
+    sweep.run_sweep(fmnist.x_train, fmnist.y_train, space, storage, **{**tiny, "base": tiny["base"].replace(epochs=3)},
+                    min_epochs=1, reduction_factor=3)  # 3 -> 1 after one epoch
+    folds = cv_results.fold_results(storage)
+    summary = cv_results.summarize(folds)
+    order = cv_results.ranked(summary)
+    chosen, runner_up = order.iloc[0], order.iloc[1]
+    assert (chosen["rung_epochs"], runner_up["rung_epochs"], bool(runner_up["pruned"])) == (3, 1, True)
+    v = cv_results.verdicts(folds, summary, {"lr": 0.1}, 10, k=2)
+    a = [by[0] for by in folds[folds["config"] == chosen["config"]].sort_values("fold")["val_accuracy_by_epoch"]]
+    b = folds[folds["config"] == runner_up["config"]].sort_values("fold")["val_accuracy"].tolist()
+    from fmnist_utils import stats
+    expected = stats.verdict_cv_difference(
+        "chosen_vs_runner_up", a, b, int(folds["n_train"].min()), int(folds["n_val"].min()), "the chosen configuration",
+        "the runner-up", comparisons=2,
+        why="the chosen configuration is the best of 3 on these folds; both after 1 epoch, the deepest rung both reached")
+    assert v["chosen_vs_runner_up"] == expected
