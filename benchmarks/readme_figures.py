@@ -266,13 +266,16 @@ def render_gpu(doc: dict | None, source: str) -> str:
     started = (doc.get("runs") or [{}])[0].get("started_utc", "")[:10] or "unknown date"
     lines.append(f"Measured by `make verify-gpu` (profile {doc['profile']}) on {d['device_name']} "
                  f"({', '.join(f for f in facts if f)}; {started}, git {d.get('git_revision') or 'not recorded'}).")
-    run = (doc.get("runs") or [{}])[-1]
-    if run.get("seconds") is not None:
+    runs = [r for r in doc.get("runs") or [] if r.get("seconds") is not None]
+    if len(runs) == 1:
         target = doc.get("target_seconds")
         met = "" if target is None else (f"; the target, {report.secs(target)}, "
-                                          f"{'met' if run['seconds'] <= target else 'NOT met'}")
+                                          f"{'met' if runs[0]['seconds'] <= target else 'NOT met'}")
         budget = "" if doc.get("budget_seconds") is None else f" (its budget {report.secs(doc['budget_seconds'])}{met})"
-        lines.append(f"The whole command took {report.secs(run['seconds'])}{budget}.")
+        lines.append(f"The whole command took {report.secs(runs[0]['seconds'])}{budget}.")
+    elif runs:  # a report cut short, finished by `--stages report` on the same machine
+        lines.append(f"It ran in {len(runs)} calls: " + "; ".join(
+            f"{report.secs(r['seconds'])} ({', '.join(r.get('stages') or [])})" for r in runs) + ".")
     lines += ["", "| measured | figure |", "|---|---|"]
     lines += [f"| {what} | {figure} |" for what, figure in gpu_rows(doc)]
     est, why = _stage(doc, "estimate")

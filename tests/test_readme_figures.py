@@ -151,3 +151,12 @@ def test_the_readme_gpu_block_is_the_rendering_of_the_file_it_names():
     assert "make wheelhouse PY=3.12" in developers and "carrying `wheelhouse`, with a timeout of 600 s" in developers
     assert ("set -o pipefail; export PYTHONUNBUFFERED=1; python3 benchmarks/verify_gpu.py --profile full 2>&1 | tee "
             "$OUT/verify.log; rc=$?; cp benchmarks/results/*.json $OUT/; exit $rc") in developers
+
+
+def test_the_gpu_block_names_each_call_of_a_run_finished_in_two():
+    doc = provenance.read_json(GPU_SMOKE)
+    first = doc["runs"][0]
+    doc["runs"] = [first, {"started_utc": first["started_utc"], "stages": ["report"], "seconds": 200.0}]
+    block = readme_figures.render_gpu(doc, "x.json")
+    assert f"It ran in 2 calls: {report.secs(first['seconds'])} (" in block and f"{report.secs(200.0)} (report)." in block
+    assert "The whole command took" not in block
