@@ -222,15 +222,16 @@ def gpu_rows(doc: dict) -> list[tuple[str, str]]:
         if m:
             target = report.pct(m["target_val_accuracy"], 0)
             reached = (f"{report.secs(m['time_to_target_seconds'])} of training" if m.get("time_to_target_seconds") is not None
-                       else f"not reached in {m['epochs']} epochs (final {report.pct(m['final_val_accuracy'])})")
+                       else f"not reached in {m['epochs']} epoch{'s' if m['epochs'] != 1 else ''} "
+                            f"(final {report.pct(m['final_val_accuracy'])})")
             rows.append((f"modern recipe, time to {target} validation accuracy", reached))
     else:
         rows.append(("training loops (`bench_gpu`)", f"not measured ({why})"))
     sweep, why = _stage(doc, "bench_sweep")
     if sweep and sweep.get("rows"):
         for r in sweep["rows"]:
-            rows.append((f"sweep units, {r['way']}", f"{report.num(round(r['units_per_hour']))} units/h "
-                         f"({report.num(r['ratio_vs_tutorial'], 2)} times the tutorial loop)"))
+            ratio = "" if r["way"].startswith("tutorial") else f" ({report.num(r['ratio_vs_tutorial'], 2)} times the tutorial loop)"
+            rows.append((f"sweep units, {r['way']}", f"{report.num(round(r['units_per_hour']))} units/h{ratio}"))
     else:
         rows.append(("sweep throughput (`bench_sweep`)", f"not measured ({why})"))
     rep = (doc.get("stages") or {}).get("report")
