@@ -6,6 +6,11 @@ Stages, each with a time budget, one progress line when it starts and one when i
                elsewhere, with internet (see ``benchmarks/wheelhouse.py``);
   estimate     the pace of each kind of image-pass on this device and the full profile's
                estimate from it (``python -m fmnist_utils.budget --json``);
+  stack_check  ``train.fit_many`` (one stack of 3 units: 2 seeds and 1 other setting, fp32,
+               partial last batches, a unit that sits out the last step) against separate
+               ``train.fit`` runs on this device: per-epoch losses within rtol
+               :data:`LOSS_RTOL`, accuracies within :data:`ACCURACY_IMAGES` image
+               (:func:`check_stack`);
   bench_gpu    tutorial loop, eager ``fit`` and captured ``fit`` of the study's recipe, and the
                modern recipe's time-to-accuracy (``benchmarks/bench_gpu.py``);
   bench_sweep  stacked sweep throughput (``benchmarks/bench_sweep.py``);
@@ -48,13 +53,13 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import wheelhouse  # noqa: E402  (its requirement parsing: stdlib and packaging only)
 
-STAGES = ("install", "estimate", "bench_gpu", "bench_sweep", "report")
+STAGES = ("install", "estimate", "stack_check", "bench_gpu", "bench_sweep", "report")
 # Seconds per stage; None: what is left of the total. Full: one H100; the total leaves a minute
 # of a 10-minute remote command for start-up and copying, and a report cut short resumes on the
 # next call. Smoke: caps that only stop a hung stage on a CPU.
 BUDGETS = {
-    "full": {"install": 90, "estimate": 45, "bench_gpu": 150, "bench_sweep": 75, "report": None},
-    "smoke": {"install": 90, "estimate": 600, "bench_gpu": 600, "bench_sweep": 600, "report": 900},
+    "full": {"install": 90, "estimate": 45, "stack_check": 40, "bench_gpu": 150, "bench_sweep": 75, "report": None},
+    "smoke": {"install": 90, "estimate": 600, "stack_check": 300, "bench_gpu": 600, "bench_sweep": 600, "report": 900},
 }
 # The whole command's budget (seconds): full on one GPU within a 10-minute call; smoke on a 2-core CPU.
 TOTAL_BUDGET_S = {"full": 540, "smoke": 1500}
@@ -181,7 +186,7 @@ def probe() -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from fmnist_utils import data, device as devices, pipeline
+    from fmnist_utils import data, device as devices, pipeline, provenance
 
     dev = devices.resolve_device("auto")
     found = data.locate()
@@ -191,7 +196,7 @@ def probe() -> dict:
         "precision_auto": devices.resolve_precision("auto", dev), "torch": torch.__version__,
         "cuda": torch.version.cuda, "python": platform.python_version(), "platform": platform.platform(),
         "cpu_count": os.cpu_count(), "data": str(found["train_images"].parent) if found else None,
-        "package_digest": pipeline.package_digest(),
+        "package_digest": pipeline.package_digest(), "git_revision": provenance.git_revision(),
     }
 
 
@@ -275,6 +280,9 @@ def summarize(stage: str, record: dict) -> str:
         pace = ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in fig["seconds_per_image"].items())
         return (f"{pace}; full ({fig['full_cnn_train_passes'] / 1e6:.1f} M SeedCNN training passes) "
                 f"about {fig['full_seconds'] / 60:.0f} min here")
+    if stage == "stack_check" and "verdict" in fig:
+        return (f"{fig['units']} units on {fig['device']}, fp32, {fig['epochs']} epochs: {fig['verdict']}; "
+                f"fit {fig['fit_seconds']:.1f} s, fit_many {fig['fit_many_seconds']:.1f} s")
     if stage == "bench_sweep" and fig.get("rows"):
         return "; ".join(f"{r['way']} {r['units_per_hour']:.0f} units/h ({r['ratio_vs_tutorial']:.1f}x, "
                          f"val {r['mean_val_accuracy']:.3f})" for r in fig["rows"])
@@ -292,6 +300,182 @@ def _numbers(obj, prefix: str = "") -> dict:
     elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
         out[prefix.rstrip(".")] = obj
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# fit_many against separate fit runs (the stack_check stage)
+
+# (training images of each unit, validation images of each unit, batch size, epochs). Every unit
+# ends on a partial batch (300 = 2 x 128 + 44, 200 = 128 + 72; 40 = 2 x 16 + 8, 24 = 16 + 8) and
+# the third has one step fewer, so it sits out the stack's last step; two epochs reshuffle and
+# carry the momentum buffers over.
+STACK_SIZES = {"full": ((300, 300, 200), 200, 128, 2), "smoke": ((40, 40, 24), 24, 16, 2)}
+# Per-epoch losses agree to this relative tolerance, as in tests/test_stacked.py: fp32 rounding
+# flips a few ReLU and max-pool decisions, never a loss by more.
+LOSS_RTOL = 1e-4
+# An accuracy may differ by this many images: a barely trained network has nearly tied logits,
+# which rounding can tip either way.
+ACCURACY_IMAGES = 1
+
+
+def stack_configs(batch_size: int, epochs: int, device: str):
+    """Return the check's three units: the study's SGD with seeds 0 and 1, and seed 0 with another
+    setting (lr 0.02, Nesterov momentum 0.9, no weight decay). fp32; dropout 0, because on CUDA
+    ``fit`` draws its masks from the global generator, which a stack cannot replay."""
+    from fmnist_utils.train import TrainConfig
+
+    base = TrainConfig(batch_size=batch_size, epochs=epochs, dropout=0.0, precision="fp32", device=device)
+    return [base.replace(seed=0), base.replace(seed=1),
+            base.replace(seed=0, lr=0.02, momentum=0.9, nesterov=True, weight_decay=0.0)]
+
+
+def stack_units(labels, sizes: tuple[int, ...], n_val: int, seed: int = 0):
+    """Return (train index sets, validation index sets) into the training split with ``labels``
+    (N,): disjoint sets of ``sizes[i]`` and ``n_val`` images drawn from one stratified subset."""
+    import numpy as np
+
+    from fmnist_utils import data
+
+    total = sum(sizes) + n_val * len(sizes)
+    pool = data.stratified_subset(labels, total, seed=seed)
+    pool = pool[np.random.default_rng(seed).permutation(total)]
+    ends = np.cumsum(list(sizes) + [n_val] * len(sizes))
+    parts = np.split(pool, ends[:-1])
+    return parts[:len(sizes)], parts[len(sizes):]
+
+
+def compare_histories(got: list[list[dict]], want: list[list[dict]], n_train: list[int], n_val: list[int]) -> dict:
+    """Return how far fit_many's histories ``got`` are from fit's ``want`` (one list of epoch rows
+    per unit): ``same_rows`` (every unit has fit's epochs and keys), ``max_loss_rel_diff`` (largest
+    |got - want| / |want| over every numeric entry but accuracies and ``seconds``: losses, lr),
+    ``max_accuracy_diff_images`` (largest accuracy difference times the images it was measured on,
+    ``n_train[i]`` / ``n_val[i]``) and ``max_val_images_differing`` (validation images right in one
+    and wrong in the other, from ``val_correct``)."""
+    from fmnist_utils import train
+
+    out = {"same_rows": True, "max_loss_rel_diff": 0.0, "max_accuracy_diff_images": 0.0, "max_val_images_differing": 0}
+    for unit, (g, w) in enumerate(zip(got, want)):
+        if len(g) != len(w) or any(list(rg) != list(rw) for rg, rw in zip(g, w)):
+            out["same_rows"] = False
+            continue
+        for rg, rw in zip(g, w):
+            for key, b in rw.items():
+                a = rg[key]
+                if key == "seconds":
+                    continue
+                if key == "val_correct":
+                    bits_g, bits_w = (train.val_correctness([{"epoch": 1, key: v}], n_val[unit])[0] for v in (a, b))
+                    out["max_val_images_differing"] = max(out["max_val_images_differing"], int((bits_g != bits_w).sum()))
+                elif key.endswith("accuracy"):
+                    images = n_val[unit] if key.startswith("val") else n_train[unit]
+                    out["max_accuracy_diff_images"] = max(out["max_accuracy_diff_images"], abs(a - b) * images)
+                elif isinstance(b, (int, float)) and not isinstance(b, bool):
+                    rel = abs(a - b) / max(abs(b), 1e-12) if a != b else 0.0
+                    # A NaN on either side is no agreement (max() would drop it).
+                    out["max_loss_rel_diff"] = max(out["max_loss_rel_diff"], rel if rel == rel else float("inf"))
+                elif a != b:
+                    out["same_rows"] = False
+    out["max_accuracy_diff_images"] = round(out["max_accuracy_diff_images"], 6)  # counts, up to float rounding
+    return out
+
+
+def stack_verdict(diffs: dict, units_through_fit: int) -> tuple[bool, str]:
+    """Return (fit_many equals the separate fit runs, one line saying why) for :func:`compare_histories`'s
+    ``diffs`` and the number of units fit_many trained through ``fit`` rather than in the stack."""
+    if units_through_fit:
+        return False, f"fit_many trained {units_through_fit} unit(s) with fit, not in one stack: nothing was compared"
+    if not diffs["same_rows"]:
+        return False, "fit_many's histories have other epochs or keys than fit's"
+    problems = []
+    if not diffs["max_loss_rel_diff"] <= LOSS_RTOL:
+        problems.append(f"a loss differs by {diffs['max_loss_rel_diff']:.2g} relative (tolerance {LOSS_RTOL:g})")
+    worst = max(diffs["max_accuracy_diff_images"], diffs["max_val_images_differing"])
+    if worst > ACCURACY_IMAGES:
+        problems.append(f"an accuracy differs by {worst:g} images (tolerance {ACCURACY_IMAGES})")
+    if problems:
+        return False, "fit_many differs from fit: " + "; ".join(problems)
+    return True, (f"fit_many equals fit: losses within {diffs['max_loss_rel_diff']:.2g} relative (tolerance {LOSS_RTOL:g}), "
+                  f"accuracies within {worst:g} image(s) (tolerance {ACCURACY_IMAGES})")
+
+
+def model_differences(got, want) -> dict:
+    """Return ``bn_steps_equal`` (BatchNorm step counts identical) and ``max_weight_rel_diff`` (largest
+    ||got - want|| / ||want|| over the floating tensors) of two lists of trained models; the weights
+    are recorded, not judged: in fp32 two exact implementations drift apart by about 1e-3."""
+    import torch
+
+    equal, worst = True, 0.0
+    for g, w in zip(got, want):
+        gs = g.state_dict()
+        for name, tensor in w.state_dict().items():
+            other = gs[name].to(tensor.device)
+            if not tensor.is_floating_point():
+                equal = equal and torch.equal(other, tensor)
+            else:
+                worst = max(worst, ((other - tensor).norm() / tensor.norm().clamp_min(1e-12)).item())
+    return {"bn_steps_equal": equal, "max_weight_rel_diff": worst}
+
+
+def check_stack(profile: str, out: str | Path) -> int:
+    """Train :func:`stack_configs`'s units with separate ``fit`` runs and with one ``fit_many`` stack
+    on this device, write the comparison to ``out`` (JSON) and print its verdict; return 0 when
+    fit_many equals fit within the tolerances, 1 otherwise. TF32 is turned off: fp32 means fp32."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from fmnist_utils import data, device as devices, provenance, train
+
+    import warnings
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    # Units this small end near chance by design: fit's warning about it says nothing here.
+    warnings.filterwarnings("ignore", message=".*not distinguishable from chance")
+    sizes, n_val, batch, epochs = STACK_SIZES[profile]
+    dev = devices.resolve_device("auto")
+    fm = data.load_fashion_mnist(download_ok=False)
+    train_sets, val_sets = stack_units(fm.y_train, sizes, n_val)
+    x, y = fm.x_train, fm.y_train
+    configs = stack_configs(batch, epochs, str(dev))
+
+    start = time.perf_counter()
+    want_h, want_m = [], []
+    for c, tr, va in zip(configs, train_sets, val_sets):
+        model = train.build_model(c)
+        want_h.append(train.fit(model, x[tr], y[tr], c, val=(x[va], y[va]), progress=False))
+        want_m.append(model)
+    fit_seconds = time.perf_counter() - start
+
+    through_fit = []
+    fit = train.fit
+
+    def counted_fit(*args, **kwargs):  # a unit fit_many did not stack
+        through_fit.append(1)
+        return fit(*args, **kwargs)
+
+    train.fit = counted_fit
+    try:
+        start = time.perf_counter()
+        got_h, got_m = train.fit_many(configs, x, y, train_sets, val_sets, progress=False, on_diverged="raise",
+                                      return_models=True, stack_size=len(configs))
+        many_seconds = time.perf_counter() - start
+    finally:
+        train.fit = fit
+    diffs = compare_histories(got_h, want_h, [len(s) for s in train_sets], [len(s) for s in val_sets])
+    equal, verdict = stack_verdict(diffs, len(through_fit))
+    provenance.write_json(out, {
+        "equal": equal, "verdict": verdict, **diffs, **model_differences(got_m, want_m),
+        "units_through_fit": len(through_fit), "loss_rtol": LOSS_RTOL, "accuracy_images": ACCURACY_IMAGES,
+        "device": str(dev), "device_name": devices.describe(dev), "precision": "fp32", "tf32": False,
+        "units": len(configs), "train_images": list(sizes), "val_images": n_val, "batch_size": batch, "epochs": epochs,
+        "configs": [{k: c.to_dict()[k] for k in ("lr", "momentum", "nesterov", "weight_decay", "seed")} for c in configs],
+        "fit_seconds": fit_seconds, "fit_many_seconds": many_seconds,
+        "final_train_loss": {"fit": [h[-1]["train_loss"] for h in want_h], "fit_many": [h[-1]["train_loss"] for h in got_h]},
+    })
+    print(f"{len(configs)} units on {devices.describe(dev)}, fp32, batch {batch}, {epochs} epochs: separate fit "
+          f"{fit_seconds:.1f} s, one fit_many stack {many_seconds:.1f} s")
+    print(verdict)
+    return 0 if equal else 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,6 +569,19 @@ class Verify:
             record.update(status="failed", error=f"it exited 0 but wrote no {out}")
         return record
 
+    def stack_check(self, budget) -> dict:
+        """fit_many against separate fit runs on this device (:func:`check_stack`, in a child process)."""
+        out = self.logs / "stack_check.json"
+        out.unlink(missing_ok=True)
+        cmd = [self.py, str(Path(__file__).resolve()), "--check-stack", str(out), "--profile", self.args.profile]
+        record = self.command("stack_check", cmd, budget)
+        record["figures"] = read_json_figures(out)
+        if record["status"] == "ok" and record["figures"] is None:
+            record.update(status="failed", error=f"it exited 0 but wrote no {out}")
+        elif record["status"] == "failed" and record["figures"] is not None:
+            record["error"] = record["figures"]["verdict"]  # the comparison ran: its verdict says what differs
+        return record
+
     def report(self, budget) -> dict:
         sys.path.insert(0, str(ROOT))
         from fmnist_utils import budget as budgets, paths
@@ -400,6 +597,7 @@ class Verify:
         cmd += [] if self.args.install_chromium else ["--no-install"]  # no apt-get on a machine without internet
         since = now_utc()
         record = self.command("report", cmd, budget, ok_codes=(0, REPORT_HTML_ONLY))
+        record["sized_by"] = f"PROFILE={self.args.profile}" if self.size == "smoke" else f"BUDGET={REPORT_BUDGET}"
         if record["returncode"] == REPORT_HTML_ONLY:
             record["note"] = "HTML written; no PDF (Chromium missing)"
         record["figures"] = report_figures(run, report_dir, since)
@@ -418,6 +616,8 @@ class Verify:
                     record = self.report(budget)
                 elif stage == "estimate":
                     record = self.estimate(budget)
+                elif stage == "stack_check":
+                    record = self.stack_check(budget)
                 else:
                     record = self.bench(stage, budget)
             except Exception as exc:  # a stage's own bookkeeping failed: record it, run the next
@@ -446,10 +646,13 @@ def main(argv=None) -> int:
     parser.add_argument("--force-report", action="store_true", help="re-execute every notebook even when up to date")
     parser.add_argument("--install-chromium", action="store_true", help="let the report apt-get Chromium for the PDF")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--check-stack", metavar="JSON", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
         print(json.dumps(probe()))
         return 0
+    if args.check_stack:  # the stack_check stage's child process
+        return check_stack(args.profile, args.check_stack)
 
     def log(message: str) -> None:
         print(message, flush=True)

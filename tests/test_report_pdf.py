@@ -217,6 +217,28 @@ def test_method_is_one_paragraph_and_the_settings_an_appendix(tmp_path):
     assert "Appendices Settings Environment, provenance and wall times How to reproduce" in contents
 
 
+def test_method_states_the_budget_pace_floor_and_every_models_steps(tmp_path):
+    # Issue 16: the Method section itself (not only Appendix A) states the budget, the measured pace,
+    # what was left out, the floor with its source, and every model's steps beside the study's.
+    from fmnist_utils import budget
+
+    plan = budget.plan("20m", run_dir=tmp_path / "run", pace=dict(budget.REFERENCE_PACE), log=lambda m: None)
+    page = whole(tmp_path)
+    method = section(page, "method")
+    assert method.count("<p") == 2 and "<table" not in method  # the method, then the budget: no table
+    text = text_of(method)
+    assert "time budget of 20m" in text and "measured on" in text
+    for kind, seconds in plan.record["pace"].items():
+        assert report.num(seconds * 1e3) in text, kind
+    assert f"fewer than {report.num(budget.FLOOR_STEPS)} optimizer steps" in text and budget.FLOOR_SOURCE in text
+    assert f"beside the study's {report.num(budget.STUDY_STEPS)}" in text
+    for stem in plan.profile.skip:
+        assert stem in text
+    for m in plan.record["models"]:
+        assert f"{m['model']}" in text and report.num(m["steps"]) in text
+    assert 'href="#budget"' in method and 'id="budget"' in section(page, "settings")  # the detail stays in Appendix A
+
+
 def test_discussion_words_every_verdict_as_settled_or_open(tmp_path):
     results = {"01_sweep": F.sweep_results(), "02_train": F.train_results()}
     groups = report.discussion_records(results)

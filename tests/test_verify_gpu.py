@@ -188,6 +188,77 @@ def test_accuracy_figures_pick_accuracies_from_nested_dicts():
         "seconds": 12.5, "test.accuracy": 0.9, "best_cv.accuracy_mean": 0.8, "final.test_accuracy": 0.88}
 
 
+def _history(losses, accuracies, correct):
+    """Epoch rows as fit writes them: losses, accuracies, packed per-image correctness, seconds, lr."""
+    from fmnist_utils import train
+
+    return [{"epoch": e + 1, "train_loss": loss, "train_accuracy": acc, "val_loss": loss * 1.1, "val_accuracy": acc,
+             "val_correct": train.pack_correct(c), "seconds": 9.0 + e, "lr": 0.05}
+            for e, (loss, acc, c) in enumerate(zip(losses, accuracies, correct))]
+
+
+def test_compare_histories_measures_losses_accuracies_and_images():
+    right = np.ones(40, bool)
+    want = [_history([2.0, 1.5], [0.25, 0.5], [right, right])]
+    flipped = right.copy()
+    flipped[[3, 17]] = False
+    # One loss off by 2e-5 relative, one accuracy by 3 of 80 training images, 2 validation images flipped.
+    got = [_history([2.0, 1.5 * (1 + 2e-5)], [0.25, 0.5 + 3 / 80], [right, flipped])]
+    got[0][1]["seconds"] = 123.0  # wall time is never compared
+    diffs = verify_gpu.compare_histories(got, want, [80], [40])
+    assert diffs["same_rows"]
+    assert diffs["max_loss_rel_diff"] == pytest.approx(2e-5, rel=1e-6)
+    assert diffs["max_accuracy_diff_images"] == pytest.approx(3.0) and diffs["max_val_images_differing"] == 2
+    assert verify_gpu.compare_histories(want, want, [80], [40]) == {
+        "same_rows": True, "max_loss_rel_diff": 0.0, "max_accuracy_diff_images": 0.0, "max_val_images_differing": 0}
+    assert not verify_gpu.compare_histories([want[0][:1]], want, [80], [40])["same_rows"]  # an epoch missing
+    renamed = [[{**r, "extra": 1} for r in want[0]]]
+    assert not verify_gpu.compare_histories(renamed, want, [80], [40])["same_rows"]
+
+
+def test_stack_verdict_holds_fit_many_to_fp32_tolerances():
+    ok = {"same_rows": True, "max_loss_rel_diff": 3e-6, "max_accuracy_diff_images": 1.0, "max_val_images_differing": 0}
+    equal, line = verify_gpu.stack_verdict(ok, 0)
+    assert equal and line.startswith("fit_many equals fit") and "(tolerance 0.0001)" in line
+    loss = {**ok, "max_loss_rel_diff": 2 * verify_gpu.LOSS_RTOL}
+    assert verify_gpu.stack_verdict(loss, 0) == (False, "fit_many differs from fit: a loss differs by 0.0002 relative "
+                                                        "(tolerance 0.0001)")
+    images = {**ok, "max_val_images_differing": verify_gpu.ACCURACY_IMAGES + 1}
+    assert not verify_gpu.stack_verdict(images, 0)[0] and "2 images" in verify_gpu.stack_verdict(images, 0)[1]
+    assert not verify_gpu.stack_verdict({**ok, "max_loss_rel_diff": float("nan")}, 0)[0]  # NaN is no agreement
+    assert not verify_gpu.stack_verdict({**ok, "same_rows": False}, 0)[0]
+    assert "not in one stack" in verify_gpu.stack_verdict(ok, 2)[1] and not verify_gpu.stack_verdict(ok, 2)[0]
+
+
+@pytest.mark.parametrize("profile", sorted(verify_gpu.STACK_SIZES))
+def test_stack_units_are_disjoint_with_partial_batches_and_a_shorter_unit(profile):
+    sizes, n_val, batch, epochs = verify_gpu.STACK_SIZES[profile]
+    assert all(n % batch for n in sizes), "every unit ends on a partial batch"
+    steps = [-(-n // batch) for n in sizes]
+    assert min(steps) < max(steps), "one unit sits out the stack's last step"
+    assert epochs >= 2  # reshuffled, momentum carried over
+    y = torch.arange(10).repeat(200)
+    train_sets, val_sets = verify_gpu.stack_units(y, sizes, n_val)
+    assert [len(s) for s in train_sets] == list(sizes) and [len(s) for s in val_sets] == [n_val] * len(sizes)
+    everything = np.concatenate(train_sets + val_sets)
+    assert len(set(everything.tolist())) == len(everything)
+    configs = verify_gpu.stack_configs(batch, epochs, "cpu")
+    assert len({c.seed for c in configs}) == 2 and len({(c.lr, c.momentum) for c in configs}) == 2
+    assert all(c.precision == "fp32" and c.dropout == 0 and c.batch_size == batch for c in configs)
+
+
+def test_check_stack_on_this_cpu_finds_fit_many_equal_to_fit(tmp_path):
+    out = tmp_path / "stack.json"
+    assert verify_gpu.check_stack("smoke", out) == 0
+    fig = json.loads(out.read_text())
+    assert fig["equal"] and fig["units_through_fit"] == 0 and fig["bn_steps_equal"]
+    assert fig["max_loss_rel_diff"] <= verify_gpu.LOSS_RTOL and fig["verdict"].startswith("fit_many equals fit")
+    assert fig["device"] == "cpu" and fig["precision"] == "fp32" and fig["units"] == 3
+    assert len(set(fig["final_train_loss"]["fit"])) == 3  # three units that learned different things
+    line = verify_gpu.summarize("stack_check", {"status": "ok", "figures": fig})
+    assert line.startswith("3 units on cpu, fp32, 2 epochs: fit_many equals fit")
+
+
 def test_results_name_names_device_date_and_profile():
     assert verify_gpu.results_name("NVIDIA H100 80GB HBM3", "2026-11-27", "full") == "nvidia-h100-80gb-hbm3-2026-11-27.json"
     assert verify_gpu.results_name("cpu", "2026-11-27", "smoke") == "cpu-2026-11-27-smoke.json"
@@ -244,6 +315,8 @@ def test_verify_gpu_smoke_runs_every_stage_and_records_figures(tmp_path):
         assert row["seconds_per_epoch"] > 0 and 0 <= row["final_val_accuracy"] <= 1
     assert 0 <= bench["modern"]["final_val_accuracy"] <= 1
     assert stages["estimate"]["figures"]["full_cnn_train_passes"] <= 25_000_000
+    check = stages["stack_check"]["figures"]
+    assert check["equal"] and check["device"] == "cpu" and check["max_loss_rel_diff"] <= verify_gpu.LOSS_RTOL
     sweep = stages["bench_sweep"]["figures"]
     assert sweep["size"] == "smoke" and any(r["way"].startswith("fit_many") for r in sweep["rows"])
     assert all(r["units_per_hour"] > 0 for r in sweep["rows"])
@@ -254,6 +327,20 @@ def test_verify_gpu_smoke_runs_every_stage_and_records_figures(tmp_path):
     assert len(notebooks) >= 3 and all(nb["status"] == "ok" and nb["seconds"] > 0 for nb in notebooks.values())
     assert any(0 <= v <= 1 for nb in notebooks.values() for k, v in nb["accuracies"].items() if "accuracy" in k)
     assert "stage        status" in done.stdout  # the summary table
+
+    # The README's GPU block is written from this file; a CPU smoke file only where allowed.
+    import readme_figures
+
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    with pytest.raises(SystemExit, match="not a GPU measurement"):
+        readme_figures.main(["--gpu", str(written), "--readme", str(readme)])
+    assert readme_figures.main(["--gpu", str(written), "--readme", str(readme), "--allow-cpu"]) == 0
+    source, block = readme_figures.gpu_block(readme.read_text())
+    assert source == str(written.resolve()) and block == readme_figures.render_gpu(doc, source)
+    from fmnist_utils import report as reports
+
+    assert f"{reports.num(stages['estimate']['figures']['full_cnn_train_passes'] / 1e6, 1)} million" in block
 
 
 def test_the_estimate_stage_writes_pace_and_full_estimate_and_the_summary_names_them(tmp_path, monkeypatch):
