@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import datetime as _dt
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -43,13 +42,14 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import paths, profiles, provenance
+from . import settings as settings_tree
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 # Parameters every notebook must declare in its `parameters` cell: papermill only warns about an
 # injected name the cell lacks, and the notebook would then write into another run folder.
 REQUIRED_PARAMETERS = ("profile", "run_dir")
 # Modules that only run or assemble the report: editing them must not re-execute the notebooks.
-REPORT_ONLY_MODULES = frozenset({"pipeline.py", "report.py", "__main__.py"})
+REPORT_ONLY_MODULES = provenance.REPORT_ONLY_MODULES
 KERNEL = "python3"
 
 EXIT_NOTEBOOK_FAILED = 1
@@ -149,8 +149,7 @@ def discover(folder: str | Path | None = None) -> list[Path]:
     return found
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+_digest = provenance.digest
 
 
 def source_digest(notebook: str | Path) -> str:
@@ -166,12 +165,9 @@ def source_digest(notebook: str | Path) -> str:
 
 
 def package_digest(package_dir: str | Path | None = None) -> str:
-    """Return a hash of the package's Python sources that notebooks run (``*.py`` in
-    ``fmnist_utils``, without :data:`REPORT_ONLY_MODULES`).
-    """
-    root = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parent
-    files = sorted(p for p in root.rglob("*.py") if p.name not in REPORT_ONLY_MODULES and "__pycache__" not in p.parts)
-    return _digest([[p.relative_to(root).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest()] for p in files])
+    """Return the kit's code hash (:func:`fmnist_utils.provenance.code_hash`): the package's Python
+    sources that notebooks run, without :data:`REPORT_ONLY_MODULES`."""
+    return provenance.code_hash(package_dir)
 
 
 def notebook_key(source: str, parameters: dict, package: str, previous: list[str], inputs: dict | None = None) -> str:
@@ -246,18 +242,7 @@ def read_graph(found: list[Path], running: list[Path] | None = None) -> dict[str
     return {stem: tuple(r for r in reads if r in kept) for stem, reads in graph.items() if stem in kept}
 
 
-def _file_record(path: Path, seen: dict | None, hasher: Callable[[Path], str]) -> dict:
-    """Return {"path", "size", "mtime_ns", "sha256"} of ``path`` (sha256 None when there is no file),
-    taking the sum from ``seen`` when path, size and modification time are unchanged.
-    """
-    path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        return {"path": str(path), "size": None, "mtime_ns": None, "sha256": None}
-    info = path.stat()
-    record = {"path": str(path), "size": info.st_size, "mtime_ns": info.st_mtime_ns}
-    seen = seen or {}
-    same = seen.get("sha256") and all(seen.get(k) == v for k, v in record.items())
-    return {**record, "sha256": seen["sha256"] if same else hasher(path)}
+_file_record = provenance.file_record
 
 
 def _data_input(seen: dict | None) -> dict:
@@ -280,7 +265,7 @@ def _weights_input(seen: dict | None) -> dict:
     """
     from . import models
 
-    given = os.environ.get(models.RESNET18_WEIGHTS_ENV, "").strip()
+    given = settings_tree.env(models.RESNET18_WEIGHTS_ENV) or ""
     path = Path(given) if given else models.resnet18_cache_file()
     return {"how": models.RESNET18_WEIGHTS_ENV if given else "torchvision cache",
             **_file_record(path, seen, models.sha256_of)}
@@ -441,8 +426,9 @@ def why_rerun(stamp: dict | None, key: str, parts: dict, has_results: bool) -> s
     return None
 
 
-def check_parameters(notebook: Path) -> None:
-    """Raise ValueError unless the notebook's ``parameters`` cell declares :data:`REQUIRED_PARAMETERS`."""
+def check_parameters(notebook: Path) -> tuple[str, ...]:
+    """Return the names the notebook's ``parameters`` cell declares; raise ValueError unless they
+    include :data:`REQUIRED_PARAMETERS`."""
     import papermill
 
     declared = papermill.inspect_notebook(str(notebook))
@@ -453,6 +439,7 @@ def check_parameters(notebook: Path) -> None:
             f"(found {sorted(declared) or 'no parameters cell'}). Add e.g. `profile = \"auto\"` and `run_dir = None`, "
             "one per line, with no '=' inside the trailing comment (papermill cannot parse such lines)."
         )
+    return tuple(declared)
 
 
 # --------------------------------------------------------------------------------------------
@@ -791,6 +778,7 @@ def run_notebooks(
     force: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    settings: settings_tree.Settings | None = None,
 ) -> list[dict]:
     """Run (or reuse) every notebook in order and return their stamps, in notebook order.
 
@@ -798,7 +786,10 @@ def run_notebooks(
     ("ok"), ``seconds`` (papermill wall time of the run that produced the results, kernel
     start included), ``started_utc``, ``finished_utc``, ``executed`` (True when run now, False
     when reused), ``source`` and ``executed_notebook`` paths, ``input_files`` (the inputs'
-    files with size, time and hash). ``force`` re-executes everything (and may replace another
+    files with size, time and hash). ``settings``: the run's settings tree, resolved once
+    (None: :func:`fmnist_utils.settings.resolve` of ``profile``); each notebook whose parameters
+    cell declares ``settings`` is passed it whole, the others the profile's name and the run folder.
+    ``force`` re-executes everything (and may replace another
     profile's results). ``progress``: pass each line the notebooks print (one per epoch) to
     ``log`` as they run. Raises :class:`NotebookFailed` on the first failure; its stamp then
     says ``"failed"`` (``"interrupted"`` after Ctrl-C), and an executed copy that is not valid
@@ -809,16 +800,13 @@ def run_notebooks(
     role, or not the kit's), ``DataError`` or ``WeightsError``. Results are replaced only once
     their successor exists (:func:`set_aside`).
     """
-    name = profiles.resolve_name(profile)
+    tree = settings if settings is not None else settings_tree.resolve(profile, run_dir=run_dir, log=log)
+    name = tree.name
     run = paths.run_folder(name, run_dir)
-    found = everything = discover(notebooks)
-    # Notebooks the budget left out (a budgeted run's are in its budget.json).
-    budgeted = name.startswith("budget-") and (run / "budget.json").is_file()
-    fixed = profiles.PROFILES.get(name)
-    dropped = provenance.read_json(run / "budget.json")["dropped"] if budgeted else getattr(fixed, "skip", ())
-    found = [nb for nb in found if nb.stem not in dropped]
-    for nb in found:  # before anything runs: a contract error should not cost minutes of training first
-        check_parameters(nb)
+    everything = discover(notebooks)
+    found = [nb for nb in everything if nb.stem not in tree.skip]  # the notebooks a budget left out do not run
+    # Before anything runs: a contract error should not cost minutes of training first.
+    declared = {nb.stem: check_parameters(nb) for nb in found}
     graph = read_graph(everything, found)
     paths.check_roles(run, None, found[0].parent.resolve())
     with run_folder_lock(run):
@@ -828,14 +816,24 @@ def run_notebooks(
             log(f"--force: replacing the results of another profile in {run}: {', '.join(replaced)}")
         for debris in (run / "notebooks").glob("*.tmp"):  # a stamp write cut short by a kill
             debris.unlink(missing_ok=True)
-        return _run_locked(found, name, run, force, progress, log, snapshot, graph)
+        return _run_locked(found, name, run, force, progress, log, snapshot, graph,
+                           {stem: _parameters(name, run, tree, names) for stem, names in declared.items()})
+
+
+def _parameters(name: str, run: Path, tree: settings_tree.Settings, declared: tuple[str, ...]) -> dict:
+    """Return the papermill parameters of a notebook declaring ``declared``: the profile's name, the
+    run folder, and the whole settings tree (as plain JSON values) where it declares ``settings``."""
+    out = {"profile": name, "run_dir": str(run)}
+    if "settings" in declared:
+        out["settings"] = json.loads(json.dumps(tree.to_dict()))
+    return out
 
 
 def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: bool,
                 log: Callable[[str], None], snapshot: dict | None = None,
-                graph: dict[str, tuple[str, ...]] | None = None) -> list[dict]:
+                graph: dict[str, tuple[str, ...]] | None = None, injected: dict[str, dict] | None = None) -> list[dict]:
     package = package_digest()
-    parameters = {"profile": name, "run_dir": str(run)}
+    injected = injected or {}
     log(f"profile {name}: {len(found)} notebook(s) from {found[0].parent} into {run}")
 
     stamps: list[dict] = []
@@ -845,6 +843,7 @@ def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: 
     snapshot = snapshot or {}
     for nb in found:
         stem = nb.stem
+        parameters = injected.get(stem) or {"profile": name, "run_dir": str(run)}
         old = read_stamp(run, stem)
         damage = stamp_damage(run, stem)
         # Hashes are taken from this notebook's last run, else from the notebook before it.
@@ -1016,6 +1015,7 @@ def build(
     ignore_estimate: bool = False,
     title=None,
     budget: str | None = None,
+    overrides: dict | None = None,
 ) -> dict:
     """Run the notebooks and build the report; return ``{"html", "pdf", "stamps", "seconds"}``.
 
@@ -1031,6 +1031,8 @@ def build(
     would take hours, unless ``ignore_estimate`` (or ``FMNIST_IGNORE_ESTIMATE=1``). ``budget``
     (``"30m"``): size the report to that time instead (:func:`fmnist_utils.budget.plan`).
     ``title``: the report's author, course and date (:class:`fmnist_utils.report.TitleBlock`).
+    ``overrides``: ``{dotted setting: value}`` set over the profile's (:func:`fmnist_utils.settings.override`),
+    checked before anything runs; the resolved tree is passed whole to every notebook.
     """
     from . import budget as budgets, estimate, report
 
@@ -1039,7 +1041,7 @@ def build(
         name = budgets.profile_name(budgets.parse(budget))
     else:
         estimate.check_budget(profile, ignore=ignore_estimate, log=log)
-        name = profiles.resolve_name(profile)
+        name = profiles.resolve_name(profile)  # auto resolved once: the settings below take this name
     run = paths.run_folder(name, run_dir)
     report_dir = paths.writable_dir(report_dir if report_dir is not None else paths.report_dir(), "report folder")
     found = discover(notebooks)
@@ -1051,10 +1053,15 @@ def build(
         if budget is not None:  # sized before anything runs; the pace is measured once per run folder
             plan = budgets.plan(budget, run, log=log)
             log(budgets.describe(plan.record))
-        elif name == "quick":  # the Method section states the budget quick was sized to
-            provenance.write_json(run / "budget.json", budgets.quick()[1])
+            tree = settings_tree.override(settings_tree.from_profile(plan.profile), overrides)
+        else:
+            tree = settings_tree.resolve(name, overrides=overrides)
+            if name == "quick":  # the Method section states the budget quick was sized to
+                provenance.write_json(run / "budget.json", budgets.quick()[1])
+        if overrides:
+            log("settings set over the profile's: " + ", ".join(f"{k}={v!r}" for k, v in overrides.items()))
         try:
-            stamps = run_notebooks(name, run, notebooks, force=force, progress=progress, log=log)
+            stamps = run_notebooks(name, run, notebooks, force=force, progress=progress, log=log, settings=tree)
         except BaseException:
             if (report_dir / "report.html").exists():
                 log(f"no new report: the previous one, from an earlier run, is kept: {report_dir / 'report.html'}")
@@ -1089,6 +1096,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ignore-estimate", action="store_true",
                         help="run the full profile even where its estimate says hours (no CUDA); "
                         "or set FMNIST_IGNORE_ESTIMATE=1")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                        help="set one setting over the profile's, by its dotted path (repeatable): --set train.epochs=3")
     parser.add_argument("--budget", default=None,
                         help="size the whole report to this time (30m, 2h, or minutes) from the pace measured here")
 
@@ -1109,9 +1118,10 @@ def cli(args: argparse.Namespace) -> int:
     if args.budget is not None and args.profile != "auto":
         raise ValueError(f"--budget {args.budget} sizes the whole report itself; drop --profile {args.profile} "
                          "(or drop --budget to run that profile's fixed sizes)")
+    overrides = settings_tree.parse_assignments(getattr(args, "overrides", None) or [])
     out = build(args.profile, args.run_dir, args.report_dir, args.notebooks, force=args.force,
                 pdf=not args.no_pdf, install=not args.no_install, log=log,
-                ignore_estimate=args.ignore_estimate, title=title, budget=args.budget)
+                ignore_estimate=args.ignore_estimate, title=title, budget=args.budget, overrides=overrides)
     ran = sum(s["executed"] for s in out["stamps"])
     log(f"done in {out['seconds']:.1f} s ({ran} notebook(s) executed, {len(out['stamps']) - ran} reused)")
     log(f"HTML: {out['html']}")

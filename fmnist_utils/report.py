@@ -45,7 +45,7 @@ from typing import Callable, NamedTuple, Sequence
 
 from markupsafe import Markup, escape
 
-from . import models, profiles, provenance, stats, study
+from . import models, provenance, records, settings, stats, study
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PAGE_TEMPLATE = "report.html.j2"
@@ -456,8 +456,8 @@ def notebook_title(notebook: str | Path) -> str:
 
 
 def profile_notes() -> dict[str, str]:
-    """Return {dotted Profile setting: what it means}, from the fields' metadata (see profiles.setting)."""
-    return profiles.meanings()
+    """Return {dotted setting: what it means}, from the settings tree's metadata (:func:`fmnist_utils.settings.meanings`)."""
+    return settings.meanings()
 
 
 def scalar_metrics(results: dict) -> list[dict]:
@@ -560,24 +560,13 @@ def typed_numbers(template_text: str, name: str = "template") -> list[TypedNumbe
     return sorted(found, key=lambda t: t.line)
 
 
-def _flatten(record: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def profile_rows(profile: dict) -> list[dict]:
-    """Return the profile (nested dicts, as ``Profile.to_dict()``) as table rows
-    ``{"setting", "value", "meaning"}``, one per leaf setting (``train.epochs``).
-    """
-    notes = profile_notes()
-    # None is spelt out: the meanings say what None stands for ("None: all 60,000").
-    return [{"setting": k, "value": "None" if v is None else v, "meaning": notes.get(k, "")}
-            for k, v in _flatten(profile).items()]
+    """Return the settings tree (nested dicts, as ``Settings.to_dict()`` or ``Profile.to_dict()``) as
+    table rows ``{"setting", "value", "meaning"}``, one per leaf setting (``train.epochs``); None is
+    spelt out (the meanings say what it stands for, "None: all 60,000")."""
+    return settings.rows(profile)
 
 
 def figure_files(folder: Path) -> list[str]:
@@ -812,7 +801,7 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
         path = run / stamp["notebook"] / "results.json"
         if not path.is_file():
             raise ReportError(f"{path} is missing: run the notebook {stamp['notebook']} first")
-        results[stamp["notebook"]] = provenance.read_json(path)
+        results[stamp["notebook"]] = records.read(path, stamp["notebook"])  # refuses another schema, naming the fix
     helpers = {
         "pct": pct, "num": num, "secs": secs, "points": points, "points_phrase": points_phrase, "p_value": p_value, "na": not_available,
         "table": make_table(numbering), "verdict": make_verdict(results), "verdict_numbers": verdict_numbers,
