@@ -143,7 +143,7 @@ def test_the_sweep_runs_before_the_notebook_that_trains_its_choice():
 def test_train_notebook_trains_the_sweeps_choice_beside_the_study_recipe(tmp_path, fmnist):
     run = tmp_path / "run"
     # Without the sweep's results the default refuses to start, and says what to do.
-    with pytest.raises(pipeline.NotebookFailed, match=r"run notebooks/01_sweep\.ipynb .*\(config_source='study'\)"):
+    with pytest.raises(pipeline.NotebookFailed, match=r"run notebooks/01_sweep\.ipynb .*\(overrides=\{'train.source': 'study'\}\)"):
         pipeline.execute(ROOT / "notebooks" / "02_train.ipynb", tmp_path / "nosweep.ipynb",
                          {"profile": "smoke", "run_dir": str(run)})
 
