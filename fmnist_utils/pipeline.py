@@ -1037,6 +1037,7 @@ def build(
     from . import budget as budgets, estimate, report
 
     start = time.perf_counter()
+    settings_tree.check_paths(overrides)  # a misspelt setting is refused before any folder is touched
     if budget is not None:
         name = budgets.profile_name(budgets.parse(budget))
     else:

@@ -84,14 +84,10 @@ def fingerprint(*arrays) -> str:
 
     h = hashlib.sha256()
     for a in arrays:
-        if isinstance(a, torch.Tensor):
-            t = a.detach().cpu().contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(memoryview(t.numpy()).cast("B"))
-        else:
-            a = np.ascontiguousarray(a)
-            h.update(f"{a.dtype}{a.shape}".encode())
-            h.update(memoryview(a).cast("B"))
+        # A numpy array is read as the tensor sharing its memory: the same data, the same fingerprint.
+        t = a.detach().cpu().contiguous() if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(memoryview(t.numpy()).cast("B"))
     return h.hexdigest()
 
 

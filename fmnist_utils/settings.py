@@ -144,7 +144,9 @@ class TrainSettings(profiles.TrainProfile):
         """Return (the :class:`~fmnist_utils.train.TrainConfig` trained, the source it came from).
 
         The source's configuration (01_sweep's choice read from the run folder ``run``, or a
-        recipe) with this branch's epochs, seed, ``device`` and hyperparameters set here. A budget
+        recipe) with this branch's epochs, seed, ``device`` and hyperparameters set here: the
+        epochs are always ``train.epochs`` (01's choice carries ``sweep.final_epochs``, the epochs
+        of 01's own final model, which 02 does not inherit). A budget
         that left out 01_sweep (``skip``) has no choice: the study's recipe is trained instead.
         """
         from . import notebook
@@ -270,22 +272,31 @@ def override(settings: Settings, overrides: Mapping[str, Any] | None) -> Setting
     """
     if not overrides:
         return settings
-    if not isinstance(overrides, Mapping):
-        raise ValueError(f"overrides must be a dict of dotted setting paths and values, e.g. {{'train.epochs': 3}}; "
-                         f"got {overrides!r}")
+    check_paths(overrides)
     tree = settings.to_dict()
-    known = meanings()
     for path, value in overrides.items():
-        if path not in known:
-            near = difflib.get_close_matches(str(path), known, n=3)
-            hint = f"; did you mean {', '.join(near)}?" if near else ""
-            raise ValueError(f"unknown setting {path!r}{hint} (every setting: fmnist_utils.settings.meanings())")
         *branch, leaf = path.split(".")
         node = tree
         for part in branch:
             node = node[part]
         node[leaf] = value
     return from_dict(tree)
+
+
+def check_paths(overrides: Mapping[str, Any] | None) -> None:
+    """Raise ValueError unless ``overrides`` is a dict whose every key is a setting's dotted path,
+    naming the nearest known paths for one that is not (the values are checked by :func:`override`)."""
+    if overrides is None:
+        return
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"overrides must be a dict of dotted setting paths and values, e.g. {{'train.epochs': 3}}; "
+                         f"got {overrides!r}")
+    known = meanings()
+    for path in overrides:
+        if path not in known:
+            near = difflib.get_close_matches(str(path), known, n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise ValueError(f"unknown setting {path!r}{hint} (every setting: fmnist_utils.settings.meanings())")
 
 
 def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
