@@ -17,8 +17,8 @@ from . import device as devices
 from . import paths
 
 # Modules that only run or assemble the report: editing them changes no result, so they are not in :func:`code_hash`.
-REPORT_ONLY_MODULES = frozenset({"pipeline.py", "report.py", "__main__.py", "runner.py", "stamps.py", "folders.py",
-                                 "graph.py", "cli.py", "report_context.py", "report_render.py", "report_pdf.py"})
+REPORT_ONLY_MODULES = frozenset({"pipeline.py", "stamps.py", "execution.py", "run_folders.py", "report.py",
+                                 "report_format.py", "report_pdf.py", "__main__.py"})
 
 PACKAGES = ("fmnist_utils", "torch", "torchvision", "numpy", "optuna", "matplotlib", "seaborn", "papermill")
 
