@@ -107,6 +107,23 @@ def check_parameters(notebook: Path) -> tuple[str, ...]:
     return tuple(declared)
 
 
+def check_given(notebook: Path, parameters: dict) -> None:
+    """Raise ValueError when ``parameters`` name one the notebook's ``parameters`` cell does not declare.
+
+    Papermill only warns and injects it, and the notebook would run with the value ignored (a setting
+    such as ``epochs`` is set by its dotted path in ``overrides``, :mod:`fmnist_utils.settings`).
+    """
+    if not parameters:
+        return
+    declared = check_parameters(notebook) if set(parameters) - set(REQUIRED_PARAMETERS) else REQUIRED_PARAMETERS
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ValueError(
+            f"{notebook.name} declares no parameter {', '.join(unknown)} (its parameters: {', '.join(declared)}); "
+            "a notebook's settings are set by their dotted paths instead, e.g. "
+            "overrides={'train.epochs': 3} (every setting: fmnist_utils.settings.meanings())")
+
+
 # --------------------------------------------------------------------------------------------
 # Executing one notebook
 
@@ -222,6 +239,7 @@ def execute(notebook: Path, output: Path, parameters: dict, log: Callable[[str],
     from . import notebook as nbsetup, progress
 
     notebook, output = Path(notebook), Path(output)
+    check_given(notebook, parameters)
     output.parent.mkdir(parents=True, exist_ok=True)
     stem = notebook.stem
     sink = _LineSink(lambda line: log(f"{stem} | {line}")) if log is not None else None

@@ -247,3 +247,10 @@ def test_make_lab_serves_the_notebooks_headless(tmp_path):
             server.kill()
             server.wait(timeout=10)
     assert server.returncode is not None
+
+
+def test_a_parameter_the_notebook_does_not_declare_is_refused_naming_the_dotted_path(tmp_path):
+    # Papermill alone would only warn, and the notebook would run with the value ignored.
+    with pytest.raises(ValueError, match=r"02_train.ipynb declares no parameter epochs .*overrides=\{'train.epochs': 3\}"):
+        pipeline.execute(ROOT / "notebooks" / "02_train.ipynb", tmp_path / "out.ipynb", {"profile": "smoke", "epochs": 3})
+    assert not (tmp_path / "out.ipynb").exists()
