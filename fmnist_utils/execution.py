@@ -35,7 +35,7 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 # fault gives the same status whether the CLI or a notebook met it (anything else: EXIT_NOTEBOOK_FAILED).
 NOTEBOOK_FAULTS = {
     **dict.fromkeys(("DataError", "WeightsError", "CheckpointError", "StorageError", "FolderRoleError",
-                     "RunFolderConflict"), EXIT_BAD_INPUT),
+                     "RunFolderConflict", "OldResults"), EXIT_BAD_INPUT),
     "TrainingDiverged": EXIT_DIVERGED,
     **dict.fromkeys(("OSError", "FileNotFoundError", "PermissionError", "IsADirectoryError", "NotADirectoryError",
                      "FileExistsError"), EXIT_FILESYSTEM),
