@@ -216,7 +216,7 @@ def base_config(source: str, run: str | Path):
         try:
             chosen = find_results(run, "sweep")
         except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{exc}; or start from the study's recipe instead (overrides={'train.source': 'study'})") from None
+            raise FileNotFoundError(f"{exc}; or start from the study's recipe instead (overrides={{'train.source': 'study'}})") from None
         return train.TrainConfig(**chosen["best_config"])
     if source not in train.PRESETS:
         raise ValueError(f"unknown configuration source {source!r}; choose 'sweep' or one of {sorted(train.PRESETS)}")
