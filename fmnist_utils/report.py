@@ -44,7 +44,7 @@ from typing import Callable, Sequence
 
 from markupsafe import Markup, escape
 
-from . import provenance, records, settings
+from . import provenance, records, settings, study  # noqa: F401  (report.study: the study's figures, as before the split)
 from .report_format import (  # noqa: F401  (the helpers' names, importable from here)
     ReportError, _missing, not_available, pct, num, points, points_phrase, p_value, VERDICT_FIELDS, VERDICT_WORDS,
     FAMILY_WORDS, REQUIRED_VERDICT_FIELDS, NOT_AVAILABLE, DEFAULT_LEVEL, P_FLOOR, check_verdict, EQUALITY_CLAIMS,
