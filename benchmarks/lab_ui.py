@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PARAMETERS = {"profile": '"smoke"', "config_source": '"study"', "epochs": "2"}
+PARAMETERS = {"profile": '"smoke"', "overrides": '{"train.source": "study", "train.epochs": 2}'}
 
 
 def smoke_copy(folder: Path) -> Path:

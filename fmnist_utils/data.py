@@ -213,28 +213,23 @@ def content_sha256(path: str | os.PathLike) -> str:
 
 
 def fingerprint(files: dict[str, Path], known: dict | None = None) -> dict:
-    """Return ``{key: {"path", "size", "mtime_ns", "sha256"}}`` for the files of :func:`find_files`.
+    """Return ``{key: {"path", "size", "mtime_ns", "sha256"}}`` for the files of :func:`find_files`
+    (:func:`fmnist_utils.provenance.file_record` with :func:`content_sha256`).
 
-    ``sha256`` is :func:`content_sha256`. ``known``, an earlier return value, supplies the sums
-    of files whose path, size and modification time are unchanged, so a repeated fingerprint
-    costs a ``stat`` per file instead of a decompression.
+    ``known``, an earlier return value, supplies the sums of files whose path, size and
+    modification time are unchanged, so a repeated fingerprint costs a ``stat`` per file.
     """
+    from . import provenance
+
     known = known or {}
-    out = {}
-    for key, path in files.items():
-        path = Path(path).resolve()
-        info = path.stat()
-        record = {"path": str(path), "size": info.st_size, "mtime_ns": info.st_mtime_ns}
-        old = known.get(key) or {}
-        same = all(old.get(k) == v for k, v in record.items())
-        record["sha256"] = old["sha256"] if same and old.get("sha256") else content_sha256(path)
-        out[key] = record
-    return out
+    return {key: provenance.file_record(path, known.get(key), content_sha256) for key, path in files.items()}
 
 
 def verification_skipped() -> bool:
     """Return True when :data:`UNVERIFIED_ENV` asks to load data without the SHA-256 check."""
-    return os.environ.get(UNVERIFIED_ENV, "").strip().lower() in ("1", "true", "yes")
+    from . import settings
+
+    return settings.flag(UNVERIFIED_ENV) is True
 
 
 def check_official_sha256(key: str, path: str | os.PathLike, digest: str) -> None:
@@ -292,8 +287,10 @@ def candidate_dirs(root: str | os.PathLike | None = None) -> list[tuple[str, Pat
     out: list[tuple[str, Path]] = []
     if root is not None:
         out.append(("root argument", Path(root).expanduser()))
-    if os.environ.get("FMNIST_DATA"):
-        out.append(("FMNIST_DATA", Path(os.environ["FMNIST_DATA"]).expanduser()))
+    from . import settings
+
+    if settings.env("FMNIST_DATA"):
+        out.append(("FMNIST_DATA", Path(settings.env("FMNIST_DATA")).expanduser()))
     out.append(("kit data folder", paths.data_dir()))
     out.append(("Debian dataset-fashion-mnist", paths.DEBIAN_DATA_DIR))
     return out

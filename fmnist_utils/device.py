@@ -78,9 +78,11 @@ def cpu_has_fast_bf16() -> bool:
 
     Without them bf16 is emulated and slower than fp32. ``FMNIST_CPU_BF16=0/1`` overrides.
     """
-    env = os.environ.get("FMNIST_CPU_BF16")
-    if env in ("0", "1"):
-        return env == "1"
+    from . import settings
+
+    forced = settings.flag("FMNIST_CPU_BF16")
+    if forced is not None:
+        return forced
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
@@ -115,7 +117,9 @@ def _auto_precision(precision: str, device: torch.device) -> tuple[str, str]:
                             "(slower than fp32)")
         return "fp32", f"fp32: {cc} has no half-precision tensor cores (< 7.0)"
     if device.type == "cpu":
-        forced = os.environ.get("FMNIST_CPU_BF16") in ("0", "1")
+        from . import settings
+
+        forced = settings.flag("FMNIST_CPU_BF16") is not None
         why = "FMNIST_CPU_BF16 is set" if forced else None
         if cpu_has_fast_bf16():
             return "bf16", f"bf16 autocast: {why or 'this CPU computes bf16 natively (AVX512-BF16 or AMX)'}"

@@ -1,15 +1,17 @@
 """What every notebook does first and last, so a notebook holds only its parameters, calls and prose.
 
-    nb = notebook.setup("02_train", profile, run_dir)   # profile, run folder, output folder
+    nb = notebook.setup("02_train", profile, run_dir, budget, overrides, settings)  # the parameters cell's five
+    S = nb.settings.train                                                             # this notebook's branch
     nb.save_figure(plots.plot_learning_curves(history), "learning_curves")
-    nb.write_results(results, parameters={...}, device=device)
+    nb.write_results(results, data=ds)
 
-:func:`setup` resolves the profile and the run folder and creates the notebook's output folder
-``<run folder>/<stem>``; :meth:`Notebook.save_figure` writes a figure there as PNG for the report,
-shows it once in the notebook and records it; :meth:`Notebook.write_results` writes
-``results.json`` with what every notebook's results carry (stem, profile, the resolved
-parameters, environment, figures, seconds). :data:`INSTALL_CELL` is the first code cell of
-every notebook, the same in each (a test checks it).
+:func:`setup` takes the run's settings tree (:mod:`fmnist_utils.settings`: the one ``make report``
+passes, else resolved from the profile, budget and overrides), prints the notebook's branch of it,
+and creates the notebook's output folder ``<run folder>/<stem>``; :meth:`Notebook.save_figure`
+writes a figure there as PNG for the report, shows it once in the notebook and records it;
+:meth:`Notebook.write_results` writes ``results.json``, the notebook's typed record
+(:mod:`fmnist_utils.records`). :data:`INSTALL_CELL` is the first code cell of every notebook, the
+same in each (a test checks it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import paths, profiles, provenance
+from . import paths, provenance, records
+from . import settings as settings_tree
 
 # The first code cell of every notebook, word for word: it installs the kit only where it is not
 # importable (a fresh Colab runtime), and only from inside a clone of the kit.
@@ -48,17 +51,24 @@ FIGURE_DPI = 150
 
 @dataclass
 class Notebook:
-    """One notebook's run: its ``stem`` (``02_train``), resolved ``profile``, ``run`` folder and
-    ``out`` folder (``run / stem``, created), the figures saved so far (``{name: file}``) and
-    ``started`` (``time.perf_counter()`` at set-up, for the results' ``seconds``).
+    """One notebook's run: its ``stem`` (``02_train``), the run's ``settings`` tree, the settings set
+    by the notebook's ``overrides`` (``{dotted path: value}``, recorded as its parameters), its
+    ``run`` folder and ``out`` folder (``run / stem``, created), the figures saved so far
+    (``{name: file}``) and ``started`` (``time.perf_counter()`` at set-up, for the results' ``seconds``).
     """
 
     stem: str
-    profile: profiles.Profile
+    settings: settings_tree.Settings
     run: Path
     out: Path
+    overrides: dict = field(default_factory=dict)
     figures: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def profile(self) -> settings_tree.Settings:
+        """The settings tree (its branches hold the profile's sizes: ``nb.profile.train.epochs``)."""
+        return self.settings
 
     def save_figure(self, fig, name: str) -> None:
         """Write ``fig`` to ``out/<name>.png`` for the report, show it in the notebook, record it
@@ -75,31 +85,36 @@ class Notebook:
         self.figures[name] = path.name
         _show(fig)
 
-    def write_results(self, results: dict, parameters: dict, device: str = "auto") -> None:
-        """Write ``out/results.json``: ``results`` with ``notebook`` (the stem), ``profile`` (as
-        a dict), ``parameters`` (the resolved record this run used, with the profile name and the
-        run folder), ``environment`` (of ``device``), ``data_verified`` (False when the data was
-        loaded without its SHA-256 check, ``FMNIST_DATA_UNVERIFIED``), ``figures`` and ``seconds``
-        since set-up.
+    def write_results(self, results: dict, parameters: dict | None = None, device: str | None = None,
+                      data=None) -> None:
+        """Write ``out/results.json``: the notebook's typed record (:class:`fmnist_utils.records.Record`),
+        ``results`` (its findings: the fields of its body in :data:`fmnist_utils.records.BODIES`)
+        in the envelope every notebook's results carry: the stem, the settings tree as
+        ``profile``, ``parameters`` (the profile name, the run folder, the settings the notebook's
+        overrides set, and ``parameters`` given here), the ``environment`` of ``device`` (None: the
+        settings' device), ``data_verified``, ``data_fingerprint`` (of ``data``: a dataset with
+        ``x_train``, ``y_train``, ``x_test``, ``y_test``, or a tuple of arrays; None when none is
+        given), the ``code_hash``, ``figures`` and ``seconds`` since set-up.
 
         Prints the file it wrote and returns None, so that a cell ending with the call shows that
         line alone, without a ``PosixPath(...)`` repr under it.
         """
-        from . import data
+        from . import data as datasets
 
-        taken = {"notebook", "profile", "parameters", "environment", "data_verified", "figures", "seconds"} & set(results)
-        if taken:
-            raise ValueError(f"results must not set {sorted(taken)}: write_results adds them")
-        record = {
-            "notebook": self.stem,
-            "profile": self.profile.to_dict(),
-            "parameters": {"profile": self.profile.name, "run_dir": str(self.run), **parameters},
-            "environment": provenance.environment(device),
-            "data_verified": not data.verification_skipped(),
-            **results,
-            "figures": dict(self.figures),
-            "seconds": time.perf_counter() - self.started,
-        }
+        if data is not None and hasattr(data, "x_train"):
+            data = (data.x_train, data.y_train, data.x_test, data.y_test)
+        envelope = records.Envelope(
+            notebook=self.stem,
+            profile=self.settings.to_dict(),
+            parameters={"profile": self.settings.name, "run_dir": str(self.run), **self.overrides, **(parameters or {})},
+            environment=provenance.environment(device or self.settings.device),
+            data_verified=not datasets.verification_skipped(),
+            data_fingerprint=provenance.fingerprint(*data) if data is not None else None,
+            code_hash=provenance.code_hash(),
+            figures=dict(self.figures),
+            seconds=time.perf_counter() - self.started,
+        )
+        record = records.Record(envelope, records.body(self.stem, results)).to_dict()
         path = provenance.write_json(self.out / "results.json", record)
         print(f"wrote {path} after {record['seconds']:.1f} s")
 
@@ -119,25 +134,28 @@ def _show(fig) -> None:
         plt.close(fig)
 
 
-def setup(stem: str, profile: str = "auto", run_dir: str | Path | None = None, budget: str | None = None) -> Notebook:
-    """Return the :class:`Notebook` of ``stem``: profile ``profile`` resolved (``auto``: full with
-    CUDA, else quick), run folder ``run_dir`` (None: ``runs/<profile>``), output folder created.
-    With a ``budget`` (``"30m"``), or a budgeted profile name (``budget-30m``), the sizes are
-    :func:`fmnist_utils.budget.plan`'s, read from (or measured into) the run folder's budget.json.
-    """
-    from . import budget as budgets
+def setup(stem: str, profile: str = "quick", run_dir: str | Path | None = None, budget: str | None = None,
+          overrides: dict | None = None, settings: dict | None = None) -> Notebook:
+    """Return the :class:`Notebook` of ``stem``, its output folder created, its settings printed.
 
-    if budget is not None or budgets.is_budget_name(profile):
-        plan = budgets.plan(budget if budget is not None else profile.removeprefix("budget-"), run_dir)
-        name, prof = plan.profile.name, plan.profile
+    ``settings``: the whole tree as ``make report`` passes it (a dict, :meth:`Settings.to_dict`);
+    None: resolved here (:func:`fmnist_utils.settings.resolve`) from ``profile`` (``auto``: full on
+    a CUDA device fast enough, else quick), ``budget`` (``"30m"``, or a profile named
+    ``budget-30m``: the sizes of :func:`fmnist_utils.budget.plan`) and ``overrides``
+    (``{"train.epochs": 3}``), which apply to a passed tree too. The run folder is ``run_dir``
+    (None: ``runs/<profile>``).
+    """
+    if settings is not None:
+        tree = settings_tree.override(settings_tree.from_dict(settings), overrides)
     else:
-        name = profiles.resolve_name(profile)
-        prof = profiles.get(name)
-    run = paths.run_folder(name, run_dir)
+        tree = settings_tree.resolve(profile, budget, run_dir, overrides)
+    run = paths.run_folder(tree.name, run_dir)
     out = run / stem
     out.mkdir(parents=True, exist_ok=True)
-    nb = Notebook(stem=stem, profile=prof, run=run, out=out)
-    print(f"profile {name}, writing into {out}")
+    nb = Notebook(stem=stem, settings=tree, run=run, out=out, overrides=dict(overrides or {}))
+    branch = settings_tree.BRANCHES.get(stem)
+    print(f"profile {tree.name}, writing into {out}")
+    print(settings_tree.describe(tree, branch) if branch else settings_tree.describe(tree))
     return nb
 
 
@@ -154,7 +172,7 @@ def find_results(run: str | Path, name: str) -> dict:
             f"no results of the '{name}' notebook in {run}: run {_notebook_file(name)} with the same "
             "profile and run_dir first"
         )
-    return provenance.read_json(found[0])
+    return records.read(found[0])
 
 
 @contextlib.contextmanager
@@ -198,7 +216,7 @@ def base_config(source: str, run: str | Path):
         try:
             chosen = find_results(run, "sweep")
         except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{exc}; or start from the study's recipe instead (config_source='study')") from None
+            raise FileNotFoundError(f"{exc}; or start from the study's recipe instead (overrides={{'train.source': 'study'}})") from None
         return train.TrainConfig(**chosen["best_config"])
     if source not in train.PRESETS:
         raise ValueError(f"unknown configuration source {source!r}; choose 'sweep' or one of {sorted(train.PRESETS)}")

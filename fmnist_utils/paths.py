@@ -29,7 +29,9 @@ def resolve(folder: str | os.PathLike, what: str = "folder") -> Path:
 
 def project_root() -> Path:
     """Return the kit's root folder: ``FMNIST_ROOT``, else the checkout holding this package, else cwd."""
-    env = os.environ.get("FMNIST_ROOT")
+    from . import settings
+
+    env = settings.env("FMNIST_ROOT")
     if env:
         return resolve(env, "FMNIST_ROOT")
     here = Path(__file__).resolve().parent.parent
@@ -45,13 +47,17 @@ def data_dir() -> Path:
 
 def runs_dir() -> Path:
     """Return the folder holding run folders (``FMNIST_RUNS``, else ``<root>/runs``)."""
-    env = os.environ.get("FMNIST_RUNS")
+    from . import settings
+
+    env = settings.env("FMNIST_RUNS")
     return resolve(env, "FMNIST_RUNS folder") if env else project_root() / "runs"
 
 
 def report_dir() -> Path:
     """Return the folder the finished report is written to (``FMNIST_REPORT``, else ``<root>/report``)."""
-    env = os.environ.get("FMNIST_REPORT")
+    from . import settings
+
+    env = settings.env("FMNIST_REPORT")
     return resolve(env, "FMNIST_REPORT folder") if env else project_root() / "report"
 
 

@@ -18,7 +18,6 @@ The report's runner sets ``FMNIST_PROGRESS=lines`` for the kernels it starts.
 from __future__ import annotations
 
 import math
-import os
 import sys
 
 ENV = "FMNIST_PROGRESS"
@@ -46,7 +45,9 @@ def mode(enabled: bool | None = None) -> str:
     """
     if enabled is False:
         return "off"
-    chosen = os.environ.get(ENV)
+    from . import settings
+
+    chosen = settings.env(ENV)
     if chosen:
         if chosen not in MODES:
             raise ValueError(f"{ENV}={chosen!r}; set it to one of {MODES} or unset it")

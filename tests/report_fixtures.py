@@ -1,7 +1,9 @@
 """Results files shaped as the notebooks write them, for rendering the report without running them.
 
-Each ``*_results`` function returns one notebook's ``results.json`` content with its figures named;
-:func:`render` writes them into a run folder (any bytes stand in for the PNGs: the page only
+Each ``*_results`` function returns one notebook's ``results.json`` content with its figures named,
+built as the notebook builds it: a :class:`fmnist_utils.records.Record` (the envelope every notebook
+writes, and the notebook's typed body), so a field the schema adds or drops is added or dropped here
+too. :func:`render` writes them into a run folder (any bytes stand in for the PNGs: the page only
 base64-encodes them) and returns the page. The verdict records follow the schema of
 ``fmnist_utils.stats`` (see :func:`verdict`).
 """
@@ -13,12 +15,22 @@ import json
 import re
 from pathlib import Path
 
-from fmnist_utils import models, report
+from fmnist_utils import models, records, report
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENT = {"device_name": "a test CPU", "precision_auto": "fp32", "git_revision": "abc",
                "packages": {"torch": "2"}, "python": "3", "platform": "x", "cpu_threads": 2}
 PROFILE = {"name": "quick"}
+
+
+def record(stem: str, body: dict, figures: dict, seconds: float, profile: dict | None = None) -> dict:
+    """Return the results.json content of ``stem``: ``body`` (its findings, checked against its
+    :data:`fmnist_utils.records.BODIES` schema) in the envelope every notebook writes."""
+    envelope = records.Envelope(
+        notebook=stem, profile=profile or PROFILE, parameters={"profile": "quick", "run_dir": "runs/quick"},
+        environment=ENVIRONMENT, data_verified=True, data_fingerprint="0f" * 32, code_hash="c0" * 32,
+        figures=figures, seconds=seconds)
+    return records.Record(envelope, records.body(stem, body)).to_dict()
 
 
 def verdict(key: str, word: str, statistic: str = "difference in accuracy", value: float | None = 0.0123,
@@ -58,10 +70,9 @@ def train_results(history=None, test_accuracy=0.8, config_source="sweep", verdic
         "chosen_vs_study_recipe": verdict("chosen_vs_study_recipe", "higher") if recipe else
         verdict("chosen_vs_study_recipe", "n/a", reason="the headline CNN is the study's recipe"),
     }
-    return {
-        "notebook": "02_train", "profile": PROFILE, "seconds": 12.5, "config_source": config_source,
+    return record("02_train", {
+        "config_source": config_source,
         "config": study_config if config_source == "study" else config, "n_parameters": 1234567,
-        "environment": ENVIRONMENT,
         "data": {"source": "/data", "train_images": 900, "val_images": 100, "test_images": 30,
                  "train_split_size": 60000, "test_split_size": 10000},
         "history": history, "best_val_epoch": min(history, key=lambda r: r["val_loss"]),
@@ -70,9 +81,8 @@ def train_results(history=None, test_accuracy=0.8, config_source="sweep", verdic
         "confusion_matrix": cm,
         "top_confusions": [{"true": "class 2", "predicted": "class 1", "count": 3, "fraction_of_true": 0.3}],
         "study_recipe": recipe, "checkpoint": "checkpoint.pt",
-        "figures": {k: f"{k}.png" for k in ("learning_curves", "confusion_matrix", "per_class_accuracy", "misclassified")},
         "verdicts": verdicts,
-    }
+    }, {k: f"{k}.png" for k in ("learning_curves", "confusion_matrix", "per_class_accuracy", "misclassified")}, 12.5)
 
 
 def _cv(lr, batch_size, dropout, acc, rank):
@@ -94,19 +104,19 @@ def sweep_results(verdicts=None) -> dict:
                                 "exact one-sided binomial test against 0.1 on 30 images; Clopper-Pearson interval",
                                 claim="the test accuracy of the chosen configuration, retrained and tested once, is above chance"),
     }
-    return {
-        "notebook": "01_sweep", "profile": PROFILE, "environment": ENVIRONMENT, "seconds": 100.5,
+    return record("01_sweep", {
         "protocol": {"space": {"kind": "oat", "values": {"lr": [0.1, 0.05, 0.003]}, "base": base}, "n_configs": 3, "k": 3,
                      "subset": 4800, "train_split_size": 60000, "fold_train_images": 3200, "fold_val_images": 1600,
                      "epochs": 5, "selection": "highest cross-validated mean validation accuracy",
                      "storage": "runs/quick/01_sweep/sweep.sqlite3", "study_name": "sweep", "workers": 1},
         "run": {"n_units": 9, "trained": 9, "reused": 0, "pending": 0, "diverged": 0},
-        "summary": summary, "factor_tables": {"lr": [{**r, "is_base": r["lr"] == 0.05} for r in summary]},
+        "summary": summary, "folds": [], "factor_tables": {"lr": [{**r, "is_base": r["lr"] == 0.05} for r in summary]},
+        "best_hyperparameters": {"lr": 0.1, "batch_size": 128, "dropout": 0.5},
         "best_cv": rows[0], "runner_up_cv": rows[1], "study_base": base, "study_base_cv": rows[1],
-        "best_config": {"lr": 0.1, "batch_size": 128, "dropout": 0.5},
-        "training_seconds_total": 90.25, "figures": {"factors": "factors.png", "fold_spread": "fold_spread.png"},
+        "best_config": {"lr": 0.1, "batch_size": 128, "dropout": 0.5}, "final": None, "final_history": [],
+        "training_seconds_total": 90.25,
         "verdicts": verdicts,
-    }
+    }, {"factors": "factors.png", "fold_spread": "fold_spread.png"}, 100.5)
 
 
 def _summary(within, between, low, high):
@@ -125,8 +135,7 @@ def compare_results(pretrained: bool, fmnist_resnet: bool = True) -> dict:
     probe = {"n_train": 2000, "n_test": 1000, "l2": 0.01}
     figures = ["fig2_matrices", "matrix_definitions", "layer_curves", "cka", "probes"] + (["fmnist_resnet_matrix"] if fmnist_resnet else [])
     diff = "difference in within-minus-between correlation, CNN minus ResNet-18"
-    return {
-        "notebook": "03_resnet_compare", "profile": PROFILE, "environment": ENVIRONMENT, "seconds": 60.25,
+    return record("03_resnet_compare", {
         "weights_source": source, "pretrained": pretrained, "resnet_title": models.model_title(source),
         "weights": {"source": source, "pretrained": pretrained, "verified": pretrained, "sha256": "ab" * 32 if pretrained else None,
                     "note": "found the file" if pretrained else "No ImageNet weights: no file in the cache, and downloading was "
@@ -134,6 +143,7 @@ def compare_results(pretrained: bool, fmnist_resnet: bool = True) -> dict:
         "cnn": {"source": "02_train checkpoint", "n_parameters": 1234567, "layer": "fc2", "config": {"epochs": 3}},
         "resnet": {"layer": "avgpool", "input_size": 224},
         "sample": {"images": 1000, "per_class": 100, "seed": 0}, "max_spatial": 8, "precision": "fp32",
+        "classes": [f"class {i}" for i in range(10)], "matrices": {}, "class_mean_matrices": {},
         "summary": {"cnn": _summary(0.625, 0.25, 0.35, 0.4), "resnet": _summary(0.75, 0.5, 0.2, 0.3),
                     "pixels": _summary(0.5, 0.25, 0.2, 0.3)},
         "top_pairs": {"cnn": [{"a": "shirt", "b": "T-shirt", "r": 0.5}], "resnet": [{"a": "coat", "b": "pullover", "r": 0.75}]},
@@ -149,7 +159,6 @@ def compare_results(pretrained: bool, fmnist_resnet: bool = True) -> dict:
                           "spearman_vs_cnn": 0.5, "spearman_vs_imagenet_resnet": 0.25, "cka_vs_cnn": 0.375,
                           "probe": {"n_features": 512, "test_accuracy": 0.86, "l2": 0.01}} if fmnist_resnet else None,
         "timing": {"resnet_features_seconds": 12.5},
-        "figures": {name: f"{name}.png" for name in figures},
         "verdicts": {
             "separation": verdict("separation", "higher", diff, 0.0024, 0.002, 0.0029, None,
                                   "paired bootstrap over the images, 1,000 resamples",
@@ -166,18 +175,16 @@ def compare_results(pretrained: bool, fmnist_resnet: bool = True) -> dict:
             "probe_resnet_vs_pixels": verdict("probe_resnet_vs_pixels", "no_significant_difference", "difference in probe accuracy, ResNet-18 minus pixels",
                                               0.0125, -0.01, 0.035, 0.27),
         },
-    }
+    }, {name: f"{name}.png" for name in figures}, 60.25)
 
 
 def untemplated_results() -> dict:
     """A notebook without a section template (05_extra), as it would leave its results: numbers and verdicts."""
-    return {
-        "notebook": "05_extra", "profile": PROFILE, "environment": ENVIRONMENT, "seconds": 30.5,
+    return record("05_extra", {
         "modern": {"accuracy_mean": 0.9125},
         "verdicts": {"row:modern": verdict("row:modern", "higher", "mean difference in accuracy over seeds", 0.0225, 0.01,
                                            0.035, 0.004, "paired t-test over 3 seeds", claim="The modern recipe beats the study's")},
-        "figures": {"accuracy_vs_time": "accuracy_vs_time.png"},
-    }
+    }, {"accuracy_vs_time": "accuracy_vs_time.png"}, 30.5)
 
 
 def improvements_results(rows=("study", "modern", "modern-nesterov", "resnet18", "ensemble")) -> dict:
@@ -198,8 +205,10 @@ def improvements_results(rows=("study", "modern", "modern-nesterov", "resnet18",
     if "ensemble" in outcomes:
         outcomes["ensemble"].extra = {"weight_modern": [0.4, 0.5, 0.45]}
     records = improve.verdicts(chosen, outcomes)
-    return {
-        "notebook": "04_improvements", "profile": PROFILE, "environment": ENVIRONMENT, "seconds": 200.5,
+    trained = [r for r in chosen if r.settings is not None]
+    return record("04_improvements", {
+        "config": improve.shared_settings([r.config(epochs=4) for r in trained]),
+        "configs": {r.name: r.config(epochs=4).to_dict() for r in trained},
         "protocol": {"rows": [r.name for r in chosen], "all_rows": list(improve.ablation_rows()), "seeds": seeds,
                      "n_seeds": 3, "epochs": 4, "train_images": 2_250, "val_images": 250, "test_images": 1_000,
                      "train_split_size": 60_000, "test_split_size": 10_000, "level": improve.LEVEL,
@@ -210,8 +219,7 @@ def improvements_results(rows=("study", "modern", "modern-nesterov", "resnet18",
         "table": improve.summary_table(chosen, outcomes, records),
         "verdicts": records,
         "training_seconds": 150.25,
-        "figures": {"accuracy_vs_time": "accuracy_vs_time.png"},
-    }
+    }, {"accuracy_vs_time": "accuracy_vs_time.png"}, 200.5)
 
 
 def render(tmp_path: Path, results: dict[str, dict], links: dict | None = None, title: report.TitleBlock | None = None) -> str:

@@ -37,3 +37,11 @@ def test_a_budget_and_a_profile_together_are_refused_before_anything_runs(tmp_pa
     assert rc == 2 and "--budget 20m sizes the whole report itself; drop --profile smoke" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists() and not (tmp_path / "report").exists()
+
+
+def test_a_setting_is_set_by_its_dotted_path_and_a_misspelt_one_is_refused_before_anything_runs(tmp_path, capsys):
+    rc = main(["report", "--profile", "smoke", "--set", "train.epoch=3", "--run-dir", str(tmp_path / "run"),
+               "--report-dir", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown setting 'train.epoch'; did you mean train.epochs" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "report").exists()

@@ -18,7 +18,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import report_fixtures as F
-from fmnist_utils import notebook, pipeline, profiles, provenance, report, train
+from fmnist_utils import notebook, pipeline, profiles, provenance, records, report, settings, train
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob(pipeline.NOTEBOOK_PATTERN))
@@ -59,7 +59,9 @@ def test_zero_is_a_value_that_is_checked_not_a_way_of_saying_all():
 def test_setup_saves_figures_and_writes_one_results_record(tmp_path, capsys):
     nb = notebook.setup("07_demo", "smoke", tmp_path / "run")
     assert nb.out == tmp_path / "run" / "07_demo" and nb.out.is_dir()
-    assert nb.profile is profiles.get("smoke")
+    # The run's one settings tree: the smoke profile's sizes, every other setting at its default, printed once.
+    assert nb.settings == settings.from_profile(profiles.get("smoke")) and nb.profile is nb.settings
+    assert "train.epochs" in capsys.readouterr().out
     fig = Figure(figsize=(2, 2))
     fig.subplots().plot([0, 1], [1, 0])
     assert nb.save_figure(fig, "curve") is None  # a cell ending with the call shows no PosixPath repr
@@ -72,7 +74,9 @@ def test_setup_saves_figures_and_writes_one_results_record(tmp_path, capsys):
     assert nb.write_results({"score": 0.5}, {"seed": 3}, device="cpu") is None  # no PosixPath repr in the cell
     record = provenance.read_json(nb.out / "results.json")
     assert record["notebook"] == "07_demo" and record["score"] == 0.5
-    assert record["profile"] == json.loads(json.dumps(profiles.get("smoke").to_dict()))
+    assert record["profile"] == json.loads(json.dumps(nb.settings.to_dict()))
+    assert record["schema"] == records.SCHEMA and record["code_hash"] == provenance.code_hash()
+    assert record["data_fingerprint"] is None  # no data given
     assert record["parameters"] == {"profile": "smoke", "run_dir": str(tmp_path / "run"), "seed": 3}
     assert record["figures"] == {"curve": "curve.png"} and record["seconds"] >= 0
     assert record["environment"]["device"] == "cpu"
@@ -132,14 +136,14 @@ def test_the_sweep_runs_before_the_notebook_that_trains_its_choice():
     stems = [p.stem for p in NOTEBOOKS]
     assert stems.index("01_sweep") < stems.index("02_train") < stems.index("03_resnet_compare")
     defaults = {name: p["default"] for name, p in papermill.inspect_notebook(str(ROOT / "notebooks" / "02_train.ipynb")).items()}
-    assert defaults["config_source"] == '"sweep"'
+    assert settings.resolve("smoke").train.source == "sweep" and defaults["settings"] == "None"
 
 
 @pytest.mark.slow
 def test_train_notebook_trains_the_sweeps_choice_beside_the_study_recipe(tmp_path, fmnist):
     run = tmp_path / "run"
     # Without the sweep's results the default refuses to start, and says what to do.
-    with pytest.raises(pipeline.NotebookFailed, match=r"run notebooks/01_sweep\.ipynb .*\(config_source='study'\)"):
+    with pytest.raises(pipeline.NotebookFailed, match=r"run notebooks/01_sweep\.ipynb .*\(overrides=\{'train.source': 'study'\}\)"):
         pipeline.execute(ROOT / "notebooks" / "02_train.ipynb", tmp_path / "nosweep.ipynb",
                          {"profile": "smoke", "run_dir": str(run)})
 
@@ -152,8 +156,10 @@ def test_train_notebook_trains_the_sweeps_choice_beside_the_study_recipe(tmp_pat
     smoke = profiles.get("smoke").train
     # The keys the report's section reads (tests/report_fixtures.py), the resolved parameters, and
     # whether the data passed its SHA-256 check (write_results adds both).
-    assert set(results) == set(F.train_results()) | {"parameters", "data_verified"}
-    assert results["data_verified"] is True
+    # One schema: the notebook writes the record the fixtures build (fmnist_utils.records).
+    assert set(results) == set(F.train_results())
+    assert results["data_verified"] is True and results["schema"] == records.SCHEMA
+    assert results["data_fingerprint"] and results["code_hash"] == provenance.code_hash()
     assert results["config_source"] == "sweep" and results["parameters"]["config_source"] == "sweep"
     assert (results["config"]["lr"], results["config"]["dropout"]) == (0.1, 0.3)
     assert len(results["history"]) == smoke.epochs and results["config"]["epochs"] == smoke.epochs
@@ -183,16 +189,17 @@ def test_train_notebook_trains_the_sweeps_choice_beside_the_study_recipe(tmp_pat
     # The study's recipe as the headline (interactive use): one training, and the verdict says why there is no other.
     study_run = tmp_path / "study"
     pipeline.execute(ROOT / "notebooks" / "02_train.ipynb", tmp_path / "study.ipynb",
-                     {"profile": "smoke", "run_dir": str(study_run), "config_source": "study"})
+                     {"profile": "smoke", "run_dir": str(study_run), "overrides": {"train.source": "study"}})
     results = provenance.read_json(study_run / "02_train" / "results.json")
     assert results["study_recipe"] is None and not (study_run / "02_train" / "study_recipe_checkpoint.pt").exists()
     assert results["verdicts"]["chosen_vs_study_recipe"]["verdict"] == "n/a"
     assert results["verdicts"]["chosen_vs_study_recipe"]["reason"] == "the headline CNN is the study's recipe"
 
-    # Zero epochs is a value, refused like any other, not read as "the profile's".
-    with pytest.raises(pipeline.NotebookFailed, match=r"TrainConfig.epochs=0"):
+    # Zero epochs is a value, refused like any other (by the settings tree, before anything trains).
+    with pytest.raises(pipeline.NotebookFailed, match=r"TrainSettings.epochs=0"):
         pipeline.execute(ROOT / "notebooks" / "02_train.ipynb", tmp_path / "zero.ipynb",
-                         {"profile": "smoke", "run_dir": str(tmp_path / "zero"), "config_source": "study", "epochs": 0})
+                         {"profile": "smoke", "run_dir": str(tmp_path / "zero"),
+                          "overrides": {"train.source": "study", "train.epochs": 0}})
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,3 +247,10 @@ def test_make_lab_serves_the_notebooks_headless(tmp_path):
             server.kill()
             server.wait(timeout=10)
     assert server.returncode is not None
+
+
+def test_a_parameter_the_notebook_does_not_declare_is_refused_naming_the_dotted_path(tmp_path):
+    # Papermill alone would only warn, and the notebook would run with the value ignored.
+    with pytest.raises(ValueError, match=r"02_train.ipynb declares no parameter epochs .*overrides=\{'train.epochs': 3\}"):
+        pipeline.execute(ROOT / "notebooks" / "02_train.ipynb", tmp_path / "out.ipynb", {"profile": "smoke", "epochs": 3})
+    assert not (tmp_path / "out.ipynb").exists()

@@ -37,7 +37,8 @@ def _results_without_timings(record):
 
 
 def _run(run_dir: Path) -> dict:
-    parameters = {"profile": "smoke", "run_dir": str(run_dir), "rows": ["study", "modern"], "seeds": 2, "epochs": 1}
+    parameters = {"profile": "smoke", "run_dir": str(run_dir),
+                  "overrides": {"improve.rows": ["study", "modern"], "improve.seeds": 2, "improve.epochs": 1}}
     pipeline.execute(NOTEBOOK, run_dir / "04_improvements.ipynb", parameters)
     return json.loads(pipeline.results_path(run_dir, NOTEBOOK.stem).read_text())
 

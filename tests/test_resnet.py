@@ -222,7 +222,7 @@ def test_notebook_labels_the_offline_fallback(tmp_path, monkeypatch):
     executed = tmp_path / "03_resnet_compare.ipynb"
     papermill.execute_notebook(
         root / "notebooks" / "03_resnet_compare.ipynb", executed,
-        parameters={"profile": "smoke", "run_dir": str(run), "allow_download": False},
+        parameters={"profile": "smoke", "run_dir": str(run), "overrides": {"compare.allow_download": False}},
         cwd=root / "notebooks", progress_bar=False,
     )
     outputs = json.dumps(json.loads(executed.read_text())["cells"])

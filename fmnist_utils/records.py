@@ -1,0 +1,206 @@
+"""The results schema: what each notebook writes into ``<run folder>/<stem>/results.json``.
+
+One typed record per notebook, written by the notebook (:meth:`fmnist_utils.notebook.Notebook.write_results`),
+read by the report (:func:`read`) and built by the test fixtures (``tests/report_fixtures.py``):
+
+    Record                          every notebook's results.json: envelope + body, one flat JSON object
+    ├── envelope: Envelope          notebook, schema, profile (the settings tree), parameters (the
+    │                               overrides), environment, data_verified, data_fingerprint,
+    │                               code_hash, figures, seconds
+    └── body: SweepResults          01_sweep   protocol, run, summary, folds, ..., best_config, final, verdicts
+              TrainResults          02_train   config_source, config, data, history, test, ..., verdicts
+              CompareResults        03         weights, cnn, resnet, matrices, summary, cka, probe, ..., verdicts
+              ImproveResults        04         config, configs, protocol, rows, table, verdicts
+
+A body's fields hold plain JSON values (numbers, lists, dicts: the sections' templates read them as
+they are). :data:`SCHEMA` numbers the format: a file of an older kit (without ``schema``) is read
+with the fields it lacks set to None; a file of a newer one, or one that lacks a field of its
+body, is refused with :class:`OldResults`, which names the fix (run the notebook again: ``--force``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 2
+
+
+class OldResults(ValueError):
+    """A results file this kit cannot read as a record: another schema, or a field missing."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What every notebook's results carry besides its own findings."""
+
+    notebook: str  # its stem, 02_train
+    profile: dict  # the run's settings tree (settings.Settings.to_dict()), printed in Appendix A
+    parameters: dict  # what this notebook set besides the tree: {dotted setting: value}, plus profile and run_dir
+    environment: dict  # provenance.environment(): device, precision, versions, git revision
+    data_verified: bool  # False when the data was loaded without its SHA-256 check (FMNIST_DATA_UNVERIFIED)
+    data_fingerprint: str | None  # provenance.fingerprint of the training and test splits it read; None: none read
+    code_hash: str  # provenance.code_hash(): the package code that produced the results
+    figures: dict  # {name: file in the notebook's output folder}
+    seconds: float  # from set-up to the results written
+    schema: int = SCHEMA
+
+
+@dataclass(frozen=True)
+class SweepResults:
+    """01_sweep: the cross-validated choice and its one retraining on the test set."""
+
+    protocol: dict
+    run: dict
+    summary: list
+    folds: list
+    factor_tables: dict
+    best_hyperparameters: dict
+    best_cv: dict
+    runner_up_cv: dict | None
+    study_base: dict
+    study_base_cv: dict | None
+    best_config: dict
+    final: dict | None
+    final_history: list
+    training_seconds_total: float
+    verdicts: dict
+
+
+@dataclass(frozen=True)
+class TrainResults:
+    """02_train: the chosen configuration trained, tested, and compared with the study's recipe."""
+
+    config_source: str
+    config: dict
+    n_parameters: int
+    data: dict
+    history: list
+    best_val_epoch: dict
+    training_seconds: float
+    test: dict
+    classes: list
+    per_class_accuracy: dict
+    confusion_matrix: list
+    top_confusions: list
+    study_recipe: dict | None
+    checkpoint: str
+    verdicts: dict
+
+
+@dataclass(frozen=True)
+class CompareResults:
+    """03_resnet_compare: the CNN against ResNet-18 through class-by-class matrices, CKA and probes."""
+
+    weights_source: str
+    pretrained: bool
+    weights: dict
+    resnet_title: str
+    cnn: dict
+    resnet: dict
+    sample: dict
+    max_spatial: int | None
+    precision: str
+    classes: list
+    matrices: dict
+    class_mean_matrices: dict
+    summary: dict
+    top_pairs: dict
+    layer_curves: list
+    spearman: dict
+    cka: dict
+    probe: dict
+    cnn_own_accuracy: float
+    fmnist_resnet: dict | None
+    verdicts: dict
+    timing: dict
+
+
+@dataclass(frozen=True)
+class ImproveResults:
+    """04_improvements: the ablation's rows over seeds, their table and verdicts."""
+
+    config: dict
+    configs: dict
+    protocol: dict
+    rows: list
+    table: list
+    verdicts: dict
+    training_seconds: float
+
+
+BODIES: dict[str, type] = {"01_sweep": SweepResults, "02_train": TrainResults, "03_resnet_compare": CompareResults,
+                           "04_improvements": ImproveResults}
+ENVELOPE_FIELDS = tuple(f.name for f in dataclasses.fields(Envelope))
+
+
+@dataclass(frozen=True)
+class Record:
+    """One notebook's results: its :class:`Envelope` and its body (a dataclass of :data:`BODIES`, or a
+    plain dict for a notebook the kit has no schema for, such as a user's ``05_extra``)."""
+
+    envelope: Envelope
+    body: Any = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Return the record as the one flat JSON object results.json holds (envelope first)."""
+        body = dataclasses.asdict(self.body) if dataclasses.is_dataclass(self.body) else dict(self.body)
+        taken = sorted(set(body) & set(ENVELOPE_FIELDS))
+        if taken:
+            raise ValueError(f"the results of {self.envelope.notebook} must not set {taken}: the envelope holds them")
+        head = dataclasses.asdict(self.envelope)
+        return {**{k: head[k] for k in ENVELOPE_FIELDS if k != "figures" and k != "seconds"}, **body,
+                "figures": head["figures"], "seconds": head["seconds"]}
+
+
+def body(stem: str, results: dict):
+    """Return ``results`` (the notebook's findings, a dict) as the body dataclass of ``stem``; a
+    stem without a schema keeps its dict. Raises ValueError naming a missing or unknown key."""
+    cls = BODIES.get(stem)
+    if cls is None:
+        return dict(results)
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing, unknown = [n for n in names if n not in results], sorted(set(results) - set(names))
+    if missing or unknown:
+        raise ValueError(f"the results of {stem} do not match fmnist_utils.records.{cls.__name__}: "
+                         f"missing {missing}, unknown {unknown}")
+    return cls(**results)
+
+
+def check(stem: str, record: dict, where: str | Path = "results.json") -> dict:
+    """Return a results file's content as the current schema's flat record, or raise :class:`OldResults`.
+
+    A file written before the schema was numbered (no ``schema`` key) is read as it is, with the
+    envelope fields it lacks set to None; a file of another schema number, or one that lacks a field of
+    its notebook's body, is refused with the fix: run the notebook again (``make report`` reruns it
+    when its code changed; ``--force`` reruns it whatever).
+    """
+    if not isinstance(record, dict):
+        raise OldResults(f"{where} holds a {type(record).__name__}, not a results record: run {stem} again "
+                         "(make report, or python -m fmnist_utils report --force)")
+    version = record.get("schema")
+    if version is None:  # before the schema was numbered: the same keys, fewer of them
+        record = {**{k: None for k in ENVELOPE_FIELDS if k not in ("schema",)}, **record, "schema": SCHEMA}
+        return record
+    if version != SCHEMA:
+        raise OldResults(f"{where} was written by {'a newer' if version > SCHEMA else 'an older'} version of the kit "
+                         f"(results schema {version}; this kit reads {SCHEMA}): run {stem} again with this version "
+                         "(python -m fmnist_utils report --force, or make report after deleting the run folder)")
+    cls = BODIES.get(stem)
+    if cls is not None:
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in record]
+        if missing:
+            raise OldResults(f"{where} lacks {missing} of fmnist_utils.records.{cls.__name__}: it was written by "
+                             f"another version of {stem}; run it again (python -m fmnist_utils report --force)")
+    return record
+
+
+def read(path: str | Path, stem: str | None = None) -> dict:
+    """Return the checked record in the results file ``path`` (:func:`check`); ``stem``: its notebook
+    (default: the name of the file's folder)."""
+    from . import provenance
+
+    path = Path(path)
+    return check(stem or path.parent.name, provenance.read_json(path), path)
