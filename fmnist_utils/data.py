@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from . import paths
+from . import env, paths
 
 CLASSES = (
     "T-shirt/top",
@@ -227,9 +227,7 @@ def fingerprint(files: dict[str, Path], known: dict | None = None) -> dict:
 
 def verification_skipped() -> bool:
     """Return True when :data:`UNVERIFIED_ENV` asks to load data without the SHA-256 check."""
-    from . import settings
-
-    return settings.flag(UNVERIFIED_ENV) is True
+    return env.flag(UNVERIFIED_ENV) is True
 
 
 def check_official_sha256(key: str, path: str | os.PathLike, digest: str) -> None:
@@ -287,10 +285,8 @@ def candidate_dirs(root: str | os.PathLike | None = None) -> list[tuple[str, Pat
     out: list[tuple[str, Path]] = []
     if root is not None:
         out.append(("root argument", Path(root).expanduser()))
-    from . import settings
-
-    if settings.env("FMNIST_DATA"):
-        out.append(("FMNIST_DATA", Path(settings.env("FMNIST_DATA")).expanduser()))
+    if env.env("FMNIST_DATA"):
+        out.append(("FMNIST_DATA", Path(env.env("FMNIST_DATA")).expanduser()))
     out.append(("kit data folder", paths.data_dir()))
     out.append(("Debian dataset-fashion-mnist", paths.DEBIAN_DATA_DIR))
     return out

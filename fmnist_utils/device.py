@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from . import env
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # CUDA compute capabilities (major, minor) from which a precision runs natively and fast: bf16
 # tensor cores arrived with Ampere (8.0); Volta and Turing (7.x: V100, T4) have fp16 tensor cores
@@ -78,9 +80,7 @@ def cpu_has_fast_bf16() -> bool:
 
     Without them bf16 is emulated and slower than fp32. ``FMNIST_CPU_BF16=0/1`` overrides.
     """
-    from . import settings
-
-    forced = settings.flag("FMNIST_CPU_BF16")
+    forced = env.flag("FMNIST_CPU_BF16")
     if forced is not None:
         return forced
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -117,9 +117,7 @@ def _auto_precision(precision: str, device: torch.device) -> tuple[str, str]:
                             "(slower than fp32)")
         return "fp32", f"fp32: {cc} has no half-precision tensor cores (< 7.0)"
     if device.type == "cpu":
-        from . import settings
-
-        forced = settings.flag("FMNIST_CPU_BF16") is not None
+        forced = env.flag("FMNIST_CPU_BF16") is not None
         why = "FMNIST_CPU_BF16 is set" if forced else None
         if cpu_has_fast_bf16():
             return "bf16", f"bf16 autocast: {why or 'this CPU computes bf16 natively (AVX512-BF16 or AMX)'}"

@@ -21,13 +21,12 @@ about the same pace per image on a CPU and faster on a GPU, so the estimate errs
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import torch
 
 from . import device as devices
-from . import profiles
+from . import env, profiles
 
 IGNORE_ENV = "FMNIST_IGNORE_ESTIMATE"
 # A report estimated to take longer than this on a machine without CUDA is refused (hours).
@@ -279,7 +278,7 @@ def _duration(seconds: float) -> str:
 
 def ignored_by_environment() -> bool:
     """Return True when ``FMNIST_IGNORE_ESTIMATE`` is set to 1 (or yes/true)."""
-    return os.environ.get(IGNORE_ENV, "").strip().lower() in ("1", "yes", "true")
+    return env.flag(IGNORE_ENV) is True
 
 
 def check_budget(profile: str, device: str | torch.device = "auto", *, ignore: bool = False,

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from . import env
+
 # Parameter count of SeedCNN(kernel_size=3): a test pins the architecture to it.
 SEED_CNN_PARAMETERS = 9_636_746
 
@@ -402,9 +404,7 @@ def imagenet_resnet18(
     a file accepted through another ``sha256_prefix`` is :data:`USER_SUPPLIED_SOURCE`. When nothing is available the network is randomly initialised (seeded by
     ``seed``), ``info.source`` is :data:`RANDOM_INIT_SOURCE` and a warning is issued.
     """
-    from . import settings
-
-    env_path = settings.env(RESNET18_WEIGHTS_ENV) or ""
+    env_path = env.env(RESNET18_WEIGHTS_ENV) or ""
     for given, how in ((weights_path, "weights_path"), (env_path, RESNET18_WEIGHTS_ENV)):
         if given:  # "" means "not given", as in a notebook's parameters cell
             model, digest = load_resnet18_weights(given, sha256_prefix, size)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths, provenance, records
+from .records import base_config, find_results  # noqa: F401  (notebook.find_results, notebook.base_config: where the notebooks call them)
 from . import settings as settings_tree
 
 # The first code cell of every notebook, word for word: it installs the kit only where it is not
@@ -159,22 +160,6 @@ def setup(stem: str, profile: str = "quick", run_dir: str | Path | None = None, 
     return nb
 
 
-def find_results(run: str | Path, name: str) -> dict:
-    """Return the results of the notebook ``NN_<name>`` in the run folder ``run`` (for example the
-    sweep's, ``name="sweep"``), whatever its number. Raises FileNotFoundError naming the notebook
-    to run first when it has not written them.
-    """
-    found = sorted(Path(run).glob(f"[0-9][0-9]_{name}/results.json"))
-    if len(found) > 1:
-        raise ValueError(f"{run} holds results of several '{name}' notebooks: {[str(p) for p in found]}")
-    if not found:
-        raise FileNotFoundError(
-            f"no results of the '{name}' notebook in {run}: run {_notebook_file(name)} with the same "
-            "profile and run_dir first"
-        )
-    return records.read(found[0])
-
-
 @contextlib.contextmanager
 def kernel_config():
     """Yield the traitlets ``Config`` that papermill starts a notebook's kernel with.
@@ -197,27 +182,3 @@ def kernel_config():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _notebook_file(name: str) -> str:
-    """Return the notebook that writes the results called ``name`` (``notebooks/01_sweep.ipynb``),
-    or ``notebooks/NN_<name>.ipynb`` when no notebook of that name is in the kit's notebooks folder.
-    """
-    found = sorted((paths.project_root() / "notebooks").glob(f"[0-9][0-9]_{name}.ipynb"))
-    return f"notebooks/{found[0].name}" if len(found) == 1 else f"notebooks/NN_{name}.ipynb"
-
-
-def base_config(source: str, run: str | Path):
-    """Return the :class:`~fmnist_utils.train.TrainConfig` a notebook starts from: a recipe of
-    ``train.PRESETS`` (``study``: the study's) or ``sweep``, the configuration the sweep notebook
-    chose, read from its results in the run folder ``run``.
-    """
-    from . import train
-
-    if source == "sweep":
-        try:
-            chosen = find_results(run, "sweep")
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{exc}; or start from the study's recipe instead (overrides={{'train.source': 'study'}})") from None
-        return train.TrainConfig(**chosen["best_config"])
-    if source not in train.PRESETS:
-        raise ValueError(f"unknown configuration source {source!r}; choose 'sweep' or one of {sorted(train.PRESETS)}")
-    return train.preset(source)

@@ -13,6 +13,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from . import env
+
 
 def resolve(folder: str | os.PathLike, what: str = "folder") -> Path:
     """Return ``folder`` made absolute with its links followed (it need not exist).
@@ -29,11 +31,9 @@ def resolve(folder: str | os.PathLike, what: str = "folder") -> Path:
 
 def project_root() -> Path:
     """Return the kit's root folder: ``FMNIST_ROOT``, else the checkout holding this package, else cwd."""
-    from . import settings
-
-    env = settings.env("FMNIST_ROOT")
-    if env:
-        return resolve(env, "FMNIST_ROOT")
+    value = env.env("FMNIST_ROOT")
+    if value:
+        return resolve(value, "FMNIST_ROOT")
     here = Path(__file__).resolve().parent.parent
     if (here / "pyproject.toml").is_file() and (here / "fmnist_utils").is_dir():
         return here
@@ -47,18 +47,14 @@ def data_dir() -> Path:
 
 def runs_dir() -> Path:
     """Return the folder holding run folders (``FMNIST_RUNS``, else ``<root>/runs``)."""
-    from . import settings
-
-    env = settings.env("FMNIST_RUNS")
-    return resolve(env, "FMNIST_RUNS folder") if env else project_root() / "runs"
+    value = env.env("FMNIST_RUNS")
+    return resolve(value, "FMNIST_RUNS folder") if value else project_root() / "runs"
 
 
 def report_dir() -> Path:
     """Return the folder the finished report is written to (``FMNIST_REPORT``, else ``<root>/report``)."""
-    from . import settings
-
-    env = settings.env("FMNIST_REPORT")
-    return resolve(env, "FMNIST_REPORT folder") if env else project_root() / "report"
+    value = env.env("FMNIST_REPORT")
+    return resolve(value, "FMNIST_REPORT folder") if value else project_root() / "report"
 
 
 DEBIAN_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 import sys
 
+from . import env
+
 ENV = "FMNIST_PROGRESS"
 MODES = ("lines", "bar", "off")
 # A line: "epoch 2/4: 50% 212/424 [00:20<00:20, 10.5step/s, loss=0.612, acc=0.781]" (elapsed<ETA).
@@ -45,9 +47,7 @@ def mode(enabled: bool | None = None) -> str:
     """
     if enabled is False:
         return "off"
-    from . import settings
-
-    chosen = settings.env(ENV)
+    chosen = env.env(ENV)
     if chosen:
         if chosen not in MODES:
             raise ValueError(f"{ENV}={chosen!r}; set it to one of {MODES} or unset it")

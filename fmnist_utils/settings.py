@@ -36,43 +36,7 @@ from .profiles import setting
 # --------------------------------------------------------------------------------------------
 # Environment variables: read in this one place
 
-ENVIRONMENT = {
-    "FMNIST_ROOT": "the kit's root folder (default: the checkout)",
-    "FMNIST_RUNS": "the folder of run folders (default: <root>/runs)",
-    "FMNIST_REPORT": "the report folder (default: <root>/report)",
-    "FMNIST_DATA": "a folder holding Fashion-MNIST's four files",
-    "FMNIST_DATA_UNVERIFIED": "yes: load the data without its SHA-256 check",
-    "FMNIST_CPU_BF16": "yes/no: force bf16 autocast on the CPU on or off (unset: where the CPU runs it natively)",
-    "FMNIST_RESNET18_WEIGHTS": "the ImageNet ResNet-18 weights file (resnet18-f37072fd.pth)",
-    "FMNIST_PROGRESS": "bar | lines | off: how training shows its progress",
-    "FMNIST_CHROMIUM": "the Chrome or Chromium executable that prints the PDF",
-    "FMNIST_IGNORE_ESTIMATE": "yes: run the full profile even where its estimate says hours",
-}
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
-
-
-def env(name: str) -> str | None:
-    """Return the value of the kit's environment variable ``name`` (a key of :data:`ENVIRONMENT`),
-    stripped of surrounding blanks; None when it is unset or blank."""
-    if name not in ENVIRONMENT:
-        raise KeyError(f"{name} is not one of the kit's environment variables: {sorted(ENVIRONMENT)}")
-    value = os.environ.get(name, "").strip()
-    return value or None
-
-
-def flag(name: str) -> bool | None:
-    """Return a yes/no environment variable: True for 1/true/yes/on, False for 0/false/no/off (any
-    case), None when unset or blank; any other value raises ValueError naming the variable."""
-    value = env(name)
-    if value is None:
-        return None
-    if value.lower() in TRUE_WORDS:
-        return True
-    if value.lower() in FALSE_WORDS:
-        return False
-    raise ValueError(f"${name}={value!r} is not a yes/no value: set it to one of {TRUE_WORDS} or {FALSE_WORDS}, "
-                     f"or unset it ({ENVIRONMENT[name]})")
+from .env import ENVIRONMENT, FALSE_WORDS, TRUE_WORDS, env, flag  # noqa: F401  (settings.env / settings.flag)
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,10 +113,10 @@ class TrainSettings(profiles.TrainProfile):
         of 01's own final model, which 02 does not inherit). A budget
         that left out 01_sweep (``skip``) has no choice: the study's recipe is trained instead.
         """
-        from . import notebook
+        from . import records
 
         source = "study" if self.source == "sweep" and "01_sweep" in skip else self.source
-        base = notebook.base_config(source, run)
+        base = records.base_config(source, run)
         return base.replace(epochs=self.epochs, seed=self.seed, device=device, **self.changes()), source
 
 

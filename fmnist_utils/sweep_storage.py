@@ -18,7 +18,6 @@ included). A trial reports, per epoch, the mean validation accuracy over its fol
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -33,6 +32,7 @@ import sqlalchemy
 import torch
 from optuna.trial import TrialState
 
+from . import provenance
 from .search_space import NOT_HYPERPARAMETERS, SearchSpace, config_key
 from .train import TrainConfig
 
@@ -174,12 +174,8 @@ def load_study(storage: str | os.PathLike, study_name: str = "sweep") -> optuna.
         raise ValueError(f"no study {study_name!r} in {describe_storage(storage)}; run run_sweep first") from None
 
 
-def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    """Return the SHA-256 of the images and labels a sweep trains on (hex)."""
-    h = hashlib.sha256()
-    for t in (x, y):
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+# The kit's one data fingerprint (provenance.fingerprint), under the name the sweep's records use.
+data_fingerprint = provenance.fingerprint
 
 
 def sweep_settings(space: SearchSpace, k: int, seed: int, subset: int | None, n_examples: int,
