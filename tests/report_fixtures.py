@@ -15,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from fmnist_utils import models, records, report
+from fmnist_utils import halving, models, records, report
 
 ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENT = {"device_name": "a test CPU", "precision_auto": "fp32", "git_revision": "abc",
@@ -109,7 +109,8 @@ def sweep_results(verdicts=None) -> dict:
                      "subset": 4800, "train_split_size": 60000, "fold_train_images": 3200, "fold_val_images": 1600,
                      "epochs": 5, "selection": "highest cross-validated mean validation accuracy",
                      "storage": "runs/quick/01_sweep/sweep.sqlite3", "study_name": "sweep", "workers": 1},
-        "run": {"n_units": 9, "trained": 9, "reused": 0, "pending": 0, "diverged": 0},
+        "run": {"n_units": 9, "trained": 9, "reused": 0, "pending": 0, "diverged": 0, "pruned": 1,
+                "halving": halving.describe(halving.schedule(10, min_epochs=3, reduction_factor=4), 3)},
         "summary": summary, "folds": [], "factor_tables": {"lr": [{**r, "is_base": r["lr"] == 0.05} for r in summary]},
         "best_hyperparameters": {"lr": 0.1, "batch_size": 128, "dropout": 0.5},
         "best_cv": rows[0], "runner_up_cv": rows[1], "study_base": base, "study_base_cv": rows[1],

@@ -723,3 +723,10 @@ def test_smoke_report_end_to_end(tmp_path):
     assert not any(s["executed"] for s in again["stamps"])
     assert {stem: pipeline.executed_path(run, stem).stat().st_mtime_ns for stem in stems} == mtimes
     assert again["pdf"].is_file() and again["html"].read_text().count("<section") == page.count("<section")
+
+
+def test_the_sweep_section_states_its_successive_halving(tmp_path):
+    """01's protocol says what the rung schedule did, in the words the sweep printed before it started."""
+    text = F.text_of(F.render(tmp_path, {"01_sweep": F.sweep_results()}))
+    assert "Successive halving (Optuna's SuccessiveHalvingPruner, min_epochs 3, reduction factor 4)" in text
+    assert "1 configuration was pruned." in text
