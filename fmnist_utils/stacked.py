@@ -463,7 +463,9 @@ class _Stack:
         m, b = self.M, self.batch
         active_flags = tuple(bool(lv and r > 0) for lv, r in zip(live, rows))
         active = self._device_mask(active_flags)
-        full = all(r == b for r, lv in zip(rows, live) if lv)
+        # A stopped unit (diverged, or stopped by on_epoch) must keep its running statistics, which
+        # the fused BatchNorm would update: any stopped unit takes the masked path.
+        full = all(live) and all(r == b for r in rows)
         rows_t = torch.tensor(rows, device=self.dev) if not full else None
         valid = None if full else torch.arange(b, device=self.dev)[:, None] < rows_t[None, :]  # (B, M)
         x = scale(xb)  # (M, B, 1, 28, 28)
@@ -566,7 +568,8 @@ def _epoch_orders(generators, indices, length: int, dev) -> torch.Tensor:
     return torch.stack(rows).to(dev)
 
 
-def _train_stack(configs, units, x, y, train_idx, val_idx, dev, precision, progress, on_diverged, return_models):
+def _train_stack(configs, units, x, y, train_idx, val_idx, dev, precision, progress, on_diverged, return_models,
+                 on_epoch=None):
     """Train one stack (all configs stackable, sharing their stack key); return (histories, models)."""
     c0 = configs[0]
     models = [train.build_model(c) for c in configs]  # each seeded: fit's initial weights
@@ -580,6 +583,7 @@ def _train_stack(configs, units, x, y, train_idx, val_idx, dev, precision, progr
     schedules = _lr_schedules(configs, unit_steps)
     lrs = _lr_table(schedules, unit_steps, c0.epochs, steps, stack.lr.dtype, dev)  # (epochs, steps, M)
     live = [True] * m
+    stopped = [False] * m  # stopped by on_epoch (not diverged): history and model are kept
     histories: list[list[dict]] = [[] for _ in configs]
     bar = progress_bar(steps * c0.epochs, unit="step", enabled=progress)
     try:
@@ -619,17 +623,19 @@ def _train_stack(configs, units, x, y, train_idx, val_idx, dev, precision, progr
                                val_correct=train.pack_correct(scored[i]["correct"]))
                 row.update(seconds=seconds, lr=schedules[i][epoch * unit_steps[i]])  # fit's lr at the epoch's end
                 histories[i].append(row)
+                if on_epoch is not None and on_epoch(units[i], row):
+                    live[i], stopped[i] = False, True  # it no longer updates; its history ends here
             bar.set_postfix(live=f"{sum(live)}/{m}")
     finally:
         bar.close()
     for i in range(m):  # fit's closing check: a unit that ends not distinguishable from chance is flagged
-        if live[i] and histories[i]:
+        if (live[i] or stopped[i]) and histories[i]:
             split, n = ("val", len(val_idx[i])) if val_idx is not None else ("train", sizes[i])
             train._flag_chance(histories[i], n, split, int(torch.unique(y[train_idx[i]]).numel()))
     out_models = []
     final = stack.scored()  # fit ends holding the moving average, where there is one
     for i, model in enumerate(models):
-        if model is None or not live[i]:
+        if model is None or not (live[i] or stopped[i]):
             out_models.append(None)
             continue
         model.load_state_dict(final.unit_state(i))
@@ -692,6 +698,7 @@ def fit_many(
     on_diverged: str = "raise",
     return_models: bool = False,
     stack_size: int | None = None,
+    on_epoch=None,
 ) -> list[list[dict]] | tuple[list[list[dict]], list[nn.Module | None]]:
     """Train one unit per config, stacked where possible; return their histories (in order).
 
@@ -707,6 +714,9 @@ def fit_many(
     through ``fit`` keeps only that row). ``return_models``: also return each unit's model as
     ``fit`` leaves it (None for a diverged unit). ``stack_size``: units per stack; None plans it
     with :func:`plan_stack_size` (from the device, never a timing); 1 trains every unit with ``fit``. ``progress`` as in ``fit``.
+    ``on_epoch``: called as ``on_epoch(i, row)`` (``i`` an index into ``configs``) with each unit's
+    finished epoch's history row; when it returns True unit i stops after that epoch (its history
+    ends there, its model is returned as it then is) and the others train on.
     """
     configs = list(configs)
     if not configs:
@@ -752,20 +762,23 @@ def fit_many(
         for units in stacks:
             hs, ms = _train_stack([configs[u] for u in units], units, xd, yd, [train_idx[u] for u in units],
                                   None if val_idx is None else [val_idx[u] for u in units], dev, precision,
-                                  progress, on_diverged, return_models)
+                                  progress, on_diverged, return_models, on_epoch)
             for u, h, mod in zip(units, hs, ms):
                 histories[u], models[u] = h, mod
     for u in sorted(alone):
         histories[u], models[u] = _fit_one(configs[u], u, x, y, train_idx[u],
-                                           None if val_idx is None else val_idx[u], progress, on_diverged)
+                                           None if val_idx is None else val_idx[u], progress, on_diverged, on_epoch)
     return (histories, models) if return_models else histories
 
 
-def _fit_one(config, unit, x, y, tr, va, progress, on_diverged):
+def _fit_one(config, unit, x, y, tr, va, progress, on_diverged, on_epoch=None):
     model = train.build_model(config)
     val = None if va is None else (x[va], y[va])
+    each = None if on_epoch is None else (lambda row: on_epoch(unit, row))
     try:
-        return train.fit(model, x[tr], y[tr], config, val=val, progress=progress), model
+        if each is None:  # fit's signature before on_epoch: tests replace fit with such functions
+            return train.fit(model, x[tr], y[tr], config, val=val, progress=progress), model
+        return train.fit(model, x[tr], y[tr], config, val=val, progress=progress, on_epoch=each), model
     except train.TrainingDiverged as exc:
         error = train.TrainingDiverged(exc.epoch, exc.step, exc.loss, unit=unit, hint=exc.hint)
         if on_diverged == "raise":

@@ -524,6 +524,7 @@ def fit(
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: bool | None = None,
     checkpoint: str | Path | None = None,
+    on_epoch: Callable[[dict], bool | None] | None = None,
 ) -> list[dict]:
     """Train ``model`` in place on (x uint8 (N,1,28,28), y int64 (N,)) and return its history.
 
@@ -537,7 +538,10 @@ def fit(
     exists and was made with the same config (``epochs`` may be larger), training resumes after
     its last finished epoch. With ``ema_decay`` the model ends holding the averaged weights.
     With ``compile`` the first epoch's row also has ``compile_seconds`` (the first step, which
-    includes compilation) and ``capture`` (how the step ran).
+    includes compilation) and ``capture`` (how the step ran). ``on_epoch``: called as
+    ``on_epoch(row)`` with each finished epoch's history row, after the row is appended and the
+    checkpoint written; when it returns True training stops after that epoch (the history ends
+    there, and the checkpoint lets a later call with the same config continue it).
 
     Raises :class:`TrainingDiverged` at the first non-finite loss (or non-finite weights at an
     epoch's end), naming the epoch, the step and the likely cause; the checkpoint keeps the last
@@ -614,6 +618,8 @@ def fit(
             })
             if checkpoint is not None:
                 _save(Path(checkpoint), model, optimizer, scheduler, ema, generator, config, history, trained_on)
+            if on_epoch is not None and _call_isolated(on_epoch, dev, row):
+                break
     finally:
         bar.close()
     if ema is not None:
@@ -622,6 +628,14 @@ def fit(
         _flag_chance(history, len(val[1]) if val is not None else len(y), "val" if val is not None else "train",
                      int(torch.unique(y).numel()))
     return history
+
+
+def _call_isolated(callback: Callable, dev: torch.device, *args):
+    """Return ``callback(*args)`` run with torch's global random state saved and restored: training
+    draws its dropout masks from it, so a callback that builds a model (which seeds it) or draws
+    random numbers must not change what the next epoch draws."""
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        return callback(*args)
 
 
 FP16_ON_CPU = ("precision='fp16' on a CPU: CPUs have no fast fp16 arithmetic, so training runs about 10 times "
@@ -802,10 +816,11 @@ def fit_many(
     on_diverged: str = "raise",
     return_models: bool = False,
     stack_size: int | None = None,
+    on_epoch: Callable[[int, dict], bool | None] | None = None,
 ):
     """Train one unit per config, M at a time on one device; return their histories, each what
     :func:`fit` returns for that unit (see :func:`fmnist_utils.stacked.fit_many`)."""
     from .stacked import fit_many as stacked_fit_many  # stacked imports this module
 
     return stacked_fit_many(configs, x, y, train_indices, val_indices, progress=progress, on_diverged=on_diverged,
-                            return_models=return_models, stack_size=stack_size)
+                            return_models=return_models, stack_size=stack_size, on_epoch=on_epoch)

@@ -405,3 +405,30 @@ def test_unit_loss_scaling_follows_grad_scaler_per_unit(monkeypatch):
     frozen = mine.scale.clone()
     mine.update(torch.tensor([True, True]), torch.tensor([False, True]))
     assert mine.scale[0] == frozen[0] and mine.scale[1] == frozen[1] / 2  # an inactive unit keeps its scale
+
+
+@pytest.mark.parametrize("stack_size", [2, 1])
+def test_on_epoch_true_stops_only_that_unit(pool, float64, stack_size):
+    # on_epoch(i, row) sees each unit's rows; True stops unit i after that epoch (its history and
+    # model are fit's stopped there), the other unit trains on to fit's full run. stack_size 1: the
+    # units go through fit, with the same calls.
+    x, y, sets, vals, configs = small(pool, epochs=2)
+    configs = configs[:2]
+    calls = []
+
+    def stop_unit_0(unit, row):
+        calls.append((unit, row["epoch"]))
+        return unit == 0
+
+    got_h, got_m = fit_many(configs, x, y, sets[:2], vals[:2], stack_size=stack_size, return_models=True,
+                            progress=False, on_epoch=stop_unit_0)
+    assert sorted(calls) == [(0, 1), (1, 1), (1, 2)]
+    want_h, want_m = [], []
+    for c, tr, va, stop in zip(configs, sets, vals, (True, False)):
+        model = train.build_model(c)
+        want_h.append(train.fit(model, x[tr], y[tr], c, val=(x[va], y[va]), progress=False,
+                                on_epoch=lambda row, stop=stop: stop))
+        want_m.append(model)
+    assert [len(h) for h in got_h] == [1, 2]
+    assert_same_histories(got_h, want_h)
+    assert_same_models(got_m, want_m)
