@@ -53,7 +53,7 @@ def separate(configs, x, y, train_sets, val_sets):
     return histories, models
 
 
-def assert_same_histories(got, want, accuracy_atol=0.0):
+def assert_same_histories(got, want, accuracy_atol=0.0, rtol=1e-4):
     for unit, (g, w) in enumerate(zip(got, want)):
         assert len(g) == len(w), f"unit {unit}: {len(g)} epochs, fit has {len(w)}"
         for row_g, row_w in zip(g, w):
@@ -65,7 +65,7 @@ def assert_same_histories(got, want, accuracy_atol=0.0):
                     assert np.mean(bits_g != bits_w) <= accuracy_atol, f"unit {unit} {key}"
                 elif key != "seconds":
                     atol = accuracy_atol if key.endswith("accuracy") else 0.0
-                    np.testing.assert_allclose(row_g[key], row_w[key], rtol=1e-4, atol=atol, err_msg=f"unit {unit} {key}")
+                    np.testing.assert_allclose(row_g[key], row_w[key], rtol=rtol, atol=atol, err_msg=f"unit {unit} {key}")
 
 
 def assert_same_models(got, want, weights=True):
@@ -250,7 +250,10 @@ def test_stack_of_modern_recipe_equals_separate_fit_runs_fp32(pool, monkeypatch)
     x, y, sets, vals, configs = tiny(pool, modern_units(), vals=(16, 12, 20))
     want_h, _ = separate(configs, x, y, sets, vals)
     got_h = stacked_only(monkeypatch, configs, x, y, sets, vals, stack_size=3)
-    assert_same_histories(got_h, want_h, accuracy_atol=1 / 12 + 1e-9)
+    # OPEN: rtol 1e-3, not 1e-4: with every option at once in fp32, unit 2 (lr 0.2) ends epoch 2
+    # 5e-4 apart (rounding of the folded lr_i (g + wd p) and of vmap's grouped kernels, amplified by
+    # one-cycle's peak); the same units in float64 agree to 1e-4 (the test above), so it is rounding.
+    assert_same_histories(got_h, want_h, accuracy_atol=1 / 12 + 1e-9, rtol=1e-3)
     assert len({round(h[-1]["train_loss"], 4) for h in got_h}) == 3
 
 
