@@ -7,7 +7,7 @@ probabilities crossed, at the study's batch size 128, on stratified folds) are t
     shuffled, fp32, NCHW, validated through a ``DataLoader`` too;
 (b) one by one with ``train.fit`` (on-device uint8 data, channels_last, precision ``auto``);
 (c) stacked with ``train.fit_many``: the stack size planned by ``stacked.plan_stack_size`` (a
-    decision from the device, never a timing), beside ``stacked.time_stack_sizes``'s timing of
+    decision from the device, never a timing), beside :func:`time_stack_sizes`'s timing of
     stacks of 1, 2, 4, ... (printed and saved, timed apart), and, where asked (``--force-stack``; by default 4 on a CPU, where the plan picks
     1), a fixed stack size, to show what stacking costs there.
 
@@ -82,6 +82,69 @@ def tutorial_unit(config: TrainConfig, x_float: torch.Tensor, y: torch.Tensor, t
     return correct / len(va)
 
 
+# A larger stack is reported faster only when it is this much faster per unit (timings are noisy).
+MIN_GAIN = 0.05
+
+
+def choose_stack_size(seconds_per_unit_step: dict[int, float], max_by_memory: int, min_gain: float = MIN_GAIN) -> int:
+    """Return the fastest stack size of measured seconds per unit per step at each size tried.
+
+    For the benchmarks, never for a run's plan. A larger stack replaces a smaller one only when it
+    is faster per unit by more than ``min_gain`` (a fraction), so timing noise never picks
+    stacking; the result never exceeds ``max_by_memory`` (and is at least 1).
+    """
+    if not seconds_per_unit_step:
+        raise ValueError("choose_stack_size needs at least one measurement")
+    best = min(seconds_per_unit_step)
+    for size in sorted(seconds_per_unit_step):
+        if size <= max_by_memory and seconds_per_unit_step[size] < seconds_per_unit_step[best] * (1 - min_gain):
+            best = size
+    return max(1, min(best, max_by_memory))
+
+
+def time_stack_size(config: TrainConfig, dev: torch.device, size: int, steps: int) -> float:
+    """Return seconds per unit per training step of a stack of ``size`` units of ``config`` (seeds
+    0 .. size-1) on random images: one epoch of ``steps`` batches through ``fit_many`` after a
+    one-batch warm-up. Wall time on a GPU; on a CPU this process's CPU time, which other jobs
+    on a shared machine disturb far less (sizes are timed alike either way)."""
+    b = config.batch_size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (b * steps, 1, 28, 28), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (len(x),), generator=g)
+    configs = [config.replace(seed=s) for s in range(size)]
+    fit_many(configs, x, y, [np.arange(b)] * size, stack_size=size, progress=False)  # warm-up
+    clock = time.perf_counter if dev.type == "cuda" else time.process_time
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    start = clock()
+    fit_many(configs, x, y, [np.arange(len(x))] * size, stack_size=size, progress=False)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return (clock() - start) / (size * steps)
+
+
+def time_stack_sizes(config: TrainConfig, device: str | torch.device | None = None, *, steps: int = 3,
+                     max_size: int = stacked.MAX_STACK) -> dict[int, float]:
+    """Return measured seconds per unit per training step at stack sizes 1, 2, 4, ... (benchmarks only).
+
+    Doubles the size while a stack is faster per unit (by :data:`MIN_GAIN`) and fits the memory of
+    ``stacked.plan_stack_size``, up to ``max_size``. A run never calls this: its plan must not
+    depend on the machine's load.
+    """
+    dev = devices.resolve_device(device if device is not None else config.device)
+    precision = devices.resolve_precision(config.precision, dev)
+    probe = config.replace(device=str(dev), precision=precision, epochs=1)
+    limit = min(max_size, stacked.plan_stack_size(probe, dev, max_size=stacked.MAX_STACK).max_by_memory)
+    timings = {1: time_stack_size(probe, dev, 1, steps)}
+    size = 2
+    while size <= limit:
+        timings[size] = time_stack_size(probe, dev, size, steps)
+        if timings[size] >= timings[size // 2] * (1 - MIN_GAIN):
+            break
+        size *= 2
+    return timings
+
+
 def timed(fn) -> tuple[float, float, object]:
     """Return (wall seconds, this process's CPU seconds, fn's result)."""
     start, cpu = time.perf_counter(), time.process_time()
@@ -119,8 +182,8 @@ def main(argv=None) -> int:
     tutorial_unit(configs[0], x_float, y, warm[0], val_sets[0][:100], dev)
     fit(build_model(configs[0]), x[warm[0]], y[warm[0]], configs[0], progress=False)
     plan = stacked.plan_stack_size(configs[0], dev)
-    timing_seconds, _, timings = timed(lambda: stacked.time_stack_sizes(configs[0], dev))
-    fastest = stacked.choose_stack_size(timings, plan.max_by_memory)
+    timing_seconds, _, timings = timed(lambda: time_stack_sizes(configs[0], dev))
+    fastest = choose_stack_size(timings, plan.max_by_memory)
     words = ", ".join(f"M={k}: {v * 1000:.1f} ms" for k, v in timings.items())
     print(f"  plan: {plan.reason}; timed ({timing_seconds:.1f} s): {words} per unit-step, fastest M={fastest}")
     for size in forced:

@@ -257,7 +257,7 @@ def make_split(x_train, y_train, x_test, y_test, subset: int | None, val_fractio
 # Training a row's seeds
 
 
-def fit_seeds(configs: Sequence[train.TrainConfig], x: torch.Tensor, y: torch.Tensor, train_indices: np.ndarray,
+def train_seeds(configs: Sequence[train.TrainConfig], x: torch.Tensor, y: torch.Tensor, train_indices: np.ndarray,
               progress: bool | None = None) -> tuple[list[list[dict]], list[torch.nn.Module | None]]:
     """Return (histories, trained models), one per config: the seeds of one row, trained together
     on ``x[train_indices]`` by :func:`train.fit_many` (stacked where it can, else one by one).
@@ -298,7 +298,7 @@ def training_seconds(histories: Sequence[list[dict]]) -> float:
 
     Only epochs count, so the stack planner's timing probes (``stacked.plan_stack_size``, run once
     per process before the first stack), model building and evaluation are not a row's cost: a
-    wall clock around ``fit_seeds`` charged the probes to whichever row came first.
+    wall clock around ``train_seeds`` charged the probes to whichever row came first.
     """
     return float(sum(r.get("seconds", 0.0) for h in histories for r in h))
 
@@ -345,7 +345,7 @@ def train_row(row: Row, split: Split, seeds: Sequence[int], budget: dict, progre
     ...) on ``split``'s training images; each final model reads the validation and test images once.
     """
     configs = [row.config(**budget, seed=s) for s in seeds]
-    histories, models = fit_seeds(configs, split.x_train, split.y_train, split.train_indices, progress)
+    histories, models = train_seeds(configs, split.x_train, split.y_train, split.train_indices, progress)
     seconds = training_seconds(histories)
     x_val, y_val = split.x_val, split.y_val
     val = np.stack([probabilities(m, x_val, c) for m, c in zip(models, configs)])

@@ -337,7 +337,7 @@ def test_run_rows_pairs_seeds_reads_each_split_once_and_reuses_a_cached_row(fmni
     assert sorted(calls) == sorted([50, 100] * 4)
     assert first["study"].seeds == [0, 1] and first["study"].val_probs.shape == (2, 50, 10)
     assert first["study"].steps == 3  # 150 training images in batches of 50, one epoch
-    monkeypatch.setattr(improve, "fit_seeds", lambda *a, **k: pytest.fail("a cached row was trained again"))
+    monkeypatch.setattr(improve, "train_seeds", lambda *a, **k: pytest.fail("a cached row was trained again"))
     again = improve.run_rows(rows, split, [0, 1], budget, cache=tmp_path)
     np.testing.assert_allclose(again["study"].test_accuracy, first["study"].test_accuracy)
     np.testing.assert_allclose(again["study"].test_probs, first["study"].test_probs, rtol=1e-6)
@@ -346,17 +346,17 @@ def test_run_rows_pairs_seeds_reads_each_split_once_and_reuses_a_cached_row(fmni
 
 
 def test_a_rows_time_is_its_epochs_alone_not_the_planners_probes(fmnist, monkeypatch):
-    """Table 12's time per model: the epochs' seconds, whatever else ran around fit_seeds."""
+    """Table 12's time per model: the epochs' seconds, whatever else ran around train_seeds."""
     split = improve.make_split(fmnist.x_train, fmnist.y_train, fmnist.x_test, fmnist.y_test, 200, 0.25, 100)
     histories = [[{"epoch": 1, "train_loss": 0.5, "seconds": 1.5}, {"epoch": 2, "train_loss": 0.25, "seconds": 2.25}],
                  [{"epoch": 1, "train_loss": 0.5, "seconds": 1.5}, {"epoch": 2, "diverged": "loss is nan", "step": 3}]]
     planned = []
 
-    def fit_seeds(configs, *args, **kw):
+    def train_seeds(configs, *args, **kw):
         planned.append(len(configs))  # stands for the planner's probes: they take time, but record none
         return histories, [None] * len(configs)
 
-    monkeypatch.setattr(improve, "fit_seeds", fit_seeds)
+    monkeypatch.setattr(improve, "train_seeds", train_seeds)
     outcome = improve.train_row(select_rows(["study"])[0], split, [0, 1], {"epochs": 2, "device": "cpu"}, progress=False)
     assert planned == [2]
     assert outcome.seconds == improve.training_seconds(histories) == 5.25
@@ -365,10 +365,10 @@ def test_a_rows_time_is_its_epochs_alone_not_the_planners_probes(fmnist, monkeyp
 
 
 def test_seeds_of_a_row_are_the_single_runs(fmnist):
-    """fit_seeds trains what fit trains: seed s of a row is the run TrainConfig(seed=s) would give."""
+    """train_seeds trains what fit trains: seed s of a row is the run TrainConfig(seed=s) would give."""
     x, y = fmnist.x_train[:96], fmnist.y_train[:96]
     configs = [train.TrainConfig(epochs=1, batch_size=32, device="cpu", precision="fp32", seed=s) for s in (0, 1)]
-    histories, trained = improve.fit_seeds(configs, fmnist.x_train, fmnist.y_train, np.arange(96))
+    histories, trained = improve.train_seeds(configs, fmnist.x_train, fmnist.y_train, np.arange(96))
     alone = train.build_model(configs[1])
     history = train.fit(alone, x, y, configs[1], progress=False)
     # fit_many trains what fit trains (stacked or not: per-epoch losses agree to float rounding).

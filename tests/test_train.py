@@ -177,3 +177,26 @@ def test_precision_detection(monkeypatch):
     assert device.resolve_precision("fp32", cpu) == "fp32"
     with pytest.raises(ValueError, match="precision"):
         device.resolve_precision("int8", cpu)
+
+
+def test_on_epoch_sees_each_row_and_true_stops_training(small, tmp_path):
+    # on_epoch gets each finished row after the checkpoint is written; True ends the history there,
+    # and the checkpoint continues it to what an uninterrupted run gives.
+    (x, y), _ = small
+    x, y = x[:300], y[:300]
+    config = TrainConfig(epochs=3, batch_size=100, seed=2)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    straight = fit(build_model(config), x, y, config, progress=False)
+    ckpt = tmp_path / "ckpt.pt"
+    seen = []
+
+    def stop_after_two(row):
+        assert ckpt.is_file() and len(load_checkpoint(ckpt)[2]) == row["epoch"]  # written before the call
+        seen.append(row)
+        return row["epoch"] == 2
+
+    stopped = fit(build_model(config), x, y, config, progress=False, checkpoint=ckpt, on_epoch=stop_after_two)
+    assert [r["epoch"] for r in seen] == [1, 2] and stopped == seen  # the very rows, and nothing after
+    assert strip(stopped) == strip(straight[:2])
+    continued = fit(build_model(config), x, y, config, progress=False, checkpoint=ckpt, on_epoch=lambda row: None)
+    assert strip(continued) == strip(straight)
