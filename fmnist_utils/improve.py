@@ -296,9 +296,8 @@ def training_seconds(histories: Sequence[list[dict]]) -> float:
     """Return the seconds spent training: every epoch's ``seconds`` summed over the histories
     (one per seed, as ``train.fit_many`` returns them; a stacked epoch's time is shared by its units).
 
-    Only epochs count, so the stack planner's timing probes (``stacked.plan_stack_size``, run once
-    per process before the first stack), model building and evaluation are not a row's cost: a
-    wall clock around ``train_seeds`` charged the probes to whichever row came first.
+    Only epochs count, so model building and evaluation are not a row's cost, and neither is
+    anything else that ran around ``train_seeds``.
     """
     return float(sum(r.get("seconds", 0.0) for h in histories for r in h))
 

@@ -9,14 +9,9 @@ history, and progress display is a layer on top.
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import math
-import numbers
-import shutil  # noqa: F401  (tests patch train.shutil.disk_usage to fake a full disk under checkpoints.save)
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,9 +24,15 @@ from . import checkpoints, stacked
 from . import device as devices
 from .augment import augment_batch
 from .checkpoints import CheckpointError, check_checkpoint_path, data_fingerprint  # noqa: F401  (train.X names)
-from .data import iterate_batches, scale
-from .models import MODELS
 from .progress import bar as progress_bar
+# The configuration and the evaluation live in their own modules; their names stay train.X.
+from .train_config import (  # noqa: F401
+    MAX_KERNEL_SIZE, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig, build_model, build_optimizer, ema_multi_avg_fn,
+    l1_penalty, preset,
+)
+from .evaluation import (  # noqa: F401
+    _inputs, chance_check, check_split, evaluate, flip_averaged_logits, pack_correct, predict_logits, val_correctness, _flag_chance,
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -46,248 +47,6 @@ class TrainingDiverged(RuntimeError):
         where = f"unit {unit}, " if unit is not None else ""
         message = f"training diverged ({where}epoch {epoch}, step {step}): loss is {loss}"
         super().__init__(message + (f"; {hint}" if hint else ""))
-
-
-MAX_KERNEL_SIZE = 27  # the largest odd kernel that fits inside a 28x28 image
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of one training run. Defaults are the study's recipe (90.8% test accuracy).
-
-    lr: learning rate (> 0). batch_size: images per step. epochs: passes over the data.
-    dropout: drop probability in the dense layers, [0, 1). weight_decay: L2 coefficient.
-    l1: L1 coefficient on weights (0 = off). optimizer: one of :data:`OPTIMIZERS`.
-    momentum / nesterov: SGD and RMSprop momentum. kernel_size: conv kernel (odd).
-    model: a key of :data:`fmnist_utils.models.MODELS`.
-    seed: initialisation, shuffling and dropout. precision: auto | fp32 | bf16 | fp16.
-    device: auto | cpu | cuda | cuda:N | mps. eval_batch_size: images per evaluation step.
-
-    Beyond the study (all off by default; :data:`PRESETS` turns them on together):
-    schedule: constant | onecycle | cosine (per step; cosine warms up for ``warmup_epochs``).
-    label_smoothing: cross-entropy smoothing in [0, 1). decay_norm_bias: False exempts biases
-    and norm weights from weight decay. aug_crop_pad: random-crop shift in pixels (0 = off).
-    aug_flip: random horizontal flips. aug_erase: probability of random erasing.
-    ema_decay: exponential moving average of the weights (0 = off; the final model is the
-    average). tta_flip: evaluation averages the image and its mirror. compile: capture the
-    model with ``torch.compile`` (CUDA graphs on a GPU); a backend that cannot compile raises at
-    the first step (compilation is lazy), so leave it off where Inductor does not work.
-    """
-
-    model: str = "seedcnn"
-    lr: float = 0.05
-    batch_size: int = 128
-    epochs: int = 10
-    dropout: float = 0.5
-    weight_decay: float = 1e-3
-    l1: float = 0.0
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    nesterov: bool = False
-    kernel_size: int = 3
-    seed: int = 0
-    precision: str = "auto"
-    device: str = "auto"
-    eval_batch_size: int = 2048
-    schedule: str = "constant"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    decay_norm_bias: bool = True
-    aug_crop_pad: int = 0
-    aug_flip: bool = False
-    aug_erase: float = 0.0
-    ema_decay: float = 0.0
-    tta_flip: bool = False
-    compile: bool = False
-
-    def __post_init__(self):
-        def bad(field: str, why: str):
-            raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r}: {why}")
-
-        # Every float setting first: a NaN passes every "<" test below (all comparisons are
-        # False), and an inf weight decay trains to NaN without a word.
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.type in ("float", float) and (
-                isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-            ):
-                bad(field.name, "must be a finite number")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            bad("lr", "the learning rate must be a finite number > 0")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            bad("batch_size", "must be an integer >= 1")
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            bad("epochs", "must be an integer >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            bad("dropout", "must be in [0, 1)")
-        if self.weight_decay < 0:
-            bad("weight_decay", "must be >= 0")
-        if self.l1 < 0:
-            bad("l1", "must be >= 0")
-        if self.model not in MODELS:
-            bad("model", f"unknown model; choose one of {sorted(MODELS)}")
-        if self.optimizer not in OPTIMIZERS:
-            bad("optimizer", f"unknown optimizer; choose one of {sorted(OPTIMIZERS)}")
-        if not 0.0 <= self.momentum < 1.0:
-            bad("momentum", "must be in [0, 1)")
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
-            bad("nesterov", "Nesterov needs optimizer='sgd' and momentum > 0")
-        if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            bad("kernel_size", "must be a positive odd integer")
-        if self.kernel_size > MAX_KERNEL_SIZE:  # before any allocation: 1001 would ask for ~98 GB
-            bad("kernel_size", f"must be at most {MAX_KERNEL_SIZE}: a kernel wider than the 28x28 image sees only padding")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**63:
-            bad("seed", "must be an integer between 0 and 2**63 - 1 (torch and numpy take no negative seeds)")
-        if str(self.device) != "auto":
-            try:
-                devices.parse_device(self.device)
-            except ValueError as exc:
-                bad("device", str(exc))
-        if self.precision not in devices.PRECISIONS:
-            bad("precision", f"must be one of {devices.PRECISIONS}")
-        if not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1:
-            bad("eval_batch_size", "must be an integer >= 1")
-        if self.schedule not in SCHEDULES:
-            bad("schedule", f"unknown schedule; choose one of {sorted(SCHEDULES)}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            bad("warmup_epochs", "must be between 0 and epochs")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            bad("label_smoothing", "must be in [0, 1)")
-        if not isinstance(self.aug_crop_pad, int) or not 0 <= self.aug_crop_pad <= 8:
-            bad("aug_crop_pad", "must be an integer between 0 and 8 pixels")
-        if not 0.0 <= self.aug_erase <= 1.0:
-            bad("aug_erase", "is a probability and must be in [0, 1]")
-        if not 0.0 <= self.ema_decay < 1.0:
-            bad("ema_decay", "must be in [0, 1) (0 = off)")
-
-    def replace(self, **changes) -> "TrainConfig":
-        """Return a copy with ``changes`` applied (and validated)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        """Return the settings as a plain dict (for JSON results)."""
-        return dataclasses.asdict(self)
-
-
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "sgd": lambda params, c: torch.optim.SGD(
-        params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay
-    ),
-    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
-    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
-    "rmsprop": lambda params, c: torch.optim.RMSprop(
-        params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
-    ),
-}
-
-
-def _cosine_with_warmup(total: int, warmup: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-# Learning-rate schedules by name: (optimizer, config, steps per epoch) -> per-step scheduler.
-SCHEDULES: dict[str, Callable[..., torch.optim.lr_scheduler.LRScheduler]] = {
-    "constant": lambda opt, c, steps: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
-    # The schedule changes the learning rate only: OneCycleLR's default momentum cycling would
-    # overwrite the config's momentum (0.95 -> 0.85 even where momentum=0), mixing two options.
-    "onecycle": lambda opt, c, steps: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=c.lr, total_steps=c.epochs * steps, cycle_momentum=False
-    ),
-    "cosine": lambda opt, c, steps: torch.optim.lr_scheduler.LambdaLR(
-        opt, _cosine_with_warmup(c.epochs * steps, round(c.warmup_epochs * steps))
-    ),
-}
-
-# Named recipes. "study" reproduces the original; "modern" is the recipe of issue 6
-# (Nesterov SGD, one-cycle, label smoothing, no decay on norms/biases, crop+flip+erase, EMA, TTA).
-PRESETS: dict[str, dict] = {
-    "study": {},
-    "modern": dict(
-        lr=0.1, batch_size=256, epochs=30, dropout=0.3, weight_decay=5e-4, momentum=0.9, nesterov=True,
-        schedule="onecycle", label_smoothing=0.1, decay_norm_bias=False, aug_crop_pad=2, aug_flip=True,
-        aug_erase=0.25, ema_decay=0.999, tta_flip=True,
-    ),
-    # The ResNet-18 with a 28x28 stem that 03_resnet_compare trains on Fashion-MNIST.
-    "resnet": dict(
-        model="resnet18", dropout=0.0, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle",
-    ),
-}
-
-
-def preset(name: str, **overrides) -> "TrainConfig":
-    """Return the TrainConfig of the named recipe in :data:`PRESETS`, with ``overrides`` applied."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return TrainConfig(**{**PRESETS[name], **overrides})
-
-
-def build_model(config: TrainConfig) -> nn.Module:
-    """Return a freshly initialised ``config.model`` (seeded by ``config.seed``)."""
-    torch.manual_seed(config.seed)
-    return MODELS[config.model](dropout=config.dropout, kernel_size=config.kernel_size)
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig, lead: int = 0) -> torch.optim.Optimizer:
-    """Return the optimizer ``config.optimizer`` over the model's parameters.
-
-    With ``decay_norm_bias=False``, biases and normalisation weights (1-D parameters) get no
-    weight decay: decaying them only fights the normalisation and is a common modern default.
-    ``lead``: leading dimensions that are not the parameter's own (1 for a stack's (M, ...) tensors).
-    """
-    if config.decay_norm_bias:
-        return OPTIMIZERS[config.optimizer](model.parameters(), config)
-    decay = [p for p in model.parameters() if p.ndim - lead > 1]
-    no_decay = [p for p in model.parameters() if p.ndim - lead <= 1]
-    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return OPTIMIZERS[config.optimizer](groups, config)
-
-
-def l1_penalty(model: nn.Module) -> torch.Tensor:
-    """Return the sum of |w| over weight matrices and kernels (biases and norms excluded)."""
-    return sum(p.abs().sum() for name, p in model.named_parameters() if p.ndim > 1)
-
-
-def ema_multi_avg_fn(decay: float) -> Callable:
-    """Return an ``AveragedModel`` update: an exponential moving average of the weights whose decay
-    after ``n`` updates is ``min(decay, (1 + n) / (10 + n))`` (TensorFlow's ExponentialMovingAverage
-    with ``num_updates``).
-
-    Without the warm-up a short run's average stays near its random initialisation: after 60
-    steps at decay 0.999 the initial weights still carry 0.94 of it. Integer buffers (BatchNorm's
-    batch count) take the model's value.
-    """
-
-    @torch.no_grad()
-    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        # A 0-d tensor on the device: no host synchronisation per step.
-        keep = torch.clamp((1 + num_averaged) / (10 + num_averaged), max=decay)
-        for e, p in zip(ema_params, params):
-            if e.is_floating_point():
-                e.lerp_(p, (1 - keep).to(e.dtype))
-            else:
-                e.copy_(p)
-
-    return update
-
-
-def check_split(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
-    """Raise ValueError unless x is uint8 images (N, 1, 28, 28) and y is (N,) labels, N >= 1."""
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise ValueError(f"{what} images and labels must be torch tensors, got {type(x).__name__} and {type(y).__name__}")
-    if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
-        raise ValueError(f"{what} images must be (N, 1, 28, 28), got {tuple(x.shape)}")
-    if x.dtype != torch.uint8:
-        raise ValueError(f"expected uint8 {what} images, values 0..255 (scaling happens on the device), got {x.dtype}")
-    if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(f"{what} labels must be (N,) with N={len(x)}, got {tuple(y.shape)}")
-    if len(x) == 0:
-        raise ValueError(f"{what} split is empty")
 
 
 def divergence_hint(config: TrainConfig) -> str:
@@ -324,10 +83,6 @@ DIVERGENCE_CHECK_STEPS = {"cpu": 1, "cuda": 32, "mps": 32}
 def _prepare(model: nn.Module, dev: torch.device) -> nn.Module:
     # channels_last lets oneDNN and cuDNN pick their fastest convolution kernels.
     return model.to(dev, memory_format=torch.channels_last)
-
-
-def _inputs(x_uint8: torch.Tensor) -> torch.Tensor:
-    return scale(x_uint8).contiguous(memory_format=torch.channels_last)
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,80 +309,6 @@ def _new_units(models: list[nn.Module], configs: list[TrainConfig], dev: torch.d
     step_module, how = capture(module, dev) if c.compile else (module, "eager")
     return _Units(module, configs, dev, precision, optimizer, scheduler, ema, scaler, fold,
                   step_module=step_module, capture=how)
-
-
-@torch.inference_mode()
-def predict_logits(
-    model: nn.Module, x: torch.Tensor, batch_size: int = 2048, precision: str = "auto", tta_flip: bool = False
-) -> torch.Tensor:
-    """Return float32 logits (N, n_classes) on the CPU for uint8 images (N, 1, 28, 28).
-
-    Runs on the model's device in large batches; ``x`` is moved there once. With
-    ``tta_flip`` the result is log of the mean of the softmax over the image and its mirror, so
-    ``softmax`` of it is exactly the average of the two passes' probabilities.
-    """
-    dev = next(model.parameters()).device
-    precision = devices.resolve_precision(precision, dev)
-    model.eval()
-    x = x.to(dev)
-    outs = []
-    for idx in iterate_batches(len(x), batch_size, device=dev):
-        xb = _inputs(x[idx])
-        with devices.autocast(dev, precision):
-            logits = model(xb).float()
-            if tta_flip:
-                logits = flip_averaged_logits(logits, model(xb.flip(3)).float())
-        outs.append(logits.float())
-    return torch.cat(outs).cpu()
-
-
-def flip_averaged_logits(logits: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
-    """Return log of the mean of the softmaxes of ``logits`` and ``mirrored`` (..., n_classes),
-    the passes over the images and their mirrors: its softmax is exactly the average of the two
-    passes' probabilities (flip test-time augmentation)."""
-    return torch.logsumexp(torch.stack([logits.log_softmax(-1), mirrored.log_softmax(-1)]), dim=0) - math.log(2)
-
-
-def evaluate(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int = 2048,
-    precision: str = "auto",
-    tta_flip: bool = False,
-    per_image: bool = False,
-) -> dict:
-    """Return ``{"accuracy", "loss"}`` of ``model`` on (x uint8 (N,1,28,28), y (N,)); with
-    ``per_image`` also ``"correct"``: (N,) numpy bool, whether each image was classified right."""
-    check_split(x, y, "evaluation")
-    logits = predict_logits(model, x, batch_size, precision, tta_flip)
-    y = y.cpu()
-    right = logits.argmax(1) == y
-    out = {"accuracy": right.float().mean().item(), "loss": F.cross_entropy(logits, y).item()}
-    if per_image:
-        out["correct"] = right.numpy()
-    return out
-
-
-def pack_correct(correct) -> str:
-    """Return (N,) per-image correctness as text for a history row: base64 of the bits, one per
-    image (N / 6 characters: 10,000 images take about 1.7 kB per epoch)."""
-    bits = np.asarray(correct, dtype=bool)
-    return base64.b64encode(np.packbits(bits).tobytes()).decode("ascii")
-
-
-def val_correctness(history: list[dict], n_val: int) -> np.ndarray:
-    """Return (epochs, n_val) bool: whether each validation image was right after each epoch, from
-    the ``val_correct`` entries :func:`fit` writes into its history (the paired overfitting test,
-    :func:`fmnist_utils.stats.verdict_overfitting`, reads it). Raises ValueError when a row lacks it
-    (a history from before it was recorded, or trained without validation images)."""
-    missing = [row.get("epoch") for row in history if "val_correct" not in row]
-    if missing:
-        raise ValueError(f"history rows of epochs {missing} have no val_correct: train with fit(..., val=...) "
-                         "to record per-image validation correctness (a history resumed from a checkpoint written "
-                         "before it was recorded lacks it: delete that checkpoint and train again)")
-    return np.stack([np.unpackbits(np.frombuffer(base64.b64decode(row["val_correct"]), dtype=np.uint8),
-                                   count=n_val).astype(bool) for row in history]) if history else np.zeros((0, n_val), bool)
 
 
 def capture(model: nn.Module, device: torch.device) -> tuple[nn.Module, str]:
@@ -930,37 +611,6 @@ def _call_isolated(callback: Callable, dev: torch.device, *args):
 
 FP16_ON_CPU = ("precision='fp16' on a CPU: CPUs have no fast fp16 arithmetic, so training runs about 10 times "
                "slower than in fp32; use precision='auto' (bf16 where the CPU has it, else fp32)")
-
-
-def chance_check(accuracy: float, n: int, n_classes: int = 10, alpha: float = 0.05, what: str = "the accuracy") -> dict:
-    """Return whether an accuracy on ``n`` images is distinguishable from guessing (1 / ``n_classes``).
-
-    Exact one-sided binomial test (:func:`fmnist_utils.stats.binomial_vs_chance`). Keys:
-    ``above_chance`` (p < ``alpha``), ``accuracy``, ``chance``, ``p``, ``n``, ``note`` (a
-    warning line when not above chance, else "").
-    """
-    from . import stats
-
-    n_correct = int(round(accuracy * n))
-    result = stats.binomial_vs_chance(n_correct, n, 1 / n_classes)
-    above = result["p"] < alpha
-    note = "" if above else (
-        f"{what} {accuracy:.4f} on {n:,} images is not distinguishable from chance ({1 / n_classes:.2f}, "
-        f"p = {result['p']:.2g}): the training may have collapsed; check the learning rate and weight decay")
-    return {"above_chance": above, "accuracy": accuracy, "chance": 1 / n_classes, "p": result["p"], "n": n,
-            "note": note}
-
-
-def _flag_chance(history: list[dict], n: int, split: str, n_classes: int) -> None:
-    """Warn, and flag the last row ``not_above_chance``, when its accuracy on ``split`` is not above chance."""
-    accuracy = history[-1].get(f"{split}_accuracy")
-    if accuracy is None or n_classes < 2:
-        return
-    what = {"val": "the validation accuracy", "train": "the training accuracy"}[split]
-    check = chance_check(accuracy, n, n_classes, what=f"{what} after epoch {history[-1]['epoch']},")
-    if not check["above_chance"]:
-        history[-1]["not_above_chance"] = True
-        warnings.warn(check["note"], stacklevel=4)  # the caller of fit or fit_many
 
 
 def _check_parameters(model: nn.Module, epoch: int, step: int, config: TrainConfig) -> None:

@@ -34,8 +34,6 @@ UPPER_LIBRARIES = ("optuna", "papermill")
 # Cycles through a deferred import that were there when this test was written, each to be removed
 # (issue 20): a cycle not listed here fails; delete an entry once its cycle is gone.
 KNOWN_DEFERRED_CYCLES = (
-    # train.fit_many forwards to stacked.fit_many, and stacked imports train ("One training engine").
-    frozenset({"stacked", "train"}),
     # profiles' `auto` asks estimate for the full profile's time, and estimate imports profiles.
     frozenset({"estimate", "profiles"}),
 )

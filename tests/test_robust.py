@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from fmnist_utils import data, device, paths, pipeline, provenance, report, train
+from fmnist_utils import checkpoints, data, device, paths, pipeline, provenance, report, train
 from fmnist_utils.__main__ import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FILESYSTEM, EXIT_INTERRUPTED, EXIT_TERMINATED, main
 from fmnist_utils.data import DataError
 from fmnist_utils.train import CheckpointError, TrainConfig, TrainingDiverged
@@ -923,7 +923,7 @@ def test_torchs_unexpected_pos_is_a_full_disk_naming_the_checkpoint(tiny, tmp_pa
         raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 3008 vs 2942")
 
     monkeypatch.setattr(torch, "save", torch_full)
-    monkeypatch.setattr(train.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})())
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})())
     with pytest.raises(OSError) as info:
         train.fit(train.build_model(config), x, y, config, progress=False, checkpoint=ckpt)
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(ckpt) + ".tmp"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fmnist_utils import data, stacked, train
+from fmnist_utils import data, evaluation, stacked, train
 from fmnist_utils.train import TrainConfig, TrainingDiverged, fit_many
 
 BASE = TrainConfig(batch_size=32, epochs=2, dropout=0.0, precision="fp32", device="cpu")
@@ -85,7 +85,7 @@ def float64(monkeypatch):
     """Run fit and fit_many in float64 arithmetic: the same code, where rounding flips nothing."""
     build = train.build_model
     monkeypatch.setattr(train, "build_model", lambda c: build(c).double())
-    monkeypatch.setattr(train, "scale", lambda images: images.double().div_(255.0))
+    monkeypatch.setattr(evaluation, "scale", lambda images: images.double().div_(255.0))  # the one _inputs
 
 
 def small(pool, batch=16, epochs=1, configs=CONFIGS):
