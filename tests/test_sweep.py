@@ -23,7 +23,7 @@ import torch
 from optuna.trial import TrialState
 
 import sweep_helpers
-from fmnist_utils import cv_results, data, halving, search_space, study, sweep, train
+from fmnist_utils import cv_results, data, halving, models, search_space, study, sweep, train
 from fmnist_utils.search_space import config_key
 from fmnist_utils.train import TrainConfig
 
@@ -34,7 +34,7 @@ HELPERS = Path(sweep_helpers.__file__)
 def tiny_model():
     sweep_helpers.register()
     yield
-    train.MODELS.pop("tiny", None)
+    models.MODELS.pop("tiny", None)
 
 
 @pytest.fixture
