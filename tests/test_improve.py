@@ -380,7 +380,7 @@ def test_seeds_of_a_row_are_the_single_runs(fmnist):
 def test_notebook_runs_at_smoke_size_and_its_section_renders(tmp_path):
     import papermill
 
-    from fmnist_utils import provenance
+    from fmnist_utils import provenance, settings
 
     notebook = ROOT / "notebooks" / "04_improvements.ipynb"
     run = tmp_path / "run"
@@ -392,7 +392,11 @@ def test_notebook_runs_at_smoke_size_and_its_section_renders(tmp_path):
     assert [t["row"] for t in r["table"]] == list(smoke.rows)
     assert set(r["verdicts"]) == {f"row:{t['row']}" for t in r["table"] if t["reference"] is not None}
     assert all(len(row["seeds"]) == smoke.seeds for row in r["rows"])
-    assert r["profile"]["improve"] == json.loads(json.dumps(dataclasses.asdict(smoke))) and r["protocol"]["test_images"] == smoke.test_subset
+    # the results carry the run's settings tree: 04's branch is the smoke profile's sizes plus its own settings
+    tree = settings.resolve("smoke", log=lambda *a: None).improve
+    assert r["profile"]["improve"] == json.loads(json.dumps(dataclasses.asdict(tree)))
+    assert {k: r["profile"]["improve"][k] for k in json.loads(json.dumps(dataclasses.asdict(smoke)))} == json.loads(json.dumps(dataclasses.asdict(smoke)))
+    assert r["protocol"]["test_images"] == smoke.test_subset
     assert (run / "04_improvements" / r["figures"]["accuracy_vs_time"]).is_file()
     ensemble_row = next(row for row in r["rows"] if row["name"] == "ensemble")
     assert all(0 <= s["weight_modern"] <= 1 for s in ensemble_row["seeds"])
