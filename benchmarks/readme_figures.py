@@ -155,18 +155,29 @@ def render(fig: dict, source: str) -> str:
     return "\n".join(lines)
 
 
+def _find(pattern, text: str) -> tuple[str, str] | None:
+    """Return (source, block) of the block ``pattern`` matches in README text ``text``, or None."""
+    match = pattern.search(text)
+    return (match["source"], match[0]) if match else None
+
+
+def _replace(readme: Path, pattern, begin: str, end: str, block: str) -> None:
+    """Replace the README's block matched by ``pattern`` (between ``begin`` and ``end``) with ``block``;
+    fail, naming the markers, when it has none."""
+    text = readme.read_text()
+    if _find(pattern, text) is None:
+        raise SystemExit(f"{readme} has no block between '{begin.split('{')[0]}...' and '{end}': add the two markers first")
+    readme.write_text(pattern.sub(lambda _: block, text, count=1))
+
+
 def readme_block(text: str) -> tuple[str, str] | None:
     """Return (source, block) of the measured-figures block in README text ``text``, or None."""
-    match = BLOCK.search(text)
-    return (match["source"], match[0]) if match else None
+    return _find(BLOCK, text)
 
 
 def update_readme(readme: Path, block: str) -> None:
     """Replace the README's measured-figures block with ``block``; fail when it has none."""
-    text = readme.read_text()
-    if readme_block(text) is None:
-        raise SystemExit(f"{readme} has no block between '{BEGIN.split('{')[0]}...' and '{END}': add the two markers first")
-    readme.write_text(BLOCK.sub(lambda _: block, text, count=1))
+    _replace(readme, BLOCK, BEGIN, END, block)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,16 +305,12 @@ def render_gpu(doc: dict | None, source: str) -> str:
 
 def gpu_block(text: str) -> tuple[str, str] | None:
     """Return (source, block) of the GPU block in README text ``text``, or None."""
-    match = GPU_BLOCK.search(text)
-    return (match["source"], match[0]) if match else None
+    return _find(GPU_BLOCK, text)
 
 
 def update_gpu_readme(readme: Path, block: str) -> None:
     """Replace the README's GPU block with ``block``; fail when it has none."""
-    text = readme.read_text()
-    if gpu_block(text) is None:
-        raise SystemExit(f"{readme} has no block between '{GPU_BEGIN.split('{')[0]}...' and '{GPU_END}': add the two markers first")
-    readme.write_text(GPU_BLOCK.sub(lambda _: block, text, count=1))
+    _replace(readme, GPU_BLOCK, GPU_BEGIN, GPU_END, block)
 
 
 def is_gpu_measurement(doc: dict) -> bool:
