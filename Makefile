@@ -87,5 +87,9 @@ wheelhouse: ## download here wheels (all but torch) and Fashion-MNIST for an off
 verify-gpu: ## on the GPU machine: install from wheelhouse/, benchmarks, full report; writes benchmarks/results/<gpu>-<date>.json (PROFILE=smoke on a CPU; STAGES=report to finish one)
 	$(VERIFY_PY) benchmarks/verify_gpu.py --profile $(VERIFY_PROFILE) $(if $(STAGES),--stages $(STAGES))
 
-clean: ## remove run folders and the built report (keeps .venv and data/)
-	rm -rf runs report/report.html report/report.pdf report/notebooks
+clean: ## remove the kit's run folders and the built report (only folders carrying its marker; keeps .venv and data/)
+	@test -x $(PY) || { echo "nothing to clean: no $(VENV) yet"; exit 0; }; \
+	$(PY) -c 'from fmnist_utils import paths, run_folders; \
+	removed, left = run_folders.clean(paths.runs_dir(), paths.report_dir()); \
+	print(*(f"removed {p}" for p in removed), *(f"kept {p} (not marked as the kit'"'"'s)" for p in left), sep="\n")'
+

@@ -230,3 +230,23 @@ def remove_report(report_dir: Path) -> list[Path]:
         shutil.rmtree(rendered)
         removed.append(rendered)
     return removed
+
+
+def clean(runs: Path, report_dir: Path) -> tuple[list[Path], list[Path]]:
+    """Delete the kit's run folders in ``runs`` (those carrying its marker) and the built report in
+    ``report_dir`` (:func:`remove_report`, only where that folder carries its marker); return
+    (what was removed, what was left because the kit did not mark it as its own)."""
+    removed, left = [], []
+    if runs.is_dir():
+        for folder in sorted(runs.iterdir()):
+            if folder.is_dir() and not folder.is_symlink() and paths.is_owned(folder, "run folder"):
+                shutil.rmtree(folder)
+                removed.append(folder)
+            else:
+                left.append(folder)
+    if report_dir.is_dir():
+        if paths.is_owned(report_dir, "report folder"):
+            removed += remove_report(report_dir)
+        else:
+            left.append(report_dir)
+    return removed, left

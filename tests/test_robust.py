@@ -1135,3 +1135,29 @@ def test_a_leftover_staging_folder_is_removed_only_when_the_kit_made_it(tmp_path
                         lambda run, stamps, folder, log, title: (Path(folder) / "report.html").write_text("<p>new</p>"))
     assert pipeline.replace_report(tmp_path / "run", [], report_dir, log=lambda m: None).read_text() == "<p>new</p>"
     assert not foreign.exists() and (report_dir / "notebooks" / paths.RENDERED_MARKER).is_file()
+
+
+def test_clean_removes_only_the_kits_marked_folders(tmp_path):
+    from fmnist_utils import run_folders
+
+    runs, report_dir = tmp_path / "runs", tmp_path / "report"
+    ours = runs / "quick"
+    ours.mkdir(parents=True)
+    paths.mark(ours, "run folder")
+    (ours / "02_train").mkdir()
+    theirs = runs / "my-notes"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("mine")
+    report_dir.mkdir()
+    paths.mark(report_dir, "report folder")
+    (report_dir / "report.html").write_text("<html>")
+    (report_dir / "draft.md").write_text("mine")
+    removed, left = run_folders.clean(runs, report_dir)
+    assert not ours.exists() and (theirs / "thesis.tex").read_text() == "mine"
+    assert not (report_dir / "report.html").exists() and (report_dir / "draft.md").read_text() == "mine"
+    assert ours in removed and theirs in left
+    unmarked = tmp_path / "elsewhere"
+    unmarked.mkdir()
+    (unmarked / "report.html").write_text("someone else's")
+    assert run_folders.clean(tmp_path / "none", unmarked) == ([], [unmarked])
+    assert (unmarked / "report.html").read_text() == "someone else's"
