@@ -155,10 +155,7 @@ class _Units:
 
     def finite_units(self) -> list[bool]:
         """Return, per unit, whether all its weights are finite (one host sync)."""
-        if self.M == 1:
-            return [bool(torch.stack([torch.isfinite(p.detach()).all() for p in self.module.parameters()]).all())]
-        flags = torch.stack([torch.isfinite(p.detach()).flatten(1).all(1) for p in self.module.parameters()])
-        return flags.all(0).tolist()
+        return finite_weights(self.module, self.M)
 
     def load_unit(self, i: int, shell: nn.Module, state: dict | None = None) -> nn.Module:
         """Return ``shell`` (unit i's own model) holding unit i's weights (M > 1), or the moving
@@ -613,13 +610,21 @@ FP16_ON_CPU = ("precision='fp16' on a CPU: CPUs have no fast fp16 arithmetic, so
                "slower than in fp32; use precision='auto' (bf16 where the CPU has it, else fp32)")
 
 
+def finite_weights(module: nn.Module, units: int = 1) -> list[bool]:
+    """Return, for each of the ``units`` models ``module`` holds (stacked along the first dimension
+    of every parameter when more than one), whether all its weights are finite (one host sync)."""
+    if units == 1:
+        return [bool(torch.stack([torch.isfinite(p.detach()).all() for p in module.parameters()]).all())]
+    flags = torch.stack([torch.isfinite(p.detach()).flatten(1).all(1) for p in module.parameters()])
+    return flags.all(0).tolist()
+
+
 def _check_parameters(model: nn.Module, epoch: int, step: int, config: TrainConfig) -> None:
     """Raise TrainingDiverged when a weight is non-finite after ``epoch`` (one host sync an epoch).
 
     The losses are checked as they come; the last step's update is only seen here.
     """
-    finite = torch.stack([torch.isfinite(p.detach()).all() for p in model.parameters()]).all()
-    if not bool(finite):
+    if not finite_weights(model)[0]:
         raise TrainingDiverged(epoch, step, float("nan"), hint=NON_FINITE_WEIGHTS + divergence_hint(config))
 
 
