@@ -195,9 +195,11 @@ class Record:
     def to_dict(self) -> dict:
         """Return the record as the one flat JSON object results.json holds (envelope first)."""
         body = dataclasses.asdict(self.body) if dataclasses.is_dataclass(self.body) else dict(self.body)
-        taken = sorted(set(body) & set(ENVELOPE_FIELDS))
+        # A body field named as the envelope's or as the record's own attributes would be hidden behind them.
+        taken = sorted(set(body) & {*ENVELOPE_FIELDS, *(n for n in dir(Record) if not n.startswith("_")), "envelope", "body"})
         if taken:
-            raise ValueError(f"the results of {self.envelope.notebook} must not set {taken}: the envelope holds them")
+            raise ValueError(f"the results of {self.envelope.notebook} must not set {taken}: the envelope, or the record "
+                             "itself, holds them (fmnist_utils.records.Record)")
         head = dataclasses.asdict(self.envelope)
         return {**{k: head[k] for k in ENVELOPE_FIELDS if k not in _TAIL}, **body, **{k: head[k] for k in _TAIL}}
 

@@ -57,6 +57,9 @@ def test_a_notebook_without_a_schema_reads_its_dict_by_name(tmp_path):
     assert "verdicts" not in bare and records.verdicts(bare) == {}  # it wrote none: no verdict is made up
     with pytest.raises(records.UnknownField, match=r"05_extra \(no schema\) have no field 'verdicts'"):
         bare.verdicts
+    # A field the record's own names would hide is refused when the notebook writes it.
+    with pytest.raises(ValueError, match=r"must not set \['fields'\]: the envelope, or the record itself"):
+        records.Record(record.envelope, {"fields": [1]}).to_dict()
 
 
 def test_a_misspelt_field_names_the_notebook_and_its_fields():
