@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-from fmnist_utils import notebook, pipeline, provenance, report, stats  # noqa: E402
+from fmnist_utils import notebook, pipeline, provenance, records, report, stats  # noqa: E402
 from verify_gpu import slug  # noqa: E402  (the results files' naming)
 
 README = ROOT / "README.md"
@@ -40,7 +40,7 @@ BLOCK = re.compile(r"<!-- measured figures: written by benchmarks/readme_figures
 NAMES = ("sweep", "train", "resnet_compare", "improvements")
 
 
-def _results(run: Path) -> dict[str, dict]:
+def _results(run: Path) -> dict[str, records.Record]:
     out = {}
     for name in NAMES:
         try:
@@ -59,37 +59,37 @@ def collect(run: str | Path, wall_seconds: float | None = None) -> dict:
     run = Path(run)
     results = _results(run)
     first = next(iter(results.values()))
-    env = first["environment"]
+    env = first.environment
     notebooks, finished = [], []
     for r in results.values():
-        stamp = pipeline.read_stamp(run, r["notebook"]) or {}  # its seconds include the kernel's start
-        notebooks.append({"notebook": r["notebook"], "seconds": stamp.get("seconds", r["seconds"])})
-        finished.append(stamp.get("finished_utc") or r["environment"].get("time_utc") or "")
-    figures = {"profile": first["profile"]["name"], "device_name": env["device_name"],
+        stamp = pipeline.read_stamp(run, r.notebook) or {}  # its seconds include the kernel's start
+        notebooks.append({"notebook": r.notebook, "seconds": stamp.get("seconds", r.seconds)})
+        finished.append(stamp.get("finished_utc") or r.environment.get("time_utc") or "")
+    figures = {"profile": first.profile["name"], "device_name": env["device_name"],
                "git_revision": env.get("git_revision"), "date": max(finished)[:10] or "unknown date",
                "notebooks": notebooks, "wall_seconds": wall_seconds}
     if "sweep" in results:
         s = results["sweep"]
-        figures["sweep"] = {"k": s["protocol"]["k"], "n_configs": s["protocol"]["n_configs"], "best_cv": s["best_cv"],
-                            "chosen_vs_study": s["verdicts"]["chosen_vs_study"]}
+        figures["sweep"] = {"k": s.protocol["k"], "n_configs": s.protocol["n_configs"], "best_cv": s.best_cv,
+                            "chosen_vs_study": s.verdicts["chosen_vs_study"]}
     if "train" in results:
         t = results["train"]
-        figures["train"] = {"config_source": t["config_source"], "test_accuracy": t["test"]["accuracy"],
-                            "test_images": t["data"]["test_images"], "train_images": t["data"]["train_images"],
-                            "epochs": t["config"]["epochs"],
-                            "study_recipe_accuracy": (t.get("study_recipe") or {}).get("test", {}).get("accuracy"),
-                            "chosen_vs_study_recipe": t["verdicts"]["chosen_vs_study_recipe"]}
+        figures["train"] = {"config_source": t.config_source, "test_accuracy": t.test["accuracy"],
+                            "test_images": t.data["test_images"], "train_images": t.data["train_images"],
+                            "epochs": t.config["epochs"],
+                            "study_recipe_accuracy": (t.study_recipe or {}).get("test", {}).get("accuracy"),
+                            "chosen_vs_study_recipe": t.verdicts["chosen_vs_study_recipe"]}
     if "resnet_compare" in results:
         c = results["resnet_compare"]
-        figures["compare"] = {"resnet_title": c["resnet_title"], "matrix_agreement": c["verdicts"]["matrix_agreement"]}
+        figures["compare"] = {"resnet_title": c.resnet_title, "matrix_agreement": c.verdicts["matrix_agreement"]}
     if "improvements" in results:
         i = results["improvements"]
-        figures["improve"] = {"seeds": i["protocol"]["n_seeds"], "epochs": i["protocol"]["epochs"],
-                              "train_images": i["protocol"]["train_images"],
+        figures["improve"] = {"seeds": i.protocol["n_seeds"], "epochs": i.protocol["epochs"],
+                              "train_images": i.protocol["train_images"],
                               "rows": [{k: t.get(k) for k in ("row", "label", "reference", "accuracy_mean", "accuracy_sd",
                                                               "difference", "low", "high", "level", "p", "verdict",
                                                               "family")}
-                                       for t in i["table"]]}
+                                       for t in i.table]}
     return figures
 
 

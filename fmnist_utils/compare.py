@@ -55,8 +55,8 @@ def cnn_to_compare(run: str | Path, out: str | Path, x_train: torch.Tensor, y_tr
     """
     try:
         trained = notebook.find_results(run, "train")
-        checkpoint = Path(run) / trained["notebook"] / trained["checkpoint"]
-        source = f"{trained['notebook']} checkpoint"
+        checkpoint = Path(run) / trained.notebook / trained.checkpoint
+        source = f"{trained.notebook} checkpoint"
     except FileNotFoundError:
         checkpoint, source = Path(out) / "cnn_checkpoint.pt", "trained here (no results of the training notebook)"
         config = train.preset("study", epochs=epochs, seed=seed, device=device)

@@ -13,14 +13,21 @@ read by the report (:func:`read`) and built by the test fixtures (``tests/report
               ImproveResults        04         config, configs, protocol, rows, table, verdicts
 
 A body's fields hold plain JSON values (numbers, lists, dicts: the sections' templates read them as
-they are). :data:`SCHEMA` numbers the format: a file of an older kit (without ``schema``) is read
-with the fields it lacks set to None; a file of a newer one, or one that lacks a field of its
-body, is refused with :class:`OldResults`, which names the fix (run the notebook again: ``--force``).
+they are); only the top level is typed. :func:`read` returns the :class:`Record`, whose fields read
+flat, envelope and body alike (``r.figures``, ``r.history``); a name neither declares raises
+:class:`UnknownField`, naming the notebook and its fields, so a misspelt field in a template or in
+the report's code fails loudly instead of reading as nothing.
+
+:data:`SCHEMA` numbers the format: a file of an older kit (without ``schema``) is read with the
+fields it lacks set to None (and the keys the schema no longer has left out); a file of a newer
+one, or one that lacks a field of the schema or holds one it does not know, is refused with
+:class:`OldResults`, which names the fix (run the notebook again: ``--force``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,11 @@ SCHEMA = 2
 
 class OldResults(ValueError):
     """A results file this kit cannot read as a record: another schema, or a field missing."""
+
+
+class UnknownField(AttributeError):
+    """A name that is no field of a results record (its envelope's or its body's): a misspelling,
+    or a field the schema does not declare."""
 
 
 @dataclass(frozen=True)
@@ -134,25 +146,69 @@ class ImproveResults:
 BODIES: dict[str, type] = {"01_sweep": SweepResults, "02_train": TrainResults, "03_resnet_compare": CompareResults,
                            "04_improvements": ImproveResults}
 ENVELOPE_FIELDS = tuple(f.name for f in dataclasses.fields(Envelope))
+# Where the envelope's fields stand in the flat JSON object: these two after the body (the last
+# things a notebook knows), the others before it.
+_TAIL = ("figures", "seconds")
 
 
 @dataclass(frozen=True)
 class Record:
     """One notebook's results: its :class:`Envelope` and its body (a dataclass of :data:`BODIES`, or a
-    plain dict for a notebook the kit has no schema for, such as a user's ``05_extra``)."""
+    plain dict for a notebook the kit has no schema for, such as a user's ``05_extra``).
+
+    Its fields read flat, as the JSON object holds them: ``record.seconds`` is the envelope's,
+    ``record.history`` the body's; a name that is neither raises :class:`UnknownField` naming the
+    notebook and its fields. ``name in record`` says whether it has the field (a notebook without a
+    schema writes what it likes); :meth:`fields` lists them in the file's order.
+    """
 
     envelope: Envelope
     body: Any = field(default_factory=dict)
 
+    def body_fields(self) -> tuple[str, ...]:
+        """Return the names of the body's fields, in the order the file holds them."""
+        if isinstance(self.body, dict):
+            return tuple(self.body)
+        return tuple(f.name for f in dataclasses.fields(self.body))
+
+    def fields(self) -> tuple[str, ...]:
+        """Return every field's name, envelope and body, in the order of the flat JSON object."""
+        return (*(k for k in ENVELOPE_FIELDS if k not in _TAIL), *self.body_fields(), *_TAIL)
+
+    def __contains__(self, name) -> bool:
+        return name in self.fields()
+
+    def __getattr__(self, name: str):
+        # Called only for names the dataclass itself lacks: the flat view over envelope, then body.
+        if name.startswith("__") or name in ("envelope", "body"):  # copy and pickle probe before the fields exist
+            raise AttributeError(name)
+        if name in ENVELOPE_FIELDS:
+            return getattr(self.envelope, name)
+        if name in self.body_fields():
+            return self.body[name] if isinstance(self.body, dict) else getattr(self.body, name)
+        schema = f"fmnist_utils.records.{type(self.body).__name__}" if dataclasses.is_dataclass(self.body) else "no schema"
+        close = difflib.get_close_matches(name, self.fields(), n=1)
+        raise UnknownField(f"the results of {self.envelope.notebook} ({schema}) have no field {name!r}"
+                           f"{f' (did you mean {close[0]!r}?)' if close else ''}; its fields: {', '.join(self.fields())}. "
+                           "Fix the name, or declare the field in fmnist_utils/records.py and write it from the notebook")
+
     def to_dict(self) -> dict:
         """Return the record as the one flat JSON object results.json holds (envelope first)."""
         body = dataclasses.asdict(self.body) if dataclasses.is_dataclass(self.body) else dict(self.body)
-        taken = sorted(set(body) & set(ENVELOPE_FIELDS))
+        # A body field named as the envelope's or as the record's own attributes would be hidden behind them.
+        taken = sorted(set(body) & {*ENVELOPE_FIELDS, *(n for n in dir(Record) if not n.startswith("_")), "envelope", "body"})
         if taken:
-            raise ValueError(f"the results of {self.envelope.notebook} must not set {taken}: the envelope holds them")
+            raise ValueError(f"the results of {self.envelope.notebook} must not set {taken}: the envelope, or the record "
+                             "itself, holds them (fmnist_utils.records.Record)")
         head = dataclasses.asdict(self.envelope)
-        return {**{k: head[k] for k in ENVELOPE_FIELDS if k != "figures" and k != "seconds"}, **body,
-                "figures": head["figures"], "seconds": head["seconds"]}
+        return {**{k: head[k] for k in ENVELOPE_FIELDS if k not in _TAIL}, **body, **{k: head[k] for k in _TAIL}}
+
+
+def verdicts(record: Record) -> dict:
+    """Return a record's verdict records, ``{key: record}`` as :mod:`fmnist_utils.stats` wrote them: its
+    ``verdicts`` field, or {} where it has none (None in an old file; a notebook without a schema
+    that wrote none)."""
+    return (record.verdicts if "verdicts" in record else None) or {}
 
 
 def body(stem: str, results: dict):
@@ -173,45 +229,62 @@ def check(stem: str, record: dict, where: str | Path = "results.json") -> dict:
     """Return a results file's content as the current schema's flat record, or raise :class:`OldResults`.
 
     A file written before the schema was numbered (no ``schema`` key) is read as it is, with the
-    envelope fields it lacks set to None; a file of another schema number, or one that lacks a field of
-    its notebook's body, is refused with the fix: run the notebook again (``make report`` reruns it
-    when its code changed; ``--force`` reruns it whatever).
+    fields it lacks set to None (``notebook``: ``stem``, the folder that holds it) and the keys the
+    schema no longer has left out (the report could not read them); a file of another schema number,
+    or one that lacks a field of the envelope or of its notebook's body, or holds a key neither
+    declares, is refused with the fix: run the notebook again (``make report`` reruns it when its
+    code changed; ``--force`` reruns it whatever).
     """
     if not isinstance(record, dict):
         raise OldResults(f"{where} holds a {type(record).__name__}, not a results record: run {stem} again "
                          "(make report, or python -m fmnist_utils report --force)")
+    cls = BODIES.get(stem)
+    names = [f.name for f in dataclasses.fields(cls)] if cls is not None else None
     version = record.get("schema")
     if version is None:  # before the schema was numbered: the same keys, fewer of them
-        record = {**{k: None for k in ENVELOPE_FIELDS if k not in ("schema",)}, **record, "schema": SCHEMA}
-        return record
+        known = record if names is None else {k: v for k, v in record.items() if k in ENVELOPE_FIELDS or k in names}
+        return {**{k: None for k in ENVELOPE_FIELDS if k != "schema"}, "notebook": stem,
+                **{k: None for k in names or ()}, **known, "schema": SCHEMA}
     if version != SCHEMA:
         raise OldResults(f"{where} was written by {'a newer' if version > SCHEMA else 'an older'} version of the kit "
                          f"(results schema {version}; this kit reads {SCHEMA}): run {stem} again with this version "
                          "(python -m fmnist_utils report --force, or make report after deleting the run folder)")
-    cls = BODIES.get(stem)
-    if cls is not None:
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in record]
-        if missing:
-            raise OldResults(f"{where} lacks {missing} of fmnist_utils.records.{cls.__name__}: it was written by "
-                             f"another version of {stem}; run it again (python -m fmnist_utils report --force)")
+    missing = [n for n in (names or []) + list(ENVELOPE_FIELDS) if n not in record]
+    unknown = sorted(set(record) - set(ENVELOPE_FIELDS) - set(names)) if names is not None else []
+    schema = f"fmnist_utils.records.{cls.__name__}" if cls is not None else "fmnist_utils.records.Envelope"
+    if missing or unknown:
+        wrong = "; ".join(([f"it lacks {missing}"] if missing else []) + ([f"it holds {unknown}, unknown to it"] if unknown else []))
+        raise OldResults(f"{where} does not match {schema}: {wrong}. It was written by another version of {stem}; "
+                         "run it again (python -m fmnist_utils report --force)")
     return record
 
 
-def read(path: str | Path, stem: str | None = None) -> dict:
-    """Return the checked record in the results file ``path`` (:func:`check`); ``stem``: its notebook
-    (default: the name of the file's folder)."""
+def parse(stem: str, content, where: str | Path = "results.json") -> Record:
+    """Return the typed :class:`Record` of a results file's ``content`` (its JSON, read), checked by
+    :func:`check`: the envelope and the body of ``stem`` (:data:`BODIES`; a plain dict for a
+    notebook without a schema). ``where`` names the file in the errors."""
+    flat = check(stem, content, where)
+    envelope = Envelope(**{k: flat[k] for k in ENVELOPE_FIELDS})
+    rest = {k: v for k, v in flat.items() if k not in ENVELOPE_FIELDS}
+    cls = BODIES.get(stem)
+    return Record(envelope, cls(**rest) if cls is not None else rest)
+
+
+def read(path: str | Path, stem: str | None = None) -> Record:
+    """Return the typed :class:`Record` in the results file ``path`` (:func:`parse`); ``stem``: its
+    notebook (default: the name of the file's folder)."""
     from . import provenance
 
     path = Path(path)
-    return check(stem or path.parent.name, provenance.read_json(path), path)
+    return parse(stem or path.parent.name, provenance.read_json(path), path)
 
 
 # --------------------------------------------------------------------------------------------
 # Reading another notebook's results from a run folder
 
 
-def find_results(run: str | Path, name: str) -> dict:
-    """Return the results of the notebook ``NN_<name>`` in the run folder ``run`` (for example the
+def find_results(run: str | Path, name: str) -> Record:
+    """Return the results record (:func:`read`) of the notebook ``NN_<name>`` in the run folder ``run`` (for example the
     sweep's, ``name="sweep"``), whatever its number. Raises FileNotFoundError naming the notebook
     to run first when it has not written them.
     """
@@ -248,7 +321,7 @@ def base_config(source: str, run: str | Path):
             chosen = find_results(run, "sweep")
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{exc}; or start from the study's recipe instead (overrides={{'train.source': 'study'}})") from None
-        return train.TrainConfig(**chosen["best_config"])
+        return train.TrainConfig(**chosen.best_config)
     if source not in train.PRESETS:
         raise ValueError(f"unknown configuration source {source!r}; choose 'sweep' or one of {sorted(train.PRESETS)}")
     return train.preset(source)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from . import records
+
 REFERENCES: dict[str, str] = {
     "fashion_mnist": "Xiao, H., Rasul, K. & Vollgraf, R. (2017). Fashion-MNIST: a novel image dataset for "
                      "benchmarking machine learning algorithms. arXiv:1708.07747.",
@@ -84,22 +86,25 @@ def record_methods(record: dict) -> list[str]:
     return [key for key, pattern in TEST_PATTERNS.items() if re.search(pattern, text, re.IGNORECASE)]
 
 
-def _texts(results: dict) -> list[str]:
-    records = results.get("verdicts") or {}
-    return [str(r.get(field) or "") for r in records.values() if isinstance(r, dict)
+def _texts(results: records.Record) -> list[str]:
+    return [str(r.get(field) or "") for r in records.verdicts(results).values() if isinstance(r, dict)
             for field in ("test", "statistic", "claim")]
 
 
-def _trained_configs(results: dict[str, dict]) -> list[dict]:
+def _trained_configs(results: dict[str, records.Record]) -> list[dict]:
     # 02_train's configuration and the study's recipe beside it; every row 04_improvements trained.
-    train = results.get("02_train") or {}
-    configs = [train.get("config"), (train.get("study_recipe") or {}).get("config")]
-    configs += [row.get("settings") for row in (results.get("04_improvements") or {}).get("rows") or []]
+    configs = []
+    train, improve = results.get("02_train"), results.get("04_improvements")
+    if train is not None:
+        configs += [train.config, (train.study_recipe or {}).get("config")]
+    if improve is not None:
+        configs += [row.get("settings") for row in improve.rows or []]
     return [c for c in configs if isinstance(c, dict)]
 
 
-def methods_used(results: dict[str, dict]) -> set[str]:
-    """Return the :data:`REFERENCES` keys of the methods a run used, from its results by notebook stem.
+def methods_used(results: dict[str, records.Record]) -> set[str]:
+    """Return the :data:`REFERENCES` keys of the methods a run used, from its results records
+    (:class:`fmnist_utils.records.Record`) by notebook stem.
 
     Tests and statistics are read from the verdict records (:data:`TEST_PATTERNS` against their
     ``test``, ``statistic`` and ``claim``); the search from 01_sweep's protocol (Optuna; TPE when
@@ -112,16 +117,16 @@ def methods_used(results: dict[str, dict]) -> set[str]:
     used |= {key for key, pattern in TEST_PATTERNS.items() if re.search(pattern, text, re.IGNORECASE)}
     if "cka" in used:
         used.add("unbiased_hsic")  # the kit's CKA uses the unbiased HSIC estimator (correlation.linear_cka)
-    sweep = results.get("01_sweep") or {}
-    if sweep:
+    sweep = results.get("01_sweep")
+    if sweep is not None:
         used.add("optuna")
-        space = (sweep.get("protocol") or {}).get("space") or {}
+        space = (sweep.protocol or {}).get("space") or {}
         if isinstance(space, dict) and space.get("kind") == "tpe":
             used.add("tpe")
-    compare = results.get("03_resnet_compare") or {}
-    if compare:
+    compare = results.get("03_resnet_compare")
+    if compare is not None:
         used.add("resnet")
-        if compare.get("pretrained"):
+        if compare.pretrained:
             used.add("imagenet")
     for config in _trained_configs(results):
         used |= {key for key, (field, on) in SETTING_REFERENCES.items() if on(config.get(field))}

@@ -2,8 +2,10 @@
 
 The page is ``templates/report.html.j2``; each notebook's part of it is the fragment
 ``templates/sections/<stem>.html.j2`` (found by the notebook's stem: ``01_sweep``, ``02_train``,
-...), rendered with ``r`` (that notebook's ``results.json``), ``results`` (every notebook's
-results by stem), ``stem`` and the helpers :func:`pct`, :func:`num`, :func:`points`, :func:`points_phrase`,
+...), rendered with ``r`` (that notebook's ``results.json``, read as its typed
+:class:`fmnist_utils.records.Record`: ``r.history``, ``r.figures``; a name it does not declare
+stops the page with an error naming the notebook and its fields), ``results`` (every notebook's
+record by stem), ``stem`` and the helpers :func:`pct`, :func:`num`, :func:`points`, :func:`points_phrase`,
 :func:`p_value`, :func:`secs`, ``na`` (:func:`not_available`), ``verdict(stem, key)``,
 :func:`verdict_numbers`, :func:`verdict_word` (a verdict word as a reader sees it), ``family_word``,
 :func:`relabel`, ``tag`` (:func:`network_tag`: the ResNet-18's short name after its full one) and
@@ -15,7 +17,7 @@ without a fragment still gets a section: its verdicts, its scalar results and it
 
 Every number on the page comes from the results files (:func:`typed_numbers` checks the
 templates), and every conclusion is a verdict record: a tested function decided it and wrote it
-into ``results["verdicts"][key]``; ``templates/verdicts.html.j2`` only words it.
+into its results' ``verdicts[key]``; ``templates/verdicts.html.j2`` only words it.
 
 Figures are embedded as base64 PNG, the CSS is inline, so ``report.html`` is one self-contained
 file; the executed notebooks are rendered beside it (``notebooks/<stem>.html``) by nbconvert and
@@ -81,14 +83,16 @@ def profile_notes() -> dict[str, str]:
     return settings.meanings()
 
 
-def scalar_metrics(results: dict) -> list[dict]:
-    """Return the results' numbers worth a table row: top-level numbers and numbers one level
-    down (``test.accuracy``), as ``[{"result", "value"}]``; the profile, parameters and environment are left out.
+def scalar_metrics(record: records.Record) -> list[dict]:
+    """Return a results record's numbers worth a table row: top-level numbers and numbers one level
+    down (``test.accuracy``), as ``[{"result", "value"}]``, in the file's order; the profile,
+    parameters and environment are left out.
     """
     rows = []
-    for key, value in results.items():
+    for key in record.fields():
         if key in ("profile", "environment", "parameters"):
             continue
+        value = getattr(record, key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             rows.append({"result": key, "value": value})
         elif isinstance(value, dict):
@@ -181,14 +185,14 @@ class Citations:
 SETTLED_VERDICTS = frozenset({"higher", "lower", "agree", "disagree", "above_chance", "overfits"})
 
 
-def discussion_records(results: dict[str, dict]) -> dict[str, list[dict]]:
+def discussion_records(results: dict[str, records.Record]) -> dict[str, list[dict]]:
     """Return every notebook's verdict records split into ``"settled"`` (the run decided the claim)
     and ``"open"`` (it could not, at its budget, or could not measure it), each record with its
     notebook as ``"stem"``, in notebook then record order.
     """
     groups = {"settled": [], "open": []}
     for stem, r in results.items():
-        for key, record in (r.get("verdicts") or {}).items():
+        for key, record in records.verdicts(r).items():
             record = {**check_verdict(record, f"{stem}/results.json verdicts[{key!r}]"), "stem": stem}
             groups["settled" if record["verdict"] in SETTLED_VERDICTS else "open"].append(record)
     return groups
@@ -251,11 +255,21 @@ def hide_machine_paths(html: str, labels: Sequence[tuple[str, str]]) -> str:
     return "".join(parts)
 
 
-def _environment(results: dict) -> dict:
+def _environment(results: dict[str, records.Record]) -> dict:
     for r in results.values():
-        if isinstance(r.get("environment"), dict):
-            return r["environment"]
+        if isinstance(r.environment, dict):
+            return r.environment
     return {}
+
+
+def _ended_at_chance(record: records.Record) -> bool:
+    """Return True when the record's training history (02's ``history``, 01's ``final_history``)
+    ends with an epoch flagged not distinguishable from chance (train.fit's flag)."""
+    for name in ("history", "final_history"):
+        history = getattr(record, name) if name in record else None
+        if isinstance(history, list) and history and isinstance(history[-1], dict) and history[-1].get("not_above_chance"):
+            return True
+    return False
 
 
 def budget_record(run: str | Path) -> dict | None:
@@ -281,7 +295,27 @@ def budget_record(run: str | Path) -> dict | None:
 def _jinja():
     import jinja2
 
-    return jinja2.Environment(
+    class Environment(jinja2.Environment):
+        """Jinja's environment, strict with results records: ``r.name`` (or ``r["name"]``) on a
+        :class:`~fmnist_utils.records.Record` reads its field or stops the page naming the notebook
+        and its fields, under ``is defined`` too; Jinja's own lookup would fall back to an undefined
+        value that ``is defined`` and ``default`` turn into a silent blank."""
+
+        def getattr(self, obj, attribute):
+            return _field(obj, attribute) if isinstance(obj, records.Record) else super().getattr(obj, attribute)
+
+        def getitem(self, obj, argument):
+            if isinstance(obj, records.Record) and isinstance(argument, str):
+                return _field(obj, argument)
+            return super().getitem(obj, argument)
+
+    def _field(record: records.Record, name: str):
+        try:
+            return getattr(record, name)
+        except records.UnknownField as exc:
+            raise jinja2.UndefinedError(str(exc)) from None
+
+    return Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         autoescape=True,
         undefined=jinja2.StrictUndefined,  # a misspelt result is an error, never a blank in the prose
@@ -336,7 +370,7 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
     numbering = _Numbering()
     citations = Citations()
     cover = title or TitleBlock()  # before the loop below, which names each section's title
-    results = {}
+    results: dict[str, records.Record] = {}
     for stamp in stamps:
         path = run / stamp["notebook"] / "results.json"
         if not path.is_file():
@@ -380,7 +414,7 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
             "r": results[stem],
         })
 
-    first = results[stamps[0]["notebook"]] if stamps else {}
+    profile = (results[stamps[0]["notebook"]].profile if stamps else None) or {}
     date = cover.date or run_date(stamps)
     labels = path_labels(run)
     context = {
@@ -395,18 +429,16 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
         "sections": sections,
         "stamps": stamps,
         "links": notebook_links or {},
-        "profile": first.get("profile", {}),
-        "profile_rows": profile_rows(first.get("profile", {})),
+        "profile": profile,
+        "profile_rows": profile_rows(profile),
         "environment": _environment(results),
         "generated_utc": generated_utc or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "notebook_seconds": sum(s.get("seconds", 0.0) for s in stamps),
         "run_folder": public_path(str(run), labels),
         # Notebooks whose data skipped the SHA-256 check (FMNIST_DATA_UNVERIFIED): named on the page.
-        "unverified_data": sorted(stem for stem, r in results.items() if r.get("data_verified") is False),
+        "unverified_data": sorted(stem for stem, r in results.items() if r.data_verified is False),
         # Notebooks whose training ended not distinguishable from chance (train.fit's flag on its last epoch).
-        "not_above_chance": sorted(stem for stem, r in results.items() if any(
-            isinstance(r.get(k), list) and r[k] and isinstance(r[k][-1], dict) and r[k][-1].get("not_above_chance")
-            for k in ("history", "final_history"))),
+        "not_above_chance": sorted(stem for stem, r in results.items() if _ended_at_chance(r)),
         "budget": budget_record(run),
         **helpers,
     }

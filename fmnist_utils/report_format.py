@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple, Sequence
 
 from markupsafe import Markup, escape
 
-from . import models, stats, study
+from . import models, records, stats, study
 
 class ReportError(RuntimeError):
     """The results cannot be turned into a report (a missing figure, a template error)."""
@@ -234,27 +234,26 @@ def verdict_numbers(record: dict, unit: str | None = None) -> str:
     return head + (f" ({'; '.join(inside)})" if inside else "")
 
 
-def make_verdict(results: dict[str, dict]) -> Callable[[str, str], dict]:
-    """Return the ``verdict(stem, key)`` helper: the checked record ``results[stem]["verdicts"][key]``."""
+def make_verdict(results: dict[str, records.Record]) -> Callable[[str, str], dict]:
+    """Return the ``verdict(stem, key)`` helper: the checked verdict record ``results[stem].verdicts[key]``."""
 
     def verdict(stem: str, key: str) -> dict:
         where = f"{stem}/results.json verdicts[{key!r}]"
         if stem not in results:
             raise ReportError(f"a template words {where}, but {stem} is not part of this run")
-        records = results[stem].get("verdicts")
-        if not isinstance(records, dict) or key not in records:
+        found = records.verdicts(results[stem])
+        if not isinstance(found, dict) or key not in found:
             raise ReportError(f"{where} is missing: the notebook {stem} must write results['verdicts'][{key!r}], "
                               f"the record of the fmnist_utils.stats function that tests it")
-        return check_verdict(records[key], where)
+        return check_verdict(found[key], where)
 
     return verdict
 
 
-def verdict_rows(results: dict) -> list[dict]:
-    """Return a notebook's verdict records as table rows ``{"claim", "verdict", "estimate"}``."""
-    records = results.get("verdicts") or {}
+def verdict_rows(results: records.Record) -> list[dict]:
+    """Return a notebook's verdict records (of its results record) as table rows ``{"claim", "verdict", "estimate"}``."""
     rows = []
-    for key, record in records.items():
+    for key, record in records.verdicts(results).items():
         record = check_verdict(record, f"verdicts[{key!r}]")
         family = f" ({FAMILY_WORDS[record['family']]})" if record.get("family") in FAMILY_WORDS else ""
         rows.append({"claim": record["claim"], "verdict": verdict_word(record["verdict"]) + family,

@@ -4,7 +4,9 @@ Each ``*_results`` function returns one notebook's ``results.json`` content with
 built as the notebook builds it: a :class:`fmnist_utils.records.Record` (the envelope every notebook
 writes, and the notebook's typed body), so a field the schema adds or drops is added or dropped here
 too. :func:`render` writes them into a run folder (any bytes stand in for the PNGs: the page only
-base64-encodes them) and returns the page. The verdict records follow the schema of
+base64-encodes them) and returns the page, which the report builds from the files as a real run's
+(:func:`fmnist_utils.records.read`); :func:`typed` reads them the same way without the files, for
+the report's functions that take the records. The verdict records follow the schema of
 ``fmnist_utils.stats`` (see :func:`verdict`).
 """
 
@@ -31,6 +33,12 @@ def record(stem: str, body: dict, figures: dict, seconds: float, profile: dict |
         environment=ENVIRONMENT, data_verified=True, data_fingerprint="0f" * 32, code_hash="c0" * 32,
         figures=figures, seconds=seconds)
     return records.Record(envelope, records.body(stem, body)).to_dict()
+
+
+def typed(results: dict[str, dict]) -> dict[str, records.Record]:
+    """Return each notebook's results.json content as the report reads it: its typed record, through
+    JSON and :func:`fmnist_utils.records.parse`, the read path of :func:`fmnist_utils.report.render`."""
+    return {stem: records.parse(stem, json.loads(json.dumps(r)), f"{stem}/results.json") for stem, r in results.items()}
 
 
 def verdict(key: str, word: str, statistic: str = "difference in accuracy", value: float | None = 0.0123,

@@ -172,7 +172,7 @@ def test_references_list_every_method_the_run_used_each_cited_in_order(tmp_path)
     keys = re.findall(r'<li id="ref-(\w+)">', refs)
     results = {"01_sweep": F.sweep_results(), "02_train": F.train_results(),
                "03_resnet_compare": F.compare_results(True), "04_improvements": F.improvements_results()}
-    assert set(keys) == references.methods_used(results)
+    assert set(keys) == references.methods_used(F.typed(results))
     assert {"fashion_mnist", "nadeau_bengio", "mantel", "bootstrap", "cka", "resnet", "imagenet", "optuna",
             "mcnemar", "nesterov", "onecycle", "label_smoothing", "random_erasing"} <= set(keys)
     # Numbered in the order of first citation, each citation linking to its entry, and each entry cited.
@@ -195,8 +195,8 @@ def test_references_follow_what_the_run_did(tmp_path):
     # Every method used is cited, whichever notebooks ran (here the ablation's ResNet-18 without 03).
     ablation = {"02_train": F.train_results(), "04_improvements": F.improvements_results()}
     page = F.render(tmp_path / "c", ablation)
-    assert set(re.findall(r'<li id="ref-(\w+)">', section(page, "references"))) == references.methods_used(ablation)
-    assert "resnet" in references.methods_used(ablation)
+    assert set(re.findall(r'<li id="ref-(\w+)">', section(page, "references"))) == references.methods_used(F.typed(ablation))
+    assert "resnet" in references.methods_used(F.typed(ablation))
     citations = report.Citations()
     with pytest.raises(report.ReportError, match="no such reference"):
         citations.cite("nobody2099")
@@ -241,7 +241,7 @@ def test_method_states_the_budget_pace_floor_and_every_models_steps(tmp_path):
 
 def test_discussion_words_every_verdict_as_settled_or_open(tmp_path):
     results = {"01_sweep": F.sweep_results(), "02_train": F.train_results()}
-    groups = report.discussion_records(results)
+    groups = report.discussion_records(F.typed(results))
     words = {(v["stem"], v["key"]): v["verdict"] for g in groups.values() for v in g}
     assert words == {(stem, k): v["verdict"] for stem, r in results.items() for k, v in r["verdicts"].items()}
     assert all(v["verdict"] in report.SETTLED_VERDICTS for v in groups["settled"])

@@ -114,7 +114,7 @@ def test_old_results_are_read_and_other_schemas_refused_naming_the_fix(tmp_path)
     path = tmp_path / "02_train" / "results.json"
     provenance.write_json(path, {"notebook": "02_train", "checkpoint": "checkpoint.pt"})  # before the schema
     old = records.read(path)
-    assert old["checkpoint"] == "checkpoint.pt" and old["code_hash"] is None and old["schema"] == records.SCHEMA
+    assert old.checkpoint == "checkpoint.pt" and old.code_hash is None and old.schema == records.SCHEMA
     provenance.write_json(path, {"notebook": "02_train", "schema": records.SCHEMA + 1})
     with pytest.raises(records.OldResults, match=r"newer version of the kit .* run 02_train again .*--force"):
         records.read(path)
