@@ -47,7 +47,7 @@ def curve(fm: data.FashionMNIST, seed: int, at: list[int], test_idx, config: tra
     config = train.TrainConfig(**{**config.to_dict(), "seed": seed})
     dev = devices.resolve_device(config.device)
     precision = devices.resolve_precision(config.precision, dev)
-    model = train._prepare(train.build_model(config), dev)
+    model = train.prepare_model(train.build_model(config), dev)
     optimizer = train.build_optimizer(model, config)
     generator = torch.Generator().manual_seed(seed)  # as fit seeds shuffling
     torch.manual_seed(seed)  # dropout masks, as fit does

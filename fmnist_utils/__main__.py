@@ -239,7 +239,7 @@ def explain(exc: BaseException, command: str | None = None) -> tuple[str, int] |
         return str(exc), _loaded("pipeline", "EXIT_BUSY") or 6
     if isinstance(exc, _loaded("estimate", "TooSlow")):
         return str(exc), _loaded("pipeline", "EXIT_TOO_SLOW") or 7
-    if isinstance(exc, _loaded("train", "TrainingDiverged")):
+    if isinstance(exc, _loaded("divergence", "TrainingDiverged")):
         return str(exc), EXIT_DIVERGED
     if isinstance(exc, OSError):
         return describe_os_error(exc), EXIT_FILESYSTEM

@@ -1,5 +1,5 @@
 """Training checkpoints of :func:`fmnist_utils.train.fit`: written atomically after every epoch,
-resumed only by the same config on the same data, read back by :func:`fmnist_utils.train.load_checkpoint`.
+resumed only by the same config on the same data, read back by :func:`load_checkpoint`.
 
 A checkpoint holds the config, fingerprints of the training and validation splits, the model,
 optimizer, scheduler and moving-average states, the data generator's and torch's random states,
@@ -13,8 +13,10 @@ import shutil
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from . import provenance
+from .train_config import TrainConfig, build_model
 
 
 class CheckpointError(ValueError):
@@ -133,3 +135,19 @@ def resume(path: Path, model, optimizer, scheduler, ema, generator, config,
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     return list(state["history"])
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> tuple[nn.Module, TrainConfig, list[dict]]:
+    """Return (model, config, history) from a checkpoint written by :func:`fmnist_utils.train.fit`.
+
+    With EMA the model holds the averaged weights, as :func:`fmnist_utils.train.fit` leaves it.
+    """
+    state = load_state(Path(path), map_location)
+    config = TrainConfig(**state["config"])
+    model = build_model(config)
+    if state.get("ema") is not None:
+        averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+        model.load_state_dict(averaged)
+    else:
+        model.load_state_dict(state["model"])
+    return model, config, list(state["history"])

@@ -207,7 +207,7 @@ def measure_seconds_per_image(kinds=tuple(KINDS), device: str | torch.device = "
         x = torch.randint(0, 256, (batch * (steps + 1), 1, 28, 28), generator=generator, dtype=torch.uint8).to(dev)
         y = torch.randint(0, 10, (len(x),), generator=generator).to(dev)
         if kind.endswith("_train"):
-            model = train._prepare(train.build_model(config), dev)
+            model = train.prepare_model(train.build_model(config), dev)
             optimizer = train.build_optimizer(model, config)
 
             def epoch(a, b):
@@ -217,7 +217,7 @@ def measure_seconds_per_image(kinds=tuple(KINDS), device: str | torch.device = "
             seconds = _timed(lambda: epoch(batch, len(x)), dev)
         else:
             model = ImageNetResNet18() if kind == "imagenet_eval" else train.build_model(config)
-            model = train._prepare(model, dev)
+            model = train.prepare_model(model, dev)
             train.predict_logits(model, x[:batch], batch, precision)  # warm-up
             seconds = _timed(lambda: train.predict_logits(model, x[batch:], batch, precision), dev)
         out[kind] = seconds / (batch * steps)

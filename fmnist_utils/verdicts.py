@@ -33,21 +33,8 @@ import numpy as np
 from scipy import stats as sps
 
 from . import correlation
-from .significance import (
-    ALPHA,
-    LEVEL,
-    N_PERM,
-    _check_alpha,
-    _check_level,
-    benjamini_hochberg,
-    binomial_vs_chance,
-    corrected_resampled_ttest,
-    holm,
-    mantel_test,
-    mcnemar_exact,
-    overfitting_test,
-    paired_bootstrap_difference,
-)
+from . import significance
+from .significance import ALPHA, LEVEL, N_PERM, _check_alpha, _check_level
 
 RECORD_KEYS = ("key", "claim", "statistic", "value", "low", "high", "level", "p", "test", "n", "verdict", "reason",
                "family")
@@ -70,7 +57,8 @@ LEGACY_VERDICTS = {"tie": NO_DIFFERENCE, "at_chance": NOT_ABOVE_CHANCE, "no_over
 # family-wise error rate controlled by Holm) and the rest (their false discovery rate by
 # Benjamini-Hochberg).
 PRIMARY, EXPLORATORY = "primary", "exploratory"
-FAMILY_METHODS = {PRIMARY: ("Holm", holm), EXPLORATORY: ("Benjamini-Hochberg", benjamini_hochberg)}
+FAMILY_METHODS = {PRIMARY: ("Holm", significance.holm),
+                  EXPLORATORY: ("Benjamini-Hochberg", significance.benjamini_hochberg)}
 
 
 def level_text(level: float) -> str:
@@ -143,7 +131,7 @@ def verdict_matrix_agreement(matrix_a, matrix_b, name_a: str, name_b: str, *, ke
     claim = f"{name_a} and {name_b} rank the pairs of classes alike (more than relabelled classes would)"
     test = f"Mantel permutation test of Spearman rho over the class pairs, {n_perm:,} permutations of the class labels, one-sided"
     try:
-        result = mantel_test(matrix_a, matrix_b, n_perm=n_perm, seed=seed)
+        result = significance.mantel_test(matrix_a, matrix_b, n_perm=n_perm, seed=seed)
     except ValueError as exc:
         if "identical off-diagonal" not in str(exc):
             raise
@@ -171,7 +159,7 @@ def verdict_paired_bootstrap(key: str, claim: str, statistic: str, value_a: floa
     (1 + B) form) can read 0.053 beside an interval that excludes zero, and one procedure must
     decide and print. The claim is about these two trained networks, the images resampled.
     """
-    result = paired_bootstrap_difference(value_a, value_b, samples_a, samples_b, level)
+    result = significance.paired_bootstrap_difference(value_a, value_b, samples_a, samples_b, level)
     verdict = HIGHER if result["low"] > 0 else (LOWER if result["high"] < 0 else NO_DIFFERENCE)
     test = (f"paired bootstrap over the images, {result['n_boot']:,} class-stratified resamples shared by both; "
             f"decided by whether the {level_text(level)} percentile interval excludes zero")
@@ -243,7 +231,7 @@ def verdict_paired_accuracy(key: str, correct_a, correct_b, name_a: str, name_b:
     with other seeds.
     """
     _check_alpha(alpha)
-    result = mcnemar_exact(correct_a, correct_b, 1 - alpha)
+    result = significance.mcnemar_exact(correct_a, correct_b, 1 - alpha)
     claim = f"{name_a} and {name_b}, as trained here, differ in accuracy on these test images"
     test = (f"McNemar's exact test on {result['n']:,} paired images ({result['a_only']:,} right only by {name_a}, "
             f"{result['b_only']:,} only by {name_b}); exact interval given the discordant images")
@@ -279,7 +267,7 @@ def verdict_cv_difference(key: str, scores_a, scores_b, n_train: int, n_test: in
     if a.ndim != 1 or a.shape != b.shape:
         raise ValueError(f"scores_a and scores_b must list the same folds, got {len(a)} and {len(b)} scores")
     shared = np.isfinite(a) & np.isfinite(b)
-    result = corrected_resampled_ttest(a[shared] - b[shared], n_train, n_test, level)
+    result = significance.corrected_resampled_ttest(a[shared] - b[shared], n_train, n_test, level)
     claim = f"{name_a} and {name_b} differ in cross-validated accuracy"
     test = (f"corrected resampled t-test (Nadeau & Bengio 2003) on {result['k']} paired fold differences, "
             f"variance factor 1/k + {n_test:,}/{n_train:,}")
@@ -312,7 +300,7 @@ def verdict_above_chance(n_correct: int, n: int, n_classes: int, what: str, *, k
     if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
         raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
     level = 1 - 2 * alpha
-    result = binomial_vs_chance(n_correct, n, 1 / n_classes, level)
+    result = significance.binomial_vs_chance(n_correct, n, 1 / n_classes, level)
     claim = f"{what} is above chance (one in {n_classes})"
     test = f"exact one-sided binomial test against {1 / n_classes:.3g} on {n:,} images; Clopper-Pearson interval"
     verdict = ABOVE_CHANCE if result["p"] < alpha else NOT_ABOVE_CHANCE
@@ -335,7 +323,7 @@ def verdict_overfitting(val_accuracies: Sequence[float], n_val: int, *, correct=
     statistic = "drop in validation accuracy from the best epoch to the last"
     if len(val_accuracies) == 0:
         return record(key, claim, statistic, "none", "n/a", reason="no validation split")
-    result = overfitting_test(val_accuracies, n_val, correct)
+    result = significance.overfitting_test(val_accuracies, n_val, correct)
     if result["paired"]:
         test = (f"one-sided exact McNemar tests of each of the {result['epochs'] - 1} earlier epochs against the last on "
                 f"the same {n_val:,} validation images, Bonferroni-corrected")

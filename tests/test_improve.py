@@ -11,7 +11,7 @@ import torch
 from scipy import stats as sps
 
 import report_fixtures as F
-from fmnist_utils import ensemble, improve, profiles, report, stats, train
+from fmnist_utils import ensemble, improve, improve_runs, profiles, report, stats, train
 from fmnist_utils.improve import OPTIONS, Outcome, ablation_rows, select_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -337,7 +337,7 @@ def test_run_rows_pairs_seeds_reads_each_split_once_and_reuses_a_cached_row(fmni
     assert sorted(calls) == sorted([50, 100] * 4)
     assert first["study"].seeds == [0, 1] and first["study"].val_probs.shape == (2, 50, 10)
     assert first["study"].steps == 3  # 150 training images in batches of 50, one epoch
-    monkeypatch.setattr(improve, "train_seeds", lambda *a, **k: pytest.fail("a cached row was trained again"))
+    monkeypatch.setattr(improve_runs, "train_seeds", lambda *a, **k: pytest.fail("a cached row was trained again"))
     again = improve.run_rows(rows, split, [0, 1], budget, cache=tmp_path)
     np.testing.assert_allclose(again["study"].test_accuracy, first["study"].test_accuracy)
     np.testing.assert_allclose(again["study"].test_probs, first["study"].test_probs, rtol=1e-6)
@@ -356,7 +356,7 @@ def test_a_rows_time_is_its_epochs_alone_not_the_planners_probes(fmnist, monkeyp
         planned.append(len(configs))  # stands for the planner's probes: they take time, but record none
         return histories, [None] * len(configs)
 
-    monkeypatch.setattr(improve, "train_seeds", train_seeds)
+    monkeypatch.setattr(improve_runs, "train_seeds", train_seeds)
     outcome = improve.train_row(select_rows(["study"])[0], split, [0, 1], {"epochs": 2, "device": "cpu"}, progress=False)
     assert planned == [2]
     assert outcome.seconds == improve.training_seconds(histories) == 5.25

@@ -128,11 +128,11 @@ def test_device_cadence_names_the_exact_step_and_stops_soon_after(tiny, monkeypa
 def test_weights_that_turn_non_finite_after_the_last_step_are_caught():
     config = TrainConfig()
     model = train.build_model(config)
-    train._check_parameters(model, 1, 10, config)  # finite: silent
+    train.check_parameters(model, 1, 10, config)  # finite: silent
     with torch.no_grad():
         next(model.parameters())[0].fill_(math.inf)
     with pytest.raises(TrainingDiverged, match=r"epoch 3, step 10.*non-finite in the last update"):
-        train._check_parameters(model, 3, 10, config)
+        train.check_parameters(model, 3, 10, config)
 
 
 def test_cli_divergence_exits_non_zero_and_writes_no_results(tmp_path, capsys):
