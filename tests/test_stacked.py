@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fmnist_utils import data, evaluation, stacked, train
+from fmnist_utils import data, evaluation, stacked, train, train_epoch
 from fmnist_utils.train import TrainConfig, TrainingDiverged, fit_many
 
 BASE = TrainConfig(batch_size=32, epochs=2, dropout=0.0, precision="fp32", device="cpu")
@@ -260,7 +260,7 @@ def test_stack_of_modern_recipe_equals_separate_fit_runs_fp32(pool, monkeypatch)
     as_runs_h, as_runs_m = separate(configs, x, y, sets, vals)
     stack_h, stack_m = stacked_only(monkeypatch, configs, x, y, sets, vals, stack_size=3, return_models=True)
     with monkeypatch.context() as patch:
-        patch.setattr(train, "_prepare", lambda model, dev: model.to(dev))  # both contiguous
+        patch.setattr(train_epoch, "prepare_model", lambda model, dev: model.to(dev))  # both contiguous
         want_h, want_m = separate(configs, x, y, sets, vals)
         got_h, got_m = stacked_only(monkeypatch, configs, x, y, sets, vals, stack_size=3, return_models=True)
     assert_same_histories(got_h, want_h)  # rtol 1e-4, every accuracy to the image
