@@ -9,8 +9,8 @@ Stages, each with a time budget, one progress line when it starts and one when i
   stack_check  ``train.fit_many`` (one stack of 3 units: 2 seeds and 1 other lr and weight decay,
                fp32, partial last batches) against separate
                ``train.fit`` runs on this device: per-epoch losses within rtol
-               :data:`LOSS_RTOL`, accuracies within :data:`ACCURACY_IMAGES` image
-               (:func:`check_stack`);
+               :data:`LOSS_RTOL`, accuracies within :data:`ACCURACY_IMAGES` image, or
+               within fit's own layout gap where that is wider (:func:`check_stack`);
   bench_gpu    tutorial loop, eager ``fit`` and captured ``fit`` of the study's recipe, and the
                modern recipe's time-to-accuracy (``benchmarks/bench_gpu.py``);
   bench_sweep  stacked sweep throughput (``benchmarks/bench_sweep.py``);
@@ -311,8 +311,13 @@ def _numbers(obj, prefix: str = "") -> dict:
 # counts); two epochs reshuffle and carry the optimizer's state over.
 STACK_SIZES = {"full": ((300, 300, 300), 200, 128, 2), "smoke": ((40, 40, 40), 24, 16, 2)}
 # Per-epoch losses agree to this relative tolerance, as in tests/test_stacked.py: fp32 rounding
-# flips a few ReLU and max-pool decisions, never a loss by more.
+# flips a few ReLU and max-pool decisions, never a loss by more. Where fit itself moves further
+# when only its memory layout changes (contiguous instead of channels_last: both exact, rounded
+# apart), that gap times LAYOUT_MARGIN is the tolerance: the stack's vmapped kernels are a third
+# exact layout, and no tighter bar holds for it than for fit (tests/test_stacked.py measured it
+# on the CPU: a one-cycle unit at lr 0.2 moves 5e-4 after two epochs either way).
 LOSS_RTOL = 1e-4
+LAYOUT_MARGIN = 1.1
 # An accuracy may differ by this many images: a barely trained network has nearly tied logits,
 # which rounding can tip either way.
 ACCURACY_IMAGES = 1
@@ -378,23 +383,33 @@ def compare_histories(got: list[list[dict]], want: list[list[dict]], n_train: li
     return out
 
 
-def stack_verdict(diffs: dict, units_through_fit: int) -> tuple[bool, str]:
+def stack_verdict(diffs: dict, units_through_fit: int, layout: dict | None = None) -> tuple[bool, str]:
     """Return (fit_many equals the separate fit runs, one line saying why) for :func:`compare_histories`'s
-    ``diffs`` and the number of units fit_many trained through ``fit`` rather than in the stack."""
+    ``diffs`` and the number of units fit_many trained through ``fit`` rather than in the stack.
+    ``layout``: :func:`compare_histories` of fit in another memory layout against fit; where it is
+    wider than :data:`LOSS_RTOL` / :data:`ACCURACY_IMAGES`, :data:`LAYOUT_MARGIN` times it is the bar."""
     if units_through_fit:
         return False, f"fit_many trained {units_through_fit} unit(s) with fit, not in one stack: nothing was compared"
     if not diffs["same_rows"]:
         return False, "fit_many's histories have other epochs or keys than fit's"
+    rtol, images, why = LOSS_RTOL, ACCURACY_IMAGES, ""
+    if layout is not None:
+        fit_images = max(layout["max_accuracy_diff_images"], layout["max_val_images_differing"])
+        if LAYOUT_MARGIN * layout["max_loss_rel_diff"] > rtol or fit_images > images:
+            rtol = max(rtol, LAYOUT_MARGIN * layout["max_loss_rel_diff"])
+            images = max(images, fit_images)
+            why = (f" (fit's own layout gap: {layout['max_loss_rel_diff']:.2g} relative, {fit_images:g} image(s), "
+                   f"times {LAYOUT_MARGIN:g})")
     problems = []
-    if not diffs["max_loss_rel_diff"] <= LOSS_RTOL:
-        problems.append(f"a loss differs by {diffs['max_loss_rel_diff']:.2g} relative (tolerance {LOSS_RTOL:g})")
+    if not diffs["max_loss_rel_diff"] <= rtol:
+        problems.append(f"a loss differs by {diffs['max_loss_rel_diff']:.2g} relative (tolerance {rtol:.2g})")
     worst = max(diffs["max_accuracy_diff_images"], diffs["max_val_images_differing"])
-    if worst > ACCURACY_IMAGES:
-        problems.append(f"an accuracy differs by {worst:g} images (tolerance {ACCURACY_IMAGES})")
+    if worst > images:
+        problems.append(f"an accuracy differs by {worst:g} images (tolerance {images:g})")
     if problems:
-        return False, "fit_many differs from fit: " + "; ".join(problems)
-    return True, (f"fit_many equals fit: losses within {diffs['max_loss_rel_diff']:.2g} relative (tolerance {LOSS_RTOL:g}), "
-                  f"accuracies within {worst:g} image(s) (tolerance {ACCURACY_IMAGES})")
+        return False, "fit_many differs from fit: " + "; ".join(problems) + why
+    return True, (f"fit_many equals fit: losses within {diffs['max_loss_rel_diff']:.2g} relative (tolerance {rtol:.2g}), "
+                  f"accuracies within {worst:g} image(s) (tolerance {images:g})" + why)
 
 
 def model_differences(got, want) -> dict:
@@ -422,9 +437,10 @@ def check_stack(profile: str, out: str | Path) -> int:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from fmnist_utils import data, device as devices, provenance, stacked, train
+    from fmnist_utils import data, device as devices, provenance, stacked, train, train_epoch
 
     import warnings
+    from unittest import mock
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -452,11 +468,20 @@ def check_stack(profile: str, out: str | Path) -> int:
     got_h, got_m = train.fit_many(configs, x, y, train_sets, val_sets, progress=False, on_diverged="raise",
                                   return_models=True, stack_size=len(configs))
     many_seconds = time.perf_counter() - start
-    diffs = compare_histories(got_h, want_h, [len(s) for s in train_sets], [len(s) for s in val_sets])
-    equal, verdict = stack_verdict(diffs, len(through_fit))
+    sized = [len(s) for s in train_sets], [len(s) for s in val_sets]
+    # fit again with contiguous tensors: how far fit's own rounding moves it (LOSS_RTOL's note).
+    contiguous_h = []
+    with mock.patch.object(train_epoch, "prepare_model", lambda model, device: model.to(device)):
+        for c, tr, va in zip(configs, train_sets, val_sets):
+            contiguous_h.append(train.fit(train.build_model(c), x[tr], y[tr], c, val=(x[va], y[va]), progress=False))
+    layout = compare_histories(contiguous_h, want_h, *sized)
+    diffs = compare_histories(got_h, want_h, *sized)
+    equal, verdict = stack_verdict(diffs, len(through_fit), layout)
     provenance.write_json(out, {
         "equal": equal, "verdict": verdict, **diffs, **model_differences(got_m, want_m),
         "units_through_fit": len(through_fit), "stacks": stacks, "loss_rtol": LOSS_RTOL, "accuracy_images": ACCURACY_IMAGES,
+        "layout_gap": {k: layout[k] for k in ("max_loss_rel_diff", "max_accuracy_diff_images", "max_val_images_differing")},
+        "layout_margin": LAYOUT_MARGIN,
         "device": str(dev), "device_name": devices.describe(dev), "precision": "fp32", "tf32": False,
         "units": len(configs), "train_images": list(sizes), "val_images": n_val, "batch_size": batch, "epochs": epochs,
         "configs": [{k: c.to_dict()[k] for k in ("lr", "momentum", "nesterov", "weight_decay", "seed")} for c in configs],

@@ -230,6 +230,21 @@ def test_stack_verdict_holds_fit_many_to_fp32_tolerances():
     assert "not in one stack" in verify_gpu.stack_verdict(ok, 2)[1] and not verify_gpu.stack_verdict(ok, 2)[0]
 
 
+def test_stack_verdict_widens_to_fits_own_layout_gap_and_no_further():
+    # fit moved 5e-4 by its memory layout alone (tests/test_stacked.py's one-cycle unit): a stack
+    # 5e-4 from fit passes, one 1e-3 away does not; a narrower gap keeps LOSS_RTOL.
+    ok = {"same_rows": True, "max_loss_rel_diff": 5e-4, "max_accuracy_diff_images": 0.0, "max_val_images_differing": 1}
+    wide = {"same_rows": True, "max_loss_rel_diff": 5e-4, "max_accuracy_diff_images": 0.0, "max_val_images_differing": 3}
+    equal, line = verify_gpu.stack_verdict(ok, 0, wide)
+    assert equal and "fit's own layout gap: 0.0005 relative, 3 image(s), times 1.1" in line, line
+    assert "(tolerance 0.00055)" in line
+    assert not verify_gpu.stack_verdict({**ok, "max_loss_rel_diff": 1e-3}, 0, wide)[0]
+    assert not verify_gpu.stack_verdict({**ok, "max_val_images_differing": 4}, 0, wide)[0]
+    narrow = {**wide, "max_loss_rel_diff": 1e-6, "max_val_images_differing": 0}
+    assert verify_gpu.stack_verdict(ok, 0, narrow) == verify_gpu.stack_verdict(ok, 0)  # no wider than the fixed bar
+    assert not verify_gpu.stack_verdict(ok, 0, narrow)[0]
+
+
 @pytest.mark.parametrize("profile", sorted(verify_gpu.STACK_SIZES))
 def test_stack_units_are_disjoint_with_partial_batches_and_share_one_stack(profile):
     from fmnist_utils import stacked
@@ -255,6 +270,7 @@ def test_check_stack_on_this_cpu_finds_fit_many_equal_to_fit(tmp_path):
     fig = json.loads(out.read_text())
     assert fig["equal"] and fig["units_through_fit"] == 0 and fig["bn_steps_equal"] and fig["stacks"] == [[0, 1, 2]]
     assert fig["max_loss_rel_diff"] <= verify_gpu.LOSS_RTOL and fig["verdict"].startswith("fit_many equals fit")
+    assert set(fig["layout_gap"]) == {"max_loss_rel_diff", "max_accuracy_diff_images", "max_val_images_differing"}
     assert fig["device"] == "cpu" and fig["precision"] == "fp32" and fig["units"] == 3
     assert len(set(fig["final_train_loss"]["fit"])) == 3  # three units that learned different things
     line = verify_gpu.summarize("stack_check", {"status": "ok", "figures": fig})
