@@ -68,13 +68,4 @@ def finite_weights(module: nn.Module, units: int = 1) -> list[bool]:
     return flags.all(0).tolist()
 
 
-def check_parameters(model: nn.Module, epoch: int, step: int, config: TrainConfig) -> None:
-    """Raise TrainingDiverged when a weight of ``model`` is non-finite after ``epoch`` (one host sync).
-
-    The losses are checked as they come; the last step's update is only seen here.
-    """
-    if not finite_weights(model)[0]:
-        raise TrainingDiverged(epoch, step, float("nan"), hint=NON_FINITE_WEIGHTS + divergence_hint(config))
-
-
 NON_FINITE_WEIGHTS = "the weights became non-finite in the last update; "

@@ -40,7 +40,7 @@ from .evaluation import (  # noqa: F401
     _inputs, chance_check, check_split, evaluate, flip_averaged_logits, pack_correct, predict_logits, val_correctness, _flag_chance,
 )
 from .divergence import (  # noqa: F401
-    DIVERGENCE_CHECK_STEPS, NON_FINITE_WEIGHTS, TrainingDiverged, check_parameters, divergence_hint, finite_weights,
+    DIVERGENCE_CHECK_STEPS, NON_FINITE_WEIGHTS, TrainingDiverged, divergence_hint, finite_weights,
 )
 from .checkpoints import (  # noqa: F401
     CheckpointError, check_checkpoint_path, data_fingerprint, load_checkpoint,
