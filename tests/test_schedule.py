@@ -231,3 +231,24 @@ def test_two_notebooks_run_at_the_same_time_in_child_processes(tmp_path):
                                    settings=settings_tree.override(two, {"jobs": 1}))
     assert [s["executed"] for s in again] == [False, False, True, True]
     assert [s["key"] for s in again[:2]] == [stamps["01_a"]["key"], stamps["02_b"]["key"]]
+
+
+def test_the_report_states_how_many_notebooks_ran_at_once(tmp_path):
+    import report_fixtures as F
+    from fmnist_utils import report
+
+    F.render(tmp_path, {"02_train": F.train_results(), "04_improvements": F.improvements_results()})  # the run folder
+
+    def page(jobs, executed=True):
+        stamps = [{"notebook": stem, "source": str(tmp_path / f"{stem}.ipynb"), "executed_notebook": f"{stem}.ipynb",
+                   "seconds": 20.5, "finished_utc": "2026-01-01T00:00:00+00:00", "executed": executed, "jobs": jobs}
+                  for stem in ("02_train", "04_improvements")]
+        return F.text_of(report.render(tmp_path / "run", stamps, generated_utc="2026-01-01 00:00 UTC"))
+
+    two = schedule.auto_jobs("cuda", 80 * schedule.GIB, False)
+    assert (f"The notebooks executed in this build ran up to 2 at once, each as soon as the notebooks whose results it "
+            f"reads had finished, so the total above adds up wall times that overlapped ({two[1]}; the setting jobs).") \
+        in page({"count": two[0], "why": two[1]})
+    one = schedule.auto_jobs("cpu", None, False)
+    assert f"ran one at a time ({one[1]}; the setting jobs)." in page({"count": one[0], "why": one[1]})
+    assert "in this build ran" not in page({"count": 2, "why": "x"}, executed=False)  # reused: the build ran none
