@@ -1,11 +1,20 @@
 """Run the notebooks into a run folder, reusing the ones that are up to date, then build the report.
 
-``make report`` calls :func:`build`. The notebooks are ``notebooks/NN_name.ipynb``, run in sorted
-order by papermill with two injected parameters, ``profile`` (the resolved profile name) and
-``run_dir`` (the run folder). Each executed copy is kept in ``<run folder>/notebooks/``.
+``make report`` calls :func:`build`. The notebooks are ``notebooks/NN_name.ipynb``, run by papermill
+with the injected parameters ``profile`` (the resolved profile name), ``run_dir`` (the run folder)
+and, where declared, ``settings`` (the run's settings tree). Each executed copy is kept in
+``<run folder>/notebooks/``. The run is a graph: each notebook declares the notebooks whose results it
+reads (:func:`fmnist_utils.stamps.read_graph`), and starts once they have finished, run again or
+reused (:func:`fmnist_utils.schedule.ready`). Up to ``jobs`` notebooks run at once (the settings
+tree's; None: :func:`fmnist_utils.schedule.auto_jobs`, one at a time on a CPU or under a budget, two
+on a CUDA device of 24 GiB or more), each in a child process of its own; one at a time, they run
+in this process in the order of their numbers, as they always did. How many and why is logged
+first and recorded in each stamp; ``jobs`` is not passed to the notebooks, so no key or result
+depends on it.
 
 The parts, each a module: :mod:`fmnist_utils.stamps` (the notebooks, their graph, keys, inputs and
-stamps), :mod:`fmnist_utils.execution` (papermill, and :class:`NotebookFailed`),
+stamps), :mod:`fmnist_utils.schedule` (what may start, how many at once, child processes),
+:mod:`fmnist_utils.execution` (papermill, and :class:`NotebookFailed`),
 :mod:`fmnist_utils.run_folders` (locks, profile checks, results set aside, the report's files). Their
 names are importable from here too (``pipeline.execute``, ``pipeline.stamp_path``).
 
@@ -13,10 +22,10 @@ Papermill cannot resume, so the runner decides what is up to date. Each notebook
 ``<run folder>/notebooks/<stem>.stamp.json``, holding a key: a hash of the notebook's source
 cells, the injected parameters, the package's code (:func:`package_digest`), the inputs it reads
 (:func:`snapshot_inputs`: the data's location and content, the ResNet-18 weights file's hash or
-its absence, the environment variables that choose them) and the keys of the notebooks before
-it. A notebook is reused when its stamp has the same key, its last run succeeded and its
-``results.json`` exists; otherwise it and every later notebook run again, and the log says which
-input changed. When its key changed, its output folder is emptied first (a stale checkpoint must
+its absence, the environment variables that choose them) and the keys of the notebooks it reads.
+A notebook is reused when its stamp has the same key, its last run succeeded and its
+``results.json`` exists; otherwise it runs again, and so does every notebook that reads it, directly
+or through another (editing 01 reruns 02 and 03, never 04), and the log says which input changed. When its key changed, its output folder is emptied first (a stale checkpoint must
 not be continued); when only the last run was interrupted or failed under the same key, the
 folder is kept so that a training checkpoint resumes.
 
@@ -26,7 +35,9 @@ second run on the same folder stops with :class:`RunFolderBusy`, naming the hold
 holding another profile's results is not overwritten without ``force`` (:class:`RunFolderConflict`).
 
 A failure stops the run with :class:`NotebookFailed`, naming the notebook, the cell and the
-error; the partly executed notebook is kept and no report is left behind. The report is written
+error; no notebook starts after it, those already running finish and are recorded, the partly
+executed notebook is kept and no report is left behind. Ctrl-C (or SIGTERM) interrupts every running
+notebook and records each as interrupted. The report is written
 only after every notebook succeeded (see :mod:`fmnist_utils.report`).
 """
 
@@ -87,20 +98,23 @@ def run_notebooks(
     log: Callable[[str], None] = print,
     settings: settings_tree.Settings | None = None,
 ) -> list[dict]:
-    """Run (or reuse) every notebook in order and return their stamps, in notebook order.
+    """Run (or reuse) every notebook, each once what it reads has finished, and return their stamps,
+    in notebook order.
 
     Each stamp is a dict: ``notebook`` (stem), ``key``, ``parts``, ``parameters``, ``status``
     ("ok"), ``seconds`` (papermill wall time of the run that produced the results, kernel
     start included), ``started_utc``, ``finished_utc``, ``executed`` (True when run now, False
     when reused), ``source`` and ``executed_notebook`` paths, ``input_files`` (the inputs'
-    files with size, time and hash). ``settings``: the run's settings tree, resolved once
+    files with size, time and hash), and for a notebook run now ``jobs`` (``{"count", "why"}``: how
+    many notebooks this run executed at once, :func:`fmnist_utils.schedule.choose_jobs`). ``settings``: the run's settings tree, resolved once
     (None: :func:`fmnist_utils.settings.resolve` of ``profile``); each notebook whose parameters
     cell declares ``settings`` is passed it whole, the others the profile's name and the run folder.
     ``force`` re-executes everything (and may replace another
     profile's results). ``progress``: pass each line the notebooks print (one per epoch) to
-    ``log`` as they run. Raises :class:`NotebookFailed` on the first failure; its stamp then
-    says ``"failed"`` (``"interrupted"`` after Ctrl-C), and an executed copy that is not valid
-    JSON is removed.
+    ``log`` as they run (from a child process too: each line carries its notebook's name). Raises
+    :class:`NotebookFailed` on the first failure, once the notebooks still running have ended; its
+    stamp then says ``"failed"`` (``"interrupted"`` after Ctrl-C), and an executed copy that is not
+    valid JSON is removed.
 
     Check, then touch: before anything in the run folder changes, :func:`check_run` raises
     :class:`RunFolderBusy`, :class:`RunFolderConflict`, ``FolderRoleError`` (a folder of another
@@ -123,19 +137,10 @@ def run_notebooks(
             log(f"--force: replacing the results of another profile in {run}: {', '.join(replaced)}")
         for debris in (run / "notebooks").glob("*.tmp"):  # a stamp write cut short by a kill
             debris.unlink(missing_ok=True)
+        on_disk = "data" not in snapshot or snapshot["data"]["location"] is not None
+        jobs = schedule.choose_jobs(tree.jobs, tree.device, name, data_on_disk=on_disk)
         return _run_locked(found, name, run, force, progress, log, snapshot, graph,
-                           {stem: _parameters(name, run, tree, names) for stem, names in declared.items()},
-                           jobs=_jobs(tree, snapshot))
-
-
-def _jobs(tree: settings_tree.Settings, snapshot: dict) -> tuple[int, str]:
-    """Return (notebooks run at once, why): :func:`fmnist_utils.schedule.choose_jobs`, but one at a
-    time while the data is not on disk (the first notebook reading it downloads it, and two would
-    both download it into the same folder)."""
-    count, why = schedule.choose_jobs(tree.jobs, tree.device, tree.name)
-    if count > 1 and "data" in snapshot and snapshot["data"]["location"] is None:
-        return 1, f"the data is not on disk yet: the first notebook downloads it alone (instead of {count}: {why})"
-    return count, why
+                           {stem: _parameters(name, run, tree, names) for stem, names in declared.items()}, jobs=jobs)
 
 
 def _parameters(name: str, run: Path, tree: settings_tree.Settings, declared: tuple[str, ...]) -> dict:

@@ -79,20 +79,26 @@ def auto_jobs(device_type: str, total_bytes: int | None, budgeted: bool) -> tupl
                f"{MIN_GPU_BYTES_FOR_TWO // GIB} GiB)")
 
 
-def choose_jobs(jobs: int | None, device: str, profile_name: str) -> tuple[int, str]:
+def choose_jobs(jobs: int | None, device: str, profile_name: str, data_on_disk: bool = True) -> tuple[int, str]:
     """Return (notebooks run at once, why) for the settings ``jobs``, ``device`` and profile name:
-    ``jobs`` where set, else :func:`auto_jobs` of the device the notebooks will use."""
+    ``jobs`` where set, else :func:`auto_jobs` of the device the notebooks will use; one while the
+    data is not on disk (``data_on_disk``), since the first notebook reading it downloads it and two
+    would both download it into the same folder."""
     if jobs is not None:
-        return jobs, f"set: jobs={jobs}"
-    from . import device as devices
+        count, why = jobs, f"set: jobs={jobs}"
+    else:
+        from . import device as devices
 
-    dev = devices.resolve_device(device)
-    total = None
-    if dev.type == "cuda":
-        import torch
+        dev = devices.resolve_device(device)
+        total = None
+        if dev.type == "cuda":
+            import torch
 
-        total = int(torch.cuda.get_device_properties(dev).total_memory)
-    return auto_jobs(dev.type, total, profile_name.startswith("budget-"))
+            total = int(torch.cuda.get_device_properties(dev).total_memory)
+        count, why = auto_jobs(dev.type, total, profile_name.startswith("budget-"))
+    if count > 1 and not data_on_disk:
+        return 1, f"the data is not on disk yet: the first notebook downloads it alone (instead of {count}: {why})"
+    return count, why
 
 
 # --------------------------------------------------------------------------------------------

@@ -252,3 +252,9 @@ def test_the_report_states_how_many_notebooks_ran_at_once(tmp_path):
     one = schedule.auto_jobs("cpu", None, False)
     assert f"ran one at a time ({one[1]}; the setting jobs)." in page({"count": one[0], "why": one[1]})
     assert "in this build ran" not in page({"count": 2, "why": "x"}, executed=False)  # reused: the build ran none
+
+
+def test_one_at_a_time_while_the_data_is_not_on_disk():
+    count, why = schedule.choose_jobs(2, "cpu", "smoke", data_on_disk=False)
+    assert count == 1 and why.startswith("the data is not on disk yet") and "set: jobs=2" in why
+    assert schedule.choose_jobs(2, "cpu", "smoke", data_on_disk=True) == (2, "set: jobs=2")
