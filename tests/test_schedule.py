@@ -258,3 +258,59 @@ def test_one_at_a_time_while_the_data_is_not_on_disk():
     count, why = schedule.choose_jobs(2, "cpu", "smoke", data_on_disk=False)
     assert count == 1 and why.startswith("the data is not on disk yet") and "set: jobs=2" in why
     assert schedule.choose_jobs(2, "cpu", "smoke", data_on_disk=True) == (2, "set: jobs=2")
+
+
+def test_jobs_flag_and_make_variable_set_the_setting(monkeypatch):
+    import argparse
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "build", lambda *a, **kw: seen.update(kw) or {"stamps": [], "seconds": 0.0,
+                                                                              "html": Path("r.html"), "pdf": None})
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
+    assert pipeline.cli(parser.parse_args(["--profile", "smoke", "--jobs", "2", "--set", "train.epochs=3"])) == 0
+    assert seen["overrides"] == {"train.epochs": 3, "jobs": 2}
+    assert pipeline.cli(parser.parse_args(["--profile", "smoke"])) == 0 and seen["overrides"] == {}
+    make = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    assert "$(if $(JOBS),--jobs $(JOBS))" in make
+
+
+@pytest.mark.heavy
+def test_sigterm_interrupts_every_child_and_its_kernel(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    nbs = tmp_path / "nbs"
+    for stem in ("01_slow", "02_slow"):
+        started, cleaned = tmp_path / f"{stem}.pid", tmp_path / f"{stem}.cleaned"
+        # The cell's own clean-up must run before its kernel goes, as when the runner runs it itself.
+        declare(write_notebook(nbs / f"{stem}.ipynb", f"import os, time\nopen({str(started)!r}, 'w').write(str(os.getpid()))\n"
+                               f"try:\n    time.sleep(120)\nfinally:\n    open({str(cleaned)!r}, 'w').write('yes')"), [])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "fmnist_utils", "report", "--profile", "smoke", "--run-dir",
+                             str(tmp_path / "run"), "--report-dir", str(tmp_path / "report"), "--notebooks", str(nbs),
+                             "--no-pdf", "--jobs", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids = [tmp_path / "01_slow.pid", tmp_path / "02_slow.pid"]
+    deadline = time.time() + 180
+    while not all(p.is_file() and p.read_text() for p in pids) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    kernels = [int(p.read_text()) for p in pids]  # both kernels run at once
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == pipeline.EXIT_TERMINATED, (out, err)
+    assert err.startswith("error: terminated (SIGTERM). Finished work is kept"), err
+    for stem in ("01_slow", "02_slow"):
+        assert pipeline.read_stamp(tmp_path / "run", stem)["status"] == "interrupted"
+        assert (tmp_path / f"{stem}.cleaned").read_text() == "yes"
+    for kernel in kernels:  # shut down with their runners
+        for _ in range(50):
+            try:
+                os.kill(kernel, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the kernel {kernel} outlived its runner")
