@@ -1,22 +1,20 @@
 """Run the notebooks into a run folder, reusing the ones that are up to date, then build the report.
 
 ``make report`` calls :func:`build`. The notebooks are ``notebooks/NN_name.ipynb``, run by papermill
-with the injected parameters ``profile`` (the resolved profile name), ``run_dir`` (the run folder)
-and, where declared, ``settings`` (the run's settings tree). Each executed copy is kept in
-``<run folder>/notebooks/``. The run is a graph: each notebook declares the notebooks whose results it
-reads (:func:`fmnist_utils.stamps.read_graph`), and starts once they have finished, run again or
-reused (:func:`fmnist_utils.schedule.ready`). Up to ``jobs`` notebooks run at once (the settings
-tree's; None: :func:`fmnist_utils.schedule.auto_jobs`, one at a time on a CPU or under a budget, two
-on a CUDA device of 24 GiB or more), each in a child process of its own; one at a time, they run
-in this process in the order of their numbers, as they always did. How many and why is logged
-first and recorded in each stamp; ``jobs`` is not passed to the notebooks, so no key or result
-depends on it.
+with the injected parameters ``profile``, ``run_dir`` and, where declared, ``settings`` (the run's
+settings tree); each executed copy is kept in ``<run folder>/notebooks/``. The run is a graph: a
+notebook starts once the notebooks whose results it reads (:func:`fmnist_utils.stamps.read_graph`)
+have finished, run again or reused (:func:`fmnist_utils.schedule.ready`). Up to ``jobs`` run at once
+(the tree's; None: :func:`fmnist_utils.schedule.auto_jobs`, 2 on a CUDA device of 24 GiB or more
+outside a budget, else 1), each in a child process of its own; one at a time, they run in this
+process in the order of their numbers. How many and why is logged first and recorded in each stamp;
+``jobs`` is not passed to the notebooks, so no key or result depends on it.
 
 The parts, each a module: :mod:`fmnist_utils.stamps` (the notebooks, their graph, keys, inputs and
 stamps), :mod:`fmnist_utils.schedule` (what may start, how many at once, child processes),
-:mod:`fmnist_utils.execution` (papermill, and :class:`NotebookFailed`),
-:mod:`fmnist_utils.run_folders` (locks, profile checks, results set aside, the report's files). Their
-names are importable from here too (``pipeline.execute``, ``pipeline.stamp_path``).
+:mod:`fmnist_utils.execution` (papermill, and :class:`NotebookFailed`), :mod:`fmnist_utils.run_folders`
+(locks, profile checks, results set aside, the report's files). Their names are importable from here
+too (``pipeline.execute``, ``pipeline.stamp_path``).
 
 Papermill cannot resume, so the runner decides what is up to date. Each notebook gets a stamp,
 ``<run folder>/notebooks/<stem>.stamp.json``, holding a key: a hash of the notebook's source
@@ -24,21 +22,21 @@ cells, the injected parameters, the package's code (:func:`package_digest`), the
 (:func:`snapshot_inputs`: the data's location and content, the ResNet-18 weights file's hash or
 its absence, the environment variables that choose them) and the keys of the notebooks it reads.
 A notebook is reused when its stamp has the same key, its last run succeeded and its
-``results.json`` exists; otherwise it runs again, and so does every notebook that reads it, directly
-or through another (editing 01 reruns 02 and 03, never 04), and the log says which input changed. When its key changed, its output folder is emptied first (a stale checkpoint must
-not be continued); when only the last run was interrupted or failed under the same key, the
-folder is kept so that a training checkpoint resumes.
+``results.json`` exists; otherwise it runs again, and so does every notebook reading it, directly or
+not (editing 01 reruns 02 and 03, never 04), and the log says which input changed. When its key
+changed, its output folder is emptied first (a stale checkpoint must not be continued); when only
+the last run was interrupted or failed under the same key, the folder is kept so that a training
+checkpoint resumes.
 
 One writer per run folder: :func:`build` holds an exclusive ``fcntl`` lock on
 ``<run folder>/.lock`` (released by the kernel when the process ends, even when it is killed); a
 second run on the same folder stops with :class:`RunFolderBusy`, naming the holder. A run folder
 holding another profile's results is not overwritten without ``force`` (:class:`RunFolderConflict`).
 
-A failure stops the run with :class:`NotebookFailed`, naming the notebook, the cell and the
-error; no notebook starts after it, those already running finish and are recorded, the partly
-executed notebook is kept and no report is left behind. Ctrl-C (or SIGTERM) interrupts every running
-notebook and records each as interrupted. The report is written
-only after every notebook succeeded (see :mod:`fmnist_utils.report`).
+A failure stops the run with :class:`NotebookFailed`, naming the notebook, the cell and the error:
+nothing starts after it, the notebooks running finish and are recorded, the partly executed notebook
+is kept and no report is left behind. Ctrl-C (or SIGTERM) interrupts every running notebook and
+records it. The report is written only after every notebook succeeded (:mod:`fmnist_utils.report`).
 """
 
 from __future__ import annotations
@@ -182,7 +180,11 @@ def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: 
                 nb = notebooks[waiting[0]]
                 parameters = state.begin(nb)  # None: reused, finished already
                 if parameters is not None:
-                    launcher.start(nb.stem, nb, executed_path(run, nb.stem), parameters, log if progress else None)
+                    try:
+                        launcher.start(nb.stem, nb, executed_path(run, nb.stem), parameters, log if progress else None)
+                    except BaseException as exc:  # no process could be started for it: recorded as failed
+                        state.finish(nb.stem, exc, quiet=True)
+                        raise
                 continue
             if not state.running:
                 break
@@ -212,6 +214,8 @@ def _stop(state: "_Run", launcher, exc: BaseException) -> None:
     except KeyboardInterrupt:
         for stem, outcome in launcher.kill():
             state.finish(stem, outcome, quiet=True)
+    except Exception as error:  # their stamps still say "running", which the next run treats as interrupted
+        state.log(f"could not wait for {', '.join(state.running)} to stop ({error})")
 
 
 class _Run:

@@ -163,6 +163,8 @@ class Processes:
 
     def next_done(self) -> Outcome:
         """Wait for a child to end; pass on the lines its notebook prints meanwhile; return its outcome."""
+        if not self.children:
+            raise RuntimeError("no notebook is running in a child process")
         while True:
             try:
                 kind, stem, payload = self.messages.get(timeout=_POLL_S)
@@ -221,7 +223,8 @@ class Processes:
 def _child(stem: str, notebook: str, output: str, parameters: dict, progress: bool,
            messages, parent: int) -> None:
     """Execute one notebook in this child process; send its lines and its outcome to ``messages``."""
-    os.setpgid(0, 0)  # a Ctrl-C at the terminal reaches the runner, which forwards it once
+    if hasattr(os, "setpgid"):
+        os.setpgid(0, 0)  # a Ctrl-C at the terminal reaches the runner, which forwards it once
 
     def _stop(signum, frame):
         raise KeyboardInterrupt
