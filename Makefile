@@ -10,6 +10,8 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.14.1
 TORCHVISION_VERSION ?= 0.29.1
 PROFILE ?= auto
+# Notebooks run at once where none reads another's results (make report JOBS=2); empty: automatic (fmnist_utils.schedule).
+JOBS ?=
 # The title block of report.pdf, e.g. make report AUTHOR="Ada Lovelace" COURSE="Deep Learning" (DATE=YYYY-MM-DD; default: the run's date).
 AUTHOR ?=
 COURSE ?=
@@ -43,10 +45,10 @@ data: $(VENV)/.installed ## find Fashion-MNIST (data/, FMNIST_DATA, Debian's pac
 	  fi; \
 	  $(PY) -m fmnist_utils data; }
 
-report: data ## run the notebooks (reusing up-to-date ones) into runs/<profile>/ and build report/report.html + .pdf (PROFILE=auto|smoke|quick|full, or BUDGET=30m|2h|<minutes>; AUTHOR="..." COURSE="..." for the title block; full without CUDA stops with its estimate unless FMNIST_IGNORE_ESTIMATE=1)
+report: data ## run the notebooks (reusing up-to-date ones) into runs/<profile>/ and build report/report.html + .pdf (PROFILE=auto|smoke|quick|full, or BUDGET=30m|2h|<minutes>; JOBS=N notebooks at once where the graph allows; AUTHOR="..." COURSE="..." for the title block; full without CUDA stops with its estimate unless FMNIST_IGNORE_ESTIMATE=1)
 	@# make exits 2 whatever a recipe's status: the kit's own status (README, exit statuses) is the
 	@# "Error N" make prints, and the exit status of `$(PY) -m fmnist_utils report` run directly.
-	$(PY) -m fmnist_utils report --profile $(PROFILE) $(if $(BUDGET),--budget $(BUDGET)) $(if $(AUTHOR),--author "$(AUTHOR)") $(if $(COURSE),--course "$(COURSE)") $(if $(DATE),--date "$(DATE)")
+	$(PY) -m fmnist_utils report --profile $(PROFILE) $(if $(BUDGET),--budget $(BUDGET)) $(if $(JOBS),--jobs $(JOBS)) $(if $(AUTHOR),--author "$(AUTHOR)") $(if $(COURSE),--course "$(COURSE)") $(if $(DATE),--date "$(DATE)")
 
 lab: data ## open JupyterLab on the notebooks
 	$(PY) -m jupyter lab $(LAB_FLAGS) notebooks/

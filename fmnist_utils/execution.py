@@ -58,6 +58,11 @@ class NotebookFailed(RuntimeError):
         self.kept = True  # False once the runner removed an executed copy that was not valid JSON
         super().__init__(str(self))
 
+    def __reduce__(self):
+        # Pickled whole when a notebook ran in a child process (pipeline, jobs > 1): keywords, not args.
+        fields = ("ename", "evalue", "cell_number", "exec_count", "cell_source", "traceback_tail")
+        return _notebook_failed, (self.stem, self.source_path, self.executed_path, {f: getattr(self, f) for f in fields})
+
     @property
     def status(self) -> int:
         """Return the exit status of the error the notebook raised (:data:`NOTEBOOK_FAULTS`), else 1."""
@@ -89,6 +94,10 @@ class NotebookFailed(RuntimeError):
         else:
             lines.append(f"  the partly executed notebook could not be saved whole and was removed: {self.executed_path}")
         return "\n".join(lines)
+
+
+def _notebook_failed(stem: str, source_path: Path, executed_path: Path, fields: dict) -> NotebookFailed:
+    return NotebookFailed(stem, source_path, executed_path, **fields)
 
 
 def check_parameters(notebook: Path) -> tuple[str, ...]:

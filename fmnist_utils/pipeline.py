@@ -1,33 +1,42 @@
 """Run the notebooks into a run folder, reusing the ones that are up to date, then build the report.
 
-``make report`` calls :func:`build`. The notebooks are ``notebooks/NN_name.ipynb``, run in sorted
-order by papermill with two injected parameters, ``profile`` (the resolved profile name) and
-``run_dir`` (the run folder). Each executed copy is kept in ``<run folder>/notebooks/``.
+``make report`` calls :func:`build`. The notebooks are ``notebooks/NN_name.ipynb``, run by papermill
+with the injected parameters ``profile``, ``run_dir`` and, where declared, ``settings`` (the run's
+settings tree); each executed copy is kept in ``<run folder>/notebooks/``. The run is a graph: a
+notebook starts once the notebooks whose results it reads (:func:`fmnist_utils.stamps.read_graph`)
+have finished, run again or reused (:func:`fmnist_utils.schedule.ready`). Up to ``jobs`` run at once
+(the tree's; None: :func:`fmnist_utils.schedule.auto_jobs`, 2 on a CUDA device of 24 GiB or more
+outside a budget, else 1), each in a child process of its own; one at a time, they run in this
+process in the order of their numbers. How many and why is logged first and recorded in each stamp;
+``jobs`` is not passed to the notebooks, so no key or result depends on it.
 
 The parts, each a module: :mod:`fmnist_utils.stamps` (the notebooks, their graph, keys, inputs and
-stamps), :mod:`fmnist_utils.execution` (papermill, and :class:`NotebookFailed`),
-:mod:`fmnist_utils.run_folders` (locks, profile checks, results set aside, the report's files). Their
-names are importable from here too (``pipeline.execute``, ``pipeline.stamp_path``).
+stamps), :mod:`fmnist_utils.schedule` (what may start, how many at once, child processes),
+:mod:`fmnist_utils.execution` (papermill, and :class:`NotebookFailed`), :mod:`fmnist_utils.run_folders`
+(locks, profile checks, results set aside, the report's files). Their names are importable from here
+too (``pipeline.execute``, ``pipeline.stamp_path``).
 
 Papermill cannot resume, so the runner decides what is up to date. Each notebook gets a stamp,
 ``<run folder>/notebooks/<stem>.stamp.json``, holding a key: a hash of the notebook's source
 cells, the injected parameters, the package's code (:func:`package_digest`), the inputs it reads
 (:func:`snapshot_inputs`: the data's location and content, the ResNet-18 weights file's hash or
-its absence, the environment variables that choose them) and the keys of the notebooks before
-it. A notebook is reused when its stamp has the same key, its last run succeeded and its
-``results.json`` exists; otherwise it and every later notebook run again, and the log says which
-input changed. When its key changed, its output folder is emptied first (a stale checkpoint must
-not be continued); when only the last run was interrupted or failed under the same key, the
-folder is kept so that a training checkpoint resumes.
+its absence, the environment variables that choose them) and the keys of the notebooks it reads.
+A notebook is reused when its stamp has the same key, its last run succeeded and its
+``results.json`` exists; otherwise it runs again, and so does every notebook reading it, directly or
+not (editing 01 reruns 02 and 03, never 04), and the log says which input changed. When its key
+changed, its output folder is emptied first (a stale checkpoint must not be continued); when only
+the last run was interrupted or failed under the same key, the folder is kept so that a training
+checkpoint resumes.
 
 One writer per run folder: :func:`build` holds an exclusive ``fcntl`` lock on
 ``<run folder>/.lock`` (released by the kernel when the process ends, even when it is killed); a
 second run on the same folder stops with :class:`RunFolderBusy`, naming the holder. A run folder
 holding another profile's results is not overwritten without ``force`` (:class:`RunFolderConflict`).
 
-A failure stops the run with :class:`NotebookFailed`, naming the notebook, the cell and the
-error; the partly executed notebook is kept and no report is left behind. The report is written
-only after every notebook succeeded (see :mod:`fmnist_utils.report`).
+A failure stops the run with :class:`NotebookFailed`, naming the notebook, the cell and the error:
+nothing starts after it, the notebooks running finish and are recorded, the partly executed notebook
+is kept and no report is left behind. Ctrl-C (or SIGTERM) interrupts every running notebook and
+records it. The report is written only after every notebook succeeded (:mod:`fmnist_utils.report`).
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import paths, profiles, provenance
+from . import paths, profiles, provenance, schedule
 from . import settings as settings_tree
 from .execution import (  # noqa: F401  (the runner's names, importable from here)
     REQUIRED_PARAMETERS, KERNEL, EXIT_NOTEBOOK_FAILED, EXIT_BAD_INPUT, EXIT_NO_PDF, EXIT_DIVERGED, EXIT_FILESYSTEM,
@@ -87,20 +96,23 @@ def run_notebooks(
     log: Callable[[str], None] = print,
     settings: settings_tree.Settings | None = None,
 ) -> list[dict]:
-    """Run (or reuse) every notebook in order and return their stamps, in notebook order.
+    """Run (or reuse) every notebook, each once what it reads has finished, and return their stamps,
+    in notebook order.
 
     Each stamp is a dict: ``notebook`` (stem), ``key``, ``parts``, ``parameters``, ``status``
     ("ok"), ``seconds`` (papermill wall time of the run that produced the results, kernel
     start included), ``started_utc``, ``finished_utc``, ``executed`` (True when run now, False
     when reused), ``source`` and ``executed_notebook`` paths, ``input_files`` (the inputs'
-    files with size, time and hash). ``settings``: the run's settings tree, resolved once
+    files with size, time and hash), and for a notebook run now ``jobs`` (``{"count", "why"}``: how
+    many notebooks this run executed at once, :func:`fmnist_utils.schedule.choose_jobs`). ``settings``: the run's settings tree, resolved once
     (None: :func:`fmnist_utils.settings.resolve` of ``profile``); each notebook whose parameters
     cell declares ``settings`` is passed it whole, the others the profile's name and the run folder.
     ``force`` re-executes everything (and may replace another
     profile's results). ``progress``: pass each line the notebooks print (one per epoch) to
-    ``log`` as they run. Raises :class:`NotebookFailed` on the first failure; its stamp then
-    says ``"failed"`` (``"interrupted"`` after Ctrl-C), and an executed copy that is not valid
-    JSON is removed.
+    ``log`` as they run (from a child process too: each line carries its notebook's name). Raises
+    :class:`NotebookFailed` on the first failure, once the notebooks still running have ended; its
+    stamp then says ``"failed"`` (``"interrupted"`` after Ctrl-C), and an executed copy that is not
+    valid JSON is removed.
 
     Check, then touch: before anything in the run folder changes, :func:`check_run` raises
     :class:`RunFolderBusy`, :class:`RunFolderConflict`, ``FolderRoleError`` (a folder of another
@@ -123,43 +135,123 @@ def run_notebooks(
             log(f"--force: replacing the results of another profile in {run}: {', '.join(replaced)}")
         for debris in (run / "notebooks").glob("*.tmp"):  # a stamp write cut short by a kill
             debris.unlink(missing_ok=True)
+        on_disk = "data" not in snapshot or snapshot["data"]["location"] is not None
+        jobs = schedule.choose_jobs(tree.jobs, tree.device, name, data_on_disk=on_disk)
         return _run_locked(found, name, run, force, progress, log, snapshot, graph,
-                           {stem: _parameters(name, run, tree, names) for stem, names in declared.items()})
+                           {stem: _parameters(name, run, tree, names) for stem, names in declared.items()}, jobs=jobs)
 
 
 def _parameters(name: str, run: Path, tree: settings_tree.Settings, declared: tuple[str, ...]) -> dict:
     """Return the papermill parameters of a notebook declaring ``declared``: the profile's name, the
-    run folder, and the whole settings tree (as plain JSON values) where it declares ``settings``."""
+    run folder, and the whole settings tree (as plain JSON values, less ``jobs``) where it declares ``settings``."""
     out = {"profile": name, "run_dir": str(run)}
     if "settings" in declared:
-        out["settings"] = json.loads(json.dumps(tree.to_dict()))
+        # Without jobs, the runner's own setting: how many notebooks run at once changes no notebook's
+        # parameters, key or results (a notebook reading the tree takes its default, None).
+        out["settings"] = {k: v for k, v in json.loads(json.dumps(tree.to_dict())).items() if k != "jobs"}
     return out
 
 
 def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: bool,
                 log: Callable[[str], None], snapshot: dict | None = None,
-                graph: dict[str, tuple[str, ...]] | None = None, injected: dict[str, dict] | None = None) -> list[dict]:
-    package = package_digest()
-    injected = injected or {}
-    log(f"profile {name}: {len(found)} notebook(s) from {found[0].parent} into {run}")
+                graph: dict[str, tuple[str, ...]] | None = None, injected: dict[str, dict] | None = None,
+                jobs: tuple[int, str] = (1, "one at a time"), launcher=None) -> list[dict]:
+    """Run the graph: each notebook once every notebook it reads has finished (:func:`schedule.ready`),
+    up to ``jobs[0]`` at once (``jobs``: (count, why)); return the stamps in notebook order.
 
-    stamps: list[dict] = []
+    One at a time, the notebooks run in this process in their own order; more, each in a child
+    process (:class:`fmnist_utils.schedule.Processes`). After a failure no notebook starts; those
+    running finish and are recorded, then the first failure is raised. ``launcher``: where the
+    notebooks run (tests pass their own; default by ``jobs``).
+    """
+    count, why = jobs
+    at_once = "one notebook at a time" if count == 1 else f"up to {count} notebooks at once"
+    log(f"profile {name}: {len(found)} notebook(s) from {found[0].parent} into {run}; {at_once} ({why})")
     graph = read_graph(found) if graph is None else graph
-    keys: dict[str, str] = {}  # stem -> the key of its run (this one or the reused one)
-    executed: list[str] = []  # stems run again now
-    snapshot = snapshot or {}
-    for nb in found:
-        stem = nb.stem
-        parameters = injected.get(stem) or {"profile": name, "run_dir": str(run)}
+    state = _Run(run, name, force, package_digest(), graph, injected or {}, snapshot or {}, log,
+                 {"count": count, "why": why})
+    if launcher is None:  # execute looked up when called, so that it can be replaced (tests)
+        launcher = schedule.InProcess(lambda *a, **k: execute(*a, **k)) if count == 1 else schedule.Processes()
+    notebooks = {nb.stem: nb for nb in found}
+    try:
+        while True:
+            waiting = [] if state.failures else schedule.ready(graph, state.done.keys(), state.taken())
+            if waiting and len(state.running) < count:
+                nb = notebooks[waiting[0]]
+                parameters = state.begin(nb)  # None: reused, finished already
+                if parameters is not None:
+                    try:
+                        launcher.start(nb.stem, nb, executed_path(run, nb.stem), parameters, log if progress else None)
+                    except BaseException as exc:  # no process could be started for it: recorded as failed
+                        state.finish(nb.stem, exc, quiet=True)
+                        raise
+                continue
+            if not state.running:
+                break
+            state.finish(*launcher.next_done())
+    except BaseException as exc:
+        _stop(state, launcher, exc)
+        raise
+    finally:
+        launcher.close()
+    if state.failures:
+        first = state.failures[0]
+        if isinstance(first, NotebookFailed) and isinstance(first.__cause__, OSError):
+            raise first.__cause__ from None  # the runner could not write (disk full...): say so, with the path
+        raise first
+    return [state.done[nb.stem] for nb in found]
+
+
+def _stop(state: "_Run", launcher, exc: BaseException) -> None:
+    """The runner itself failed or was interrupted (``exc``): interrupt the notebooks still running,
+    wait for each and record how it ended; a second Ctrl-C kills them. Never raises over ``exc``."""
+    if not state.running:
+        return
+    launcher.interrupt()
+    try:
+        while state.running:
+            state.finish(*launcher.next_done(), quiet=True)
+    except KeyboardInterrupt:
+        for stem, outcome in launcher.kill():
+            state.finish(stem, outcome, quiet=True)
+    except Exception as error:  # their stamps still say "running", which the next run treats as interrupted
+        state.log(f"could not wait for {', '.join(state.running)} to stop ({error})")
+
+
+class _Run:
+    """The bookkeeping of one run, notebook by notebook: keys, stamps, what is running, failures."""
+
+    def __init__(self, run: Path, name: str, force: bool, package: str, graph: dict[str, tuple[str, ...]],
+                 injected: dict[str, dict], snapshot: dict, log: Callable[[str], None], jobs: dict):
+        self.run, self.name, self.force, self.package, self.graph = run, name, force, package, graph
+        self.injected, self.snapshot, self.log, self.jobs = injected, snapshot, log, jobs
+        self.keys: dict[str, str] = {}  # stem -> the key of its run (this one or the reused one)
+        self.executed: list[str] = []  # stems run again now
+        self.done: dict[str, dict] = {}  # stem -> its stamp, run or reused
+        self.running: dict[str, tuple] = {}  # stem -> (notebook, stamp, perf_counter start, wall start, set aside)
+        self.failures: list[BaseException] = []
+        self.failed: set[str] = set()
+
+    def taken(self) -> set[str]:
+        """Return the stems started, finished or failed in this run."""
+        return set(self.done) | set(self.running) | self.failed
+
+    def begin(self, nb: Path) -> dict | None:
+        """Decide whether ``nb`` (whose reads have finished) is reused; return None when it is,
+        else its parameters, its stamp written as running and its run logged with the reason."""
+        run, stem = self.run, nb.stem
+        parameters = self.injected.get(stem) or {"profile": self.name, "run_dir": str(run)}
         old = read_stamp(run, stem)
         damage = stamp_damage(run, stem)
-        # Hashes are taken from this notebook's last run, else from the notebook before it.
-        snapshot = snapshot_inputs(declared_inputs(nb), {**snapshot, **((old or {}).get("input_files") or {})})
-        parts = {"source": source_digest(nb), "parameters": parameters, "package": package,
-                 "inputs": input_key(snapshot), "previous": [keys[r] for r in graph[stem]]}
-        key = keys[stem] = notebook_key(parts["source"], parameters, package, parts["previous"], parts["inputs"])
-        reran = [r for r in graph[stem] if r in executed]
-        if force:
+        # Hashes are taken from this notebook's last run, else from the notebook decided before it.
+        snapshot = self.snapshot = snapshot_inputs(
+            declared_inputs(nb), {**self.snapshot, **((old or {}).get("input_files") or {})})
+        parts = {"source": source_digest(nb), "parameters": parameters, "package": self.package,
+                 "inputs": input_key(snapshot), "previous": [self.keys[r] for r in self.graph[stem]]}
+        key = self.keys[stem] = notebook_key(parts["source"], parameters, self.package, parts["previous"],
+                                             parts["inputs"])
+        reran = [r for r in self.graph[stem] if r in self.executed]
+        if self.force:
             reason = "forced"
         elif damage is not None:
             # Its last run cannot be told apart from an interrupted one: keep its folder, as for a
@@ -171,52 +263,65 @@ def _run_locked(found: list[Path], name: str, run: Path, force: bool, progress: 
         else:
             reason = why_rerun(old, key, parts, results_path(run, stem).is_file())
         if reason is None:
-            log(f"{stem}: up to date, reused (its run took {old['seconds']:.1f} s, finished {old['finished_utc']})")
+            self.log(f"{stem}: up to date, reused (its run took {old['seconds']:.1f} s, finished {old['finished_utc']})")
             if old.get("input_files") != snapshot:  # same content, new file times: keep the hashes for next time
                 provenance.write_json(stamp_path(run, stem), {**old, "input_files": snapshot})
-            stamps.append({**old, "input_files": snapshot, "executed": False})
-            continue
+            self.done[stem] = {**old, "input_files": snapshot, "executed": False}
+            return None
 
-        executed.append(stem)
-        resume = not force and (damage is not None or
-                                (old is not None and old.get("key") == key and old.get("status") != "ok"))
+        self.executed.append(stem)
+        resume = not self.force and (damage is not None or
+                                     (old is not None and old.get("key") == key and old.get("status") != "ok"))
         aside = None if resume else set_aside(run, stem)
         stamp = {
             "notebook": stem, "key": key, "parts": parts, "parameters": parameters, "status": "running",
             "started_utc": _now(), "source": str(nb), "executed_notebook": str(executed_path(run, stem)),
-            "input_files": snapshot,
+            "input_files": snapshot, "jobs": self.jobs,
         }
         provenance.write_json(stamp_path(run, stem), stamp)
-        log(f"{stem}: running ({reason})")
-        start, wall_start = time.perf_counter(), time.time()
-        try:
-            execute(nb, executed_path(run, stem), parameters, log=log if progress else None)
+        self.log(f"{stem}: running ({reason})")
+        self.running[stem] = (nb, stamp, time.perf_counter(), time.time(), aside is not None)
+        return parameters
+
+    def finish(self, stem: str, outcome: BaseException | None, quiet: bool = False) -> None:
+        """Record how the run of ``stem`` ended (``outcome``: None, or what it raised). ``quiet``:
+        while the runner stops for an error of its own, which stays the one raised (nothing here raises)."""
+        nb, stamp, start, wall_start, aside = self.running.pop(stem)
+        run = self.run
+        if outcome is None:
             written = results_path(run, stem)
             # A results.json older than this run would be an earlier run's, not this one's.
             if not written.is_file() or written.stat().st_mtime < wall_start - 1:
-                raise NotebookFailed(
+                outcome = NotebookFailed(
                     stem, nb, executed_path(run, stem), ename="MissingResults",
                     evalue=f"the notebook finished without writing {results_path(run, stem)} "
                     "(every notebook must write its results.json into <run folder>/<its name>/)",
                 )
-        except BaseException as exc:
-            _record_failure(exc, stamp, run, stem, time.perf_counter() - start, log)
-            if aside is not None or (run / REPLACED / stem).exists():
-                log(f"{stem}: its last finished results are kept in {run / REPLACED / stem} until a run of it succeeds")
-            if isinstance(exc, NotebookFailed) and isinstance(exc.__cause__, OSError):
-                raise exc.__cause__ from None  # the runner could not write (disk full...): say so, with the path
-            raise
-        settled = settle_inputs(snapshot, snapshot_inputs(declared_inputs(nb), snapshot))
-        if settled != snapshot:  # the notebook fetched an input itself (a download): record it as used
-            parts["inputs"] = input_key(settled)
-            key = keys[stem] = notebook_key(parts["source"], parameters, package, parts["previous"], parts["inputs"])
-            stamp.update(key=key, parts=parts, input_files=settled)
-        stamp.update(status="ok", seconds=time.perf_counter() - start, finished_utc=_now())
-        provenance.write_json(stamp_path(run, stem), stamp)
-        _drop_replaced(run, stem)  # its successor exists now
-        log(f"{stem}: done in {stamp['seconds']:.1f} s")
-        stamps.append({**stamp, "executed": True})
-    return stamps
+        if outcome is not None:
+            _record_failure(outcome, stamp, run, stem, time.perf_counter() - start, self.log)
+            if aside or (run / REPLACED / stem).exists():
+                self.log(f"{stem}: its last finished results are kept in {run / REPLACED / stem} until a run of it succeeds")
+            self.failures.append(outcome)
+            self.failed.add(stem)
+            return
+        try:
+            snapshot, parts, parameters = stamp["input_files"], stamp["parts"], stamp["parameters"]
+            settled = settle_inputs(snapshot, snapshot_inputs(declared_inputs(nb), snapshot))
+            if settled != snapshot:  # the notebook fetched an input itself (a download): record it as used
+                parts["inputs"] = input_key(settled)
+                key = self.keys[stem] = notebook_key(parts["source"], parameters, self.package, parts["previous"],
+                                                     parts["inputs"])
+                stamp.update(key=key, parts=parts, input_files=settled)
+            stamp.update(status="ok", seconds=time.perf_counter() - start, finished_utc=_now())
+            provenance.write_json(stamp_path(run, stem), stamp)
+            _drop_replaced(run, stem)  # its successor exists now
+        except Exception as exc:
+            if not quiet:
+                raise
+            self.log(f"{stem}: finished, but its stamp could not be written ({exc}); the next run executes it again")
+            return
+        self.log(f"{stem}: done in {stamp['seconds']:.1f} s")
+        self.done[stem] = {**stamp, "executed": True}
 
 
 def _record_failure(exc: BaseException, stamp: dict, run: Path, stem: str, seconds: float,
@@ -361,6 +466,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="set one setting over the profile's, by its dotted path (repeatable): --set train.epochs=3")
     parser.add_argument("--budget", default=None,
                         help="size the whole report to this time (30m, 2h, or minutes) from the pace measured here")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="run up to N notebooks at once where none reads another's results (the setting jobs; "
+                        "default: automatic, 2 on a CUDA GPU of 24 GiB or more outside a budget, else 1)")
 
 
 def cli(args: argparse.Namespace) -> int:
@@ -380,6 +488,8 @@ def cli(args: argparse.Namespace) -> int:
         raise ValueError(f"--budget {args.budget} sizes the whole report itself; drop --profile {args.profile} "
                          "(or drop --budget to run that profile's fixed sizes)")
     overrides = settings_tree.parse_assignments(getattr(args, "overrides", None) or [])
+    if getattr(args, "jobs", None) is not None:
+        overrides["jobs"] = args.jobs  # --jobs N is --set jobs=N
     out = build(args.profile, args.run_dir, args.report_dir, args.notebooks, force=args.force,
                 pdf=not args.no_pdf, install=not args.no_install, log=log,
                 ignore_estimate=args.ignore_estimate, title=title, budget=args.budget, overrides=overrides)

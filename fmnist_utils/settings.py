@@ -1,7 +1,8 @@
 """A run's settings: one frozen tree, resolved once, overridden by dotted path, printed once.
 
     Settings                       resolve("quick", overrides={"train.epochs": 3, "sweep.k": 3})
-    ├── name, skip, device         the profile, the notebooks a budget left out, the device of every notebook
+    ├── name, skip, device, jobs   the profile, the notebooks a budget left out, the device of every notebook,
+    │                              how many notebooks make report runs at once (the runner's; not passed to them)
     ├── sweep:   SweepSettings     01_sweep: profiles.SweepProfile's sizes + seed, storage, study_name, allow_partial
     ├── train:   TrainSettings     02_train: profiles.TrainProfile's sizes + source, lr, batch_size, dropout, optimizer, seed
     ├── compare: CompareSettings   03_resnet_compare: profiles.CompareProfile's sizes + weights, layers, n_perm, ...
@@ -171,6 +172,12 @@ class Settings:
     improve: ImproveSettings = setting("04_improvements")
     skip: tuple[str, ...] = option((), "notebooks not run within the budget")
     device: str = option("auto", "auto | cpu | cuda | mps: where every notebook computes")
+    jobs: int | None = option(None, "notebooks make report runs at once where the graph allows (the runner's own "
+                              "setting, not passed to the notebooks); None: automatic, 2 on a CUDA device of 24 GiB "
+                              "or more outside a budget, else 1 (the number used is stated with the wall times)")
+
+    def __post_init__(self):
+        _check(self, "jobs", self.jobs is None or _whole(self.jobs, 1), "must be a whole number >= 1, or None (automatic)")
 
     def to_dict(self) -> dict:
         """Return the tree as nested plain dicts (written into every results record)."""
