@@ -262,6 +262,13 @@ def _environment(results: dict[str, records.Record]) -> dict:
     return {}
 
 
+def devices_used(results: dict[str, records.Record]) -> list[str]:
+    """Return the kinds of device ("cpu", "cuda", "mps") the notebooks ran on, sorted: the report's
+    repeatability sentence claims only what tests/test_reproducible.py checks, which is the CPU."""
+    return sorted({str(r.environment.get("device", "")).split(":")[0] for r in results.values()
+                   if isinstance(r.environment, dict) and r.environment.get("device")})
+
+
 def _ended_at_chance(record: records.Record) -> bool:
     """Return True when the record's training history (02's ``history``, 01's ``final_history``)
     ends with an epoch flagged not distinguishable from chance (train.fit's flag)."""
@@ -432,6 +439,7 @@ def render(run: str | Path, stamps: list[dict], notebook_links: dict[str, str] |
         "profile": profile,
         "profile_rows": profile_rows(profile),
         "environment": _environment(results),
+        "trained_on": devices_used(results),
         "generated_utc": generated_utc or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "notebook_seconds": sum(s.get("seconds", 0.0) for s in stamps),
         "run_folder": public_path(str(run), labels),

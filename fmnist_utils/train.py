@@ -193,8 +193,12 @@ def _train_units(models: list[nn.Module], configs: list[TrainConfig], x: torch.T
     the units' names in errors and ``on_epoch`` calls (None: fit's single unit, unnamed).
     """
     c, M = configs[0], len(models)
-    if dev.type == "cuda":  # fixed shapes (one batch size of 28x28 images): cuDNN times its kernels once
-        torch.backends.cudnn.benchmark = True
+    if dev.type == "cuda":
+        # Kernels chosen by rule, not by timing them (benchmark mode picks by how fast each ran,
+        # so a busy GPU, or a notebook beside this one, would change the numbers), and of those,
+        # cuDNN's deterministic ones.
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
     precision = devices.resolve_precision(c.precision, dev)
     if precision == "fp16" and dev.type == "cpu":
         warnings.warn(FP16_ON_CPU, stacklevel=3)

@@ -20,7 +20,7 @@ from pathlib import Path
 from fmnist_utils import halving, models, records, report
 
 ROOT = Path(__file__).resolve().parent.parent
-ENVIRONMENT = {"device_name": "a test CPU", "precision_auto": "fp32", "git_revision": "abc",
+ENVIRONMENT = {"device": "cpu", "device_name": "a test CPU", "precision_auto": "fp32", "git_revision": "abc",
                "packages": {"torch": "2"}, "python": "3", "platform": "x", "cpu_threads": 2}
 PROFILE = {"name": "quick"}
 

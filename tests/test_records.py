@@ -161,3 +161,15 @@ def test_a_newer_or_mismatched_file_is_refused_naming_the_fix(tmp_path):
     path.write_text(json.dumps([1, 2]))
     with pytest.raises(records.OldResults, match="holds a list, not a results record"):
         records.read(path)
+
+
+def test_the_repeatability_sentence_claims_only_what_the_cpu_test_checks(tmp_path):
+    # tests/test_reproducible.py runs on a CPU: a run on a GPU is described, not called repeatable.
+    results = {"02_train": F.train_results()}
+    cpu = F.text_of(F.render(tmp_path / "cpu", results))
+    assert "so a run is repeatable: the same command on the same machine gives the same numbers" in cpu
+    gpu = json.loads(json.dumps(results))
+    gpu["02_train"]["environment"]["device"] = "cuda:0"
+    text = F.text_of(F.render(tmp_path / "gpu", gpu))
+    assert "so a run is repeatable" not in text and "the kit tests that a run is repeatable on a CPU only" in text
+    assert report.devices_used(F.typed(gpu)) == ["cuda"] and report.devices_used(F.typed(results)) == ["cpu"]
