@@ -1,8 +1,11 @@
-"""Shared fixtures: the real data set, loaded once per test session; and the `heavy` marker.
+"""Shared fixtures: the real data set, loaded once per test session; one smoke report built end
+to end, shared by the tests that need a finished smoke run; and the `heavy` marker.
 
 `make test-fast` runs ``pytest -m "not slow and not heavy"``, the inner loop; `make test` runs
 every test. :data:`HEAVY` marks the tests it leaves out.
 """
+
+import shutil
 
 import pytest
 
@@ -134,3 +137,20 @@ def pytest_collection_modifyitems(config, items):
 def fmnist():
     """The real Fashion-MNIST (from data/, FMNIST_DATA or Debian's package; never downloaded)."""
     return data.load_fashion_mnist(download_ok=False)
+
+
+@pytest.fixture(scope="session")
+def smoke_build(tmp_path_factory):
+    """``pipeline.build``'s return for one smoke report, every notebook executed, with ``run`` and
+    ``report`` (its folders) added; the PDF too where Chromium and pdftotext are installed.
+
+    Built once: it is the suite's longest step, and the tests that only need a finished smoke run
+    (verify-gpu's report stage, which then reuses every notebook) need not build another.
+    """
+    from fmnist_utils import pipeline, report
+
+    root = tmp_path_factory.mktemp("smoke")
+    run, out = root / "run", root / "report"
+    pdf = report.find_chromium() is not None and shutil.which("pdftotext") is not None
+    built = pipeline.build("smoke", run, out, pdf=pdf, progress=False, log=lambda m: None)
+    return {**built, "run": run, "report": out}

@@ -673,10 +673,10 @@ def pdf_text(pdf: Path) -> tuple[int, str]:
 @pytest.mark.slow
 @pytest.mark.skipif(report.find_chromium() is None or shutil.which("pdftotext") is None,
                     reason="needs Chromium (apt-get install chromium) and pdftotext (poppler-utils)")
-def test_smoke_report_end_to_end(tmp_path):
-    run, out = tmp_path / "run", tmp_path / "report"
+def test_smoke_report_end_to_end(smoke_build):
+    built, run, out = smoke_build, smoke_build["run"], smoke_build["report"]
     before = [p.stem for p in pipeline.discover()]
-    built = pipeline.build("smoke", run, out, pdf=True, progress=False, log=lambda m: None)
+    assert all(s["executed"] for s in built["stamps"])
     stems = [s["notebook"] for s in built["stamps"]]
     assert stems == sorted(stems) and set(before) <= set(stems)  # every notebook, in order
     page = built["html"].read_text()

@@ -309,10 +309,12 @@ def test_time_to_target_sums_epochs_until_first_reached():
 
 
 @pytest.mark.slow
-def test_verify_gpu_smoke_runs_every_stage_and_records_figures(tmp_path):
+def test_verify_gpu_smoke_runs_every_stage_and_records_figures(tmp_path, smoke_build):
+    # The report stage gets the session's finished smoke run (tests/conftest.py): the runner reuses
+    # every notebook, which the stage must record as reused, and renders the report again.
     results = tmp_path / "results"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "verify_gpu.py"), "--profile", "smoke",
-           "--results-dir", str(results), "--run-dir", str(tmp_path / "run"), "--report-dir", str(tmp_path / "report")]
+           "--results-dir", str(results), "--run-dir", str(smoke_build["run"]), "--report-dir", str(tmp_path / "report")]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     (written,) = results.glob("cpu-*-smoke.json")
     doc = json.loads(written.read_text())
@@ -343,6 +345,7 @@ def test_verify_gpu_smoke_runs_every_stage_and_records_figures(tmp_path):
     assert report["report_files_bytes"]["report.html"] > 0
     notebooks = report["notebooks"]
     assert len(notebooks) >= 3 and all(nb["status"] == "ok" and nb["seconds"] > 0 for nb in notebooks.values())
+    assert not any(nb["executed_now"] for nb in notebooks.values()), notebooks  # reused, and said so
     assert any(0 <= v <= 1 for nb in notebooks.values() for k, v in nb["accuracies"].items() if "accuracy" in k)
     assert "stage        status" in done.stdout  # the summary table
 
