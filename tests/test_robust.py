@@ -29,6 +29,7 @@ from fmnist_utils.__main__ import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FILESYSTEM
 from fmnist_utils.data import DataError
 from fmnist_utils.train import CheckpointError, TrainConfig, TrainingDiverged
 
+from process_helpers import assert_gone
 from test_pipeline import results_cell, write_notebook
 
 FLOAT_FIELDS = [f.name for f in __import__("dataclasses").fields(TrainConfig) if f.type in ("float", float)]
@@ -869,14 +870,7 @@ def test_sigterm_and_sigint_give_their_status_one_line_and_a_clean_kernel_shutdo
     assert pipeline.kernel_log_path(pipeline.executed_path(tmp_path / "run", "01_slow")).is_file()
     assert json.loads(pipeline.stamp_path(tmp_path / "run", "01_slow").read_text())["status"] == "interrupted"
     assert cleaned.read_text() == "yes"
-    for _ in range(50):  # the kernel is shut down with its runner
-        try:
-            os.kill(kernel, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"the kernel {kernel} outlived its runner")
+    assert_gone(kernel, f"the kernel {kernel} outlived its runner")  # shut down with its runner
 
 
 def test_a_symlink_loop_as_a_folder_is_one_line(tmp_path, monkeypatch, capsys):

@@ -14,6 +14,7 @@ import pytest
 
 from fmnist_utils import paths, pipeline, schedule
 from fmnist_utils import settings as settings_tree
+from process_helpers import assert_gone
 from test_pipeline import results_cell, write_notebook
 
 GRAPH = {"01_a": (), "02_b": ("01_a",), "03_c": ("02_b",), "04_d": ()}  # the kit's shape: 04 reads none of 01-03
@@ -306,11 +307,4 @@ def test_sigterm_interrupts_every_child_and_its_kernel(tmp_path):
         assert pipeline.read_stamp(tmp_path / "run", stem)["status"] == "interrupted"
         assert (tmp_path / f"{stem}.cleaned").read_text() == "yes"
     for kernel in kernels:  # shut down with their runners
-        for _ in range(50):
-            try:
-                os.kill(kernel, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"the kernel {kernel} outlived its runner")
+        assert_gone(kernel, f"the kernel {kernel} outlived its runner")

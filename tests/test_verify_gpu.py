@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_gpu  # noqa: E402
 import verify_gpu  # noqa: E402
 import wheelhouse  # noqa: E402
+from process_helpers import assert_gone  # noqa: E402
 
 
 def make_wheel(folder: Path, name: str, version: str, requires: list[str]) -> Path:
@@ -165,14 +166,7 @@ def test_run_command_kills_the_whole_group_at_its_budget(tmp_path):
     assert time.perf_counter() - start < 3 + verify_gpu.KILL_GRACE_S + 5
     assert done["tail"] == ["started"] and "started" in (tmp_path / "x.log").read_text()
     grandchild = int(pid_file.read_text())
-    for _ in range(50):  # reaped by init shortly after the kill
-        try:
-            os.kill(grandchild, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail(f"the stage's grandchild {grandchild} survived the kill")
+    assert_gone(grandchild, f"the stage's grandchild {grandchild} survived the kill", seconds=5)  # reaped by init
 
 
 def test_run_command_reports_exit_status_and_output(tmp_path):
