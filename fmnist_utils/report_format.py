@@ -316,6 +316,9 @@ TOP_ROWS = 20
 
 # Settings tables longer than this are set in two column pairs.
 KEY_VALUE_ONE_COLUMN = 12
+# Tables of at most this many rows are kept whole on a printed page (with their caption): they
+# fit on one with room to spare, while a longer one kept whole would leave most of a page blank.
+SHORT_TABLE_ROWS = 16
 
 
 class _Numbering:
@@ -350,7 +353,7 @@ def make_table(numbering: _Numbering) -> Callable[..., Markup]:
         if columns is None:
             columns = list(dict.fromkeys(k for row in rows for k in row))
         headers = dict(columns) if isinstance(columns, dict) else {c: c.replace("_", " ") for c in columns}
-        parts = ['<div class="table-wrap"><table>']
+        parts = [f'<div class="table-wrap{" short" if len(rows) <= SHORT_TABLE_ROWS else ""}"><table>']
         if caption:
             numbering.tables += 1
             parts.append(f"<caption>Table {numbering.tables}. {escape(caption)}</caption>")

@@ -17,7 +17,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 import report_fixtures as F
-from fmnist_utils import models, pipeline, report, study
+from fmnist_utils import models, pipeline, report, report_format, study
 from fmnist_utils.__main__ import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +121,10 @@ def test_table_escapes_text_numbers_captions_and_aligns_numbers():
     assert long_html.count("<th>setting</th>") == 2  # set in two column pairs
     assert all(f"<td>s{i}</td><td>{i}</td>" in long_html for i in long.values())
     assert long_html.count("<tr>") == 1 + (len(long) + 1) // 2
+    # On paper a short table stays whole with its caption; a long one may break across pages.
+    rows = [{"i": i} for i in range(report_format.SHORT_TABLE_ROWS + 1)]
+    assert str(table(rows[:-1])).startswith('<div class="table-wrap short">')
+    assert str(table(rows)).startswith('<div class="table-wrap">')
 
 
 # --------------------------------------------------------------------------------------------
