@@ -191,10 +191,10 @@ STAGING_MARKER = ".fmnist-building"  # inside .building: the kit made it, so a l
 
 
 def _rendered_is_ours(folder: Path) -> bool:
-    """Return True when ``folder`` (``<report folder>/notebooks``) holds the kit's rendered notebooks:
-    its marker, or (from before the markers) nothing but ``.html`` files."""
-    return (folder / paths.RENDERED_MARKER).is_file() or all(
-        p.is_file() and p.suffix == ".html" for p in folder.iterdir())
+    """Return True when ``folder`` (``<report folder>/notebooks``) carries the marker of the kit's
+    rendered notebooks. Nothing else counts, not even a folder of ``.html`` files only: it is
+    deleted whole, and such a folder may be a user's exported notebooks."""
+    return (folder / paths.RENDERED_MARKER).is_file()
 
 
 def check_report_folder(report_dir: Path) -> None:
@@ -208,8 +208,9 @@ def check_report_folder(report_dir: Path) -> None:
 
 
 def _not_rendered(rendered: Path) -> str:
-    return (f"{rendered} holds files that are not the kit's rendered notebooks (no {paths.RENDERED_MARKER}); the kit "
-            "will not delete it. Give the report a folder of its own (--report-dir or FMNIST_REPORT).")
+    return (f"{rendered} carries no {paths.RENDERED_MARKER} marker, so the kit did not render it and will not delete "
+            "it (one rendered by a version of the kit older than the marker: move or delete it yourself). Give the "
+            "report a folder of its own (--report-dir or FMNIST_REPORT).")
 
 
 def remove_report(report_dir: Path) -> list[Path]:

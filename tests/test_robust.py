@@ -15,6 +15,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import time
@@ -1138,6 +1139,28 @@ def test_a_leftover_staging_folder_is_removed_only_when_the_kit_made_it(tmp_path
                         lambda run, stamps, folder, log, title: (Path(folder) / "report.html").write_text("<p>new</p>"))
     assert pipeline.replace_report(tmp_path / "run", [], report_dir, log=lambda m: None).read_text() == "<p>new</p>"
     assert not foreign.exists() and (report_dir / "notebooks" / paths.RENDERED_MARKER).is_file()
+
+
+def test_a_rendered_notebooks_folder_is_replaced_only_when_it_carries_the_kits_marker(tmp_path, finished, capsys):
+    # Exported notebooks of the user's own, .html files only, where the report's rendered ones go:
+    # refused before anything runs, left byte for byte, whatever they look like.
+    rendered = tmp_path / "report" / "notebooks"
+    shutil.rmtree(rendered)
+    rendered.mkdir()
+    (rendered / "lecture.html").write_text("<p>my notes</p>")
+    (rendered / "01_a.html").write_text("<p>my export</p>")
+    (finished / "02_b.ipynb").write_text((finished / "02_b.ipynb").read_text().replace("0.25", "0.5"))  # work to do
+    line = _refused_unchanged(tmp_path, report_args(tmp_path, finished), EXIT_BAD_INPUT, capsys)
+    assert f"{rendered} carries no {paths.RENDERED_MARKER} marker, so the kit did not render it and will not delete it" in line
+    assert (rendered / "lecture.html").read_text() == "<p>my notes</p>"
+    with pytest.raises(paths.FolderRoleError, match="carries no"):
+        pipeline.remove_report(tmp_path / "report")  # the removal checks again, whoever calls it
+    assert (rendered / "01_a.html").read_text() == "<p>my export</p>"
+
+    (rendered / paths.RENDERED_MARKER).write_text("rendered by the kit")  # the kit's own: replaced
+    assert main(report_args(tmp_path, finished)) == 0
+    assert not (rendered / "lecture.html").exists() and (rendered / paths.RENDERED_MARKER).is_file()
+    assert (rendered / "02_b.html").is_file()
 
 
 def test_clean_removes_only_the_kits_marked_folders(tmp_path):
