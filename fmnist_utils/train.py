@@ -250,7 +250,7 @@ def _train_units(models: list[nn.Module], configs: list[TrainConfig], x: torch.T
                 orders.append(perm if train_idx is None else train_idx[m][perm])
             # A stopped unit's slot trains on unseen (a stack steps as one), its results already kept.
             training = [lv and not d for lv, d in zip(live, done)]
-            losses, accuracies = run_epoch(units, x, y, orders, c.batch_size, epoch, training,
+            losses, accuracies = run_epoch(units, x, y, orders, c.batch_size, training,
                                             lambda m, step, loss: diverged(m, epoch, step, loss), on_step)
             for m, finite in enumerate(units.finite_units()):
                 if training[m] and live[m] and not finite:
@@ -310,8 +310,7 @@ def _scored(units: Units, m: int, shell: nn.Module) -> nn.Module:
 def _final_model(units: Units, m: int, shell: nn.Module, validated: bool) -> nn.Module:
     """Return ``shell`` holding unit m (M > 1) as fit leaves its model: the moving average where
     there is one, in evaluation mode when fit validated the model itself."""
-    units.load_unit(m, shell, units.ema.module.state_dict() if units.ema is not None else None)
-    return shell.train(not (validated and units.ema is None))
+    return _scored(units, m, shell).train(not (validated and units.ema is None))
 
 
 def _postfix(histories: list[list[dict]], live: list[bool], done: list[bool], validated: bool) -> dict:

@@ -107,7 +107,7 @@ class Units:
 
 
 def run_epoch(units: Units, x: torch.Tensor, y: torch.Tensor, orders: list[torch.Tensor], batch_size: int,
-              epoch: int, live: list[bool], diverged: Callable[[int, int, float], None],
+              live: list[bool], diverged: Callable[[int, int, float], None],
               on_step: Callable[[int], None] | None = None) -> tuple[list[float], list[float]]:
     """Train every unit once over its images in ``orders`` (M index tensors of equal length N into
     on-device x uint8 (., 1, 28, 28) and y); return (mean training loss, accuracy) per unit.
@@ -210,7 +210,7 @@ def train_one_epoch(
     def diverged(unit: int, step: int, loss: float) -> None:
         raise TrainingDiverged(epoch, step, loss, hint=divergence_hint(config))
 
-    loss, accuracy = run_epoch(units, x, y, [order], config.batch_size, epoch, [True], diverged, on_step)
+    loss, accuracy = run_epoch(units, x, y, [order], config.batch_size, [True], diverged, on_step)
     return {"train_loss": loss[0], "train_accuracy": accuracy[0]}
 
 
