@@ -154,3 +154,29 @@ def smoke_build(tmp_path_factory):
     pdf = report.find_chromium() is not None and shutil.which("pdftotext") is not None
     built = pipeline.build("smoke", run, out, pdf=pdf, progress=False, log=lambda m: None)
     return {**built, "run": run, "report": out}
+
+
+@pytest.fixture
+def report_cli(monkeypatch):
+    """Return ``run(argv) -> (status, keywords)``: the `report` command line (pipeline.cli) on
+    ``argv`` with pipeline.build replaced by a stub that records the keywords it was given."""
+    import argparse
+    from pathlib import Path
+
+    from fmnist_utils import pipeline
+
+    seen = {}
+
+    def build(*args, **kwargs):
+        seen.clear()
+        seen.update(kwargs)
+        return {"stamps": [], "seconds": 0.0, "html": Path("r.html"), "pdf": None}
+
+    monkeypatch.setattr(pipeline, "build", build)
+    parser = argparse.ArgumentParser()
+    pipeline.add_arguments(parser)
+
+    def run(argv: list[str]) -> tuple[int, dict]:
+        return pipeline.cli(parser.parse_args(argv)), dict(seen)
+
+    return run

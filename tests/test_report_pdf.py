@@ -8,7 +8,6 @@ by tests/test_pipeline.py's end-to-end test.
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import report_fixtures as F
-from fmnist_utils import paths, pipeline, references, report
+from fmnist_utils import paths, references, report
 
 text_of = F.text_of
 
@@ -149,14 +148,9 @@ def test_title_block_rejects_a_date_it_cannot_read_and_an_empty_name():
         report.TitleBlock(author="  ")
 
 
-def test_cli_passes_author_course_and_date(monkeypatch):
-    seen = {}
-    monkeypatch.setattr(pipeline, "build", lambda *a, **kw: seen.update(kw) or {"stamps": [], "seconds": 0.0,
-                                                                              "html": Path("r.html"), "pdf": None})
-    parser = argparse.ArgumentParser()
-    pipeline.add_arguments(parser)
-    args = parser.parse_args(["--profile", "smoke", "--author", "Ada Lovelace", "--course", "DL", "--date", "2026-03-14"])
-    assert pipeline.cli(args) == 0
+def test_cli_passes_author_course_and_date(report_cli):
+    status, seen = report_cli(["--profile", "smoke", "--author", "Ada Lovelace", "--course", "DL", "--date", "2026-03-14"])
+    assert status == 0
     assert seen["title"] == report.TitleBlock("Ada Lovelace", "DL", "2026-03-14")
     make = (F.ROOT / "Makefile").read_text()
     assert '--author "$(AUTHOR)"' in make and '--course "$(COURSE)"' in make

@@ -261,17 +261,11 @@ def test_one_at_a_time_while_the_data_is_not_on_disk():
     assert schedule.choose_jobs(2, "cpu", "smoke", data_on_disk=True) == (2, "set: jobs=2")
 
 
-def test_jobs_flag_and_make_variable_set_the_setting(monkeypatch):
-    import argparse
-
-    seen = {}
-    monkeypatch.setattr(pipeline, "build", lambda *a, **kw: seen.update(kw) or {"stamps": [], "seconds": 0.0,
-                                                                              "html": Path("r.html"), "pdf": None})
-    parser = argparse.ArgumentParser()
-    pipeline.add_arguments(parser)
-    assert pipeline.cli(parser.parse_args(["--profile", "smoke", "--jobs", "2", "--set", "train.epochs=3"])) == 0
-    assert seen["overrides"] == {"train.epochs": 3, "jobs": 2}
-    assert pipeline.cli(parser.parse_args(["--profile", "smoke"])) == 0 and seen["overrides"] == {}
+def test_jobs_flag_and_make_variable_set_the_setting(report_cli):
+    status, seen = report_cli(["--profile", "smoke", "--jobs", "2", "--set", "train.epochs=3"])
+    assert status == 0 and seen["overrides"] == {"train.epochs": 3, "jobs": 2}
+    status, seen = report_cli(["--profile", "smoke"])
+    assert status == 0 and seen["overrides"] == {}
     make = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
     assert "$(if $(JOBS),--jobs $(JOBS))" in make
 
